@@ -1,0 +1,148 @@
+"""APNs requests and responses, pure: a claimed row → (headers, body); a response → Outcome.
+
+Follows Apple's "Sending notification requests to APNs" (protocol.md A.4–A.6, A.8): every
+``apns-*`` header, the topic suffix per push type, priority rules, the payload size limit
+(4096 bytes, 5120 for VoIP) checked before a stream is opened, and an ``apns-id`` derived from
+the notification id so a duplicate delivery is recognisable. No I/O here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import codec
+from ..models import Action, ClaimedRow, Outcome
+from .reasons import action_for
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "MAX_VOIP_PAYLOAD_BYTES",
+    "TOPIC_SUFFIXES",
+    "ApnsRequestBuilder",
+    "apns_id_for",
+    "parse_response",
+]
+
+MAX_PAYLOAD_BYTES = 4096
+MAX_VOIP_PAYLOAD_BYTES = 5120
+MAX_COLLAPSE_ID_BYTES = 64
+
+# apns-push-type → suffix appended to the bundle id in apns-topic (A.5).
+TOPIC_SUFFIXES: dict[str, str] = {
+    "alert": "",
+    "background": "",
+    "complication": ".complication",
+    "controls": ".push-type.controls",
+    "fileprovider": ".pushkit.fileprovider",
+    "liveactivity": ".push-type.liveactivity",
+    "location": ".location-query",
+    "mdm": "",
+    "pushtotalk": ".voip-ptt",
+    "voip": ".voip",
+    "widgets": ".push-type.widgets",
+}
+
+_ID_PREFIX = "70757368-6772-6573"  # "pushgres" in hex
+
+
+def apns_id_for(notification_id: int) -> str:
+    """A canonical lowercase UUID that carries the notification id in its last 16 hex digits."""
+    tail = f"{notification_id & 0xFFFFFFFFFFFFFFFF:016x}"
+    return f"{_ID_PREFIX}-{tail[:4]}-{tail[4:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+def _fail(reason: str, detail: str) -> Outcome:
+    return Outcome(action=Action.FIX, reason=reason, detail=detail)
+
+
+class ApnsRequestBuilder:
+    """Builds requests for one app; the static header pieces are encoded once."""
+
+    def __init__(self, *, authority: str, topic: str) -> None:
+        self._topic = topic
+        self._static = [
+            (b":method", b"POST"),
+            (b":scheme", b"https"),
+        ]
+        self._authority = (b":authority", authority.encode("ascii"))
+
+    def build(self, row: ClaimedRow, *, now: dt.datetime) -> Request | Outcome:
+        """The request for ``row``, or a FIX outcome naming what is wrong with the row."""
+        try:
+            payload = codec.loads(row.payload)
+        except codec.JSONDecodeError:
+            return _fail("InvalidPayload", "payload is not valid JSON")
+        if not isinstance(payload, dict) or not isinstance(payload.get("aps"), dict):
+            return _fail("InvalidPayload", "APNs payload must be an object with an 'aps' object")
+        push_type = row.push_type or _default_push_type(payload["aps"])
+        if push_type not in TOPIC_SUFFIXES:
+            return _fail("InvalidPushType", f"unknown push type {push_type!r}")
+        priority = row.priority
+        if push_type == "background" and priority == 10:
+            priority = 5
+        body = codec.dumps(payload)
+        limit = MAX_VOIP_PAYLOAD_BYTES if push_type == "voip" else MAX_PAYLOAD_BYTES
+        if len(body) > limit:
+            return _fail("PayloadTooLarge", f"payload is {len(body)} bytes, limit {limit}")
+        if row.collapse_id is not None and len(row.collapse_id.encode()) > MAX_COLLAPSE_ID_BYTES:
+            return _fail("BadCollapseId", "collapse id longer than 64 bytes")
+        topic = row.topic or (self._topic + TOPIC_SUFFIXES[push_type])
+        headers = [
+            *self._static,
+            (b":path", b"/3/device/" + row.device_token.lower().encode("ascii")),
+            self._authority,
+            (b"apns-id", apns_id_for(row.id).encode("ascii")),
+            (b"apns-push-type", push_type.encode("ascii")),
+            (b"apns-topic", topic.encode("ascii")),
+            (b"apns-priority", str(priority).encode("ascii")),
+        ]
+        if row.expires_at is not None:
+            expiration = max(1, int(row.expires_at.timestamp()))
+            headers.append((b"apns-expiration", str(expiration).encode("ascii")))
+        if row.collapse_id is not None:
+            headers.append((b"apns-collapse-id", row.collapse_id.encode("utf-8")))
+        return Request(headers=headers, body=body)
+
+
+def _default_push_type(aps: Mapping[str, Any]) -> str:
+    """``background`` for a content-available-only payload, else ``alert``."""
+    if aps.get("content-available") == 1 and not ({"alert", "badge", "sound"} & set(aps)):
+        return "background"
+    return "alert"
+
+
+def parse_response(status: int, headers: Mapping[bytes, bytes], body: bytes) -> Outcome:
+    """Turn an APNs response into an :class:`Outcome` through the reason table."""
+    apns_id = headers.get(b"apns-id")
+    provider_id = apns_id.decode("ascii", "replace") if apns_id else None
+    if status == 200:
+        return Outcome(action=Action.SENT, provider_status=200, provider_id=provider_id)
+    reason: str | None = None
+    timestamp: dt.datetime | None = None
+    if body:
+        try:
+            data = codec.loads(body)
+        except codec.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            raw_reason = data.get("reason")
+            reason = raw_reason if isinstance(raw_reason, str) else None
+            ts = data.get("timestamp")
+            if isinstance(ts, int | float) and not isinstance(ts, bool) and ts > 0:
+                timestamp = dt.datetime.fromtimestamp(ts / 1000, dt.UTC)
+    return Outcome(
+        action=action_for(status, reason),
+        provider_status=status,
+        reason=reason or f"HTTP{status}",
+        provider_id=provider_id,
+        provider_timestamp=timestamp,
+    )

@@ -1,0 +1,443 @@
+"""One frozen configuration tree, loaded once from TOML and validated.
+
+``load_config(path)`` reads the file, applies the few environment overrides
+(``PUSHGRES_DSN``, and the ``*_env`` keys naming where a secret lives), checks every value and
+returns :class:`Settings`. Errors name the key and the bad value, for example
+``daemon.batch_size must be 1..5000, got 0``. This is the only module that reads
+``os.environ``. Components receive narrow pieces (``settings.daemon``, one ``AppConfig``),
+never the whole tree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .exceptions import ConfigError
+
+__all__ = [
+    "ApnsConfig",
+    "AppConfig",
+    "DaemonConfig",
+    "DatabaseConfig",
+    "FcmConfig",
+    "PoolConfig",
+    "RetryConfig",
+    "Settings",
+    "load_config",
+    "env_flag",
+    "parse_config",
+    "resolve_dsn",
+]
+
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_POLL_INTERVAL_S = 1.0
+DEFAULT_NOTIFY_MIN_INTERVAL_S = 0.05
+DEFAULT_SHUTDOWN_TIMEOUT_S = 15.0
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+DEFAULT_DB_POOL_SIZE = 12
+DEFAULT_STATEMENT_TIMEOUT_S = 30.0
+DEFAULT_RETENTION_DAYS = 14
+DEFAULT_DEDUPE_RETENTION_DAYS = 7
+DEFAULT_UNKNOWN_APP_GRACE_S = 60.0
+DEFAULT_RETRY_BASE_S = 2.0
+DEFAULT_RETRY_MAX_S = 300.0
+DEFAULT_QUOTA_RETRY_S = 60.0
+DEFAULT_MAX_CONNECTIONS = 4
+DEFAULT_MAX_STREAMS = 500
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_APNS_TOKEN_REFRESH_S = 2700.0
+DEFAULT_FCM_MAX_CONNECTION_AGE_S = 3000.0
+
+APNS_ENDPOINTS = {
+    "production": "https://api.push.apple.com:443",
+    "sandbox": "https://api.sandbox.push.apple.com:443",
+}
+FCM_ENDPOINT = "https://fcm.googleapis.com:443"
+
+_APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatabaseConfig:
+    dsn: str
+    pool_size: int = DEFAULT_DB_POOL_SIZE
+    statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonConfig:
+    batch_size: int = DEFAULT_BATCH_SIZE
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    notify_min_interval_s: float = DEFAULT_NOTIFY_MIN_INTERVAL_S
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    results_retention_days: int = DEFAULT_RETENTION_DAYS
+    dedupe_retention_days: int = DEFAULT_DEDUPE_RETENTION_DAYS
+    unknown_app_grace_s: float = DEFAULT_UNKNOWN_APP_GRACE_S
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryConfig:
+    base_s: float = DEFAULT_RETRY_BASE_S
+    max_s: float = DEFAULT_RETRY_MAX_S
+    quota_default_s: float = DEFAULT_QUOTA_RETRY_S
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolConfig:
+    """Where and how to connect to one provider endpoint."""
+
+    host: str
+    port: int
+    server_hostname: str
+    ca_file: str | None = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_streams_per_connection: int = DEFAULT_MAX_STREAMS
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    max_connection_age_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApnsConfig:
+    topic: str
+    environment: str
+    auth: str  # "token" | "certificate"
+    key_file: str | None = None
+    key_id: str | None = None
+    team_id: str | None = None
+    token_refresh_s: float = DEFAULT_APNS_TOKEN_REFRESH_S
+    p12_file: str | None = None
+    p12_password: str | None = None
+    cert_file: str | None = None
+    cert_key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FcmConfig:
+    service_account_file: str
+    project_id: str | None = None
+    token_uri: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppConfig:
+    name: str
+    platform: str
+    pool: PoolConfig
+    rate_limit_per_s: float | None = None
+    apns: ApnsConfig | None = None
+    fcm: FcmConfig | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    database: DatabaseConfig
+    daemon: DaemonConfig
+    retry: RetryConfig
+    apps: tuple[AppConfig, ...]
+
+    def app(self, name: str) -> AppConfig:
+        for app in self.apps:
+            if app.name == name:
+                return app
+        raise KeyError(name)
+
+
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, validate and freeze the TOML file at ``path``."""
+    env = os.environ if environ is None else environ
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {file} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    return parse_config(data, base_dir=file.parent, environ=env)
+
+
+class _Section:
+    """Typed access to one TOML table that records the keys it consumed."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must be a table")
+        self.data: dict[str, Any] = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str) -> Any:
+        self.used.add(key)
+        return self.data.get(key)
+
+    def str_(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self.get(key)
+        if value is None:
+            if required:
+                raise ConfigError(f"{self._key(key)} is required")
+            return default
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self._key(key)} must be a non-empty string, got {value!r}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        value = self.str_(key, default, required=default is None)
+        assert value is not None
+        if value not in choices:
+            raise ConfigError(f"{self._key(key)} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def int_(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ConfigError(f"{self._key(key)} must be {lo}..{hi}, got {value!r}")
+        return value
+
+    def float_(self, key: str, default: float, lo: float, hi: float) -> float:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ConfigError(f"{self._key(key)} must be {lo:g}..{hi:g}, got {value!r}")
+        return float(value)
+
+    def optional_float(self, key: str, lo: float, hi: float) -> float | None:
+        if self.data.get(key) is None:
+            self.used.add(key)
+            return None
+        return self.float_(key, 0.0, lo, hi)
+
+    def file(self, key: str, base_dir: Path, *, required: bool = False) -> str | None:
+        value = self.str_(key, required=required)
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = base_dir / path
+        if not path.is_file():
+            raise ConfigError(f"{self._key(key)}: file {path} does not exist")
+        return str(path)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            where = f" in [{self.path}]" if self.path else ""
+            raise ConfigError(f"unknown key(s){where}: {', '.join(unknown)}")
+
+
+def _secret(section: _Section, key: str, environ: Mapping[str, str]) -> str | None:
+    """A secret given inline (``key``) or by the name of an environment variable (``key_env``)."""
+    inline = section.str_(key)
+    env_name = section.str_(f"{key}_env")
+    if inline is not None and env_name is not None:
+        raise ConfigError(f"{section.path}: give {key} or {key}_env, not both")
+    if env_name is not None:
+        if env_name not in environ:
+            raise ConfigError(
+                f"{section.path}.{key}_env names environment variable {env_name}, which is not set"
+            )
+        return environ[env_name]
+    return inline
+
+
+def _endpoint(section: _Section, default: str) -> tuple[str, int, str]:
+    url = section.str_("endpoint", default)
+    assert url is not None
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(f"{section.path}.endpoint must be an https:// URL, got {url!r}")
+    try:
+        port = parts.port or 443
+    except ValueError:
+        raise ConfigError(f"{section.path}.endpoint has an invalid port: {url!r}") from None
+    hostname = section.str_("tls_server_name", parts.hostname)
+    assert hostname is not None
+    return parts.hostname, port, hostname
+
+
+def _pool(section: _Section, base_dir: Path, default_endpoint: str, *, fcm: bool) -> PoolConfig:
+    host, port, server_hostname = _endpoint(section, default_endpoint)
+    return PoolConfig(
+        host=host,
+        port=port,
+        server_hostname=server_hostname,
+        ca_file=section.file("ca_file", base_dir),
+        max_connections=section.int_("max_connections", DEFAULT_MAX_CONNECTIONS, 1, 64),
+        max_streams_per_connection=section.int_(
+            "max_streams_per_connection", 100 if fcm else DEFAULT_MAX_STREAMS, 1, 5000
+        ),
+        connect_timeout_s=section.float_("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S, 0.1, 120),
+        max_connection_age_s=section.float_(
+            "max_connection_age_s", DEFAULT_FCM_MAX_CONNECTION_AGE_S if fcm else 0.0, 0, 86400 * 7
+        )
+        or None,
+    )
+
+
+def _apns_app(section: _Section, base_dir: Path, environ: Mapping[str, str]) -> AppConfig:
+    environment = section.choice("environment", ("production", "sandbox"))
+    auth = section.choice("auth", ("token", "certificate"), "token")
+    topic = section.str_("topic", required=True)
+    assert topic is not None
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", topic):
+        raise ConfigError(f"{section.path}.topic is not a bundle id: {topic!r}")
+    if auth == "token":
+        key_id = section.str_("key_id", required=True)
+        team_id = section.str_("team_id", required=True)
+        for name, value in (("key_id", key_id), ("team_id", team_id)):
+            if value is not None and not re.fullmatch(r"[A-Z0-9]{10}", value):
+                raise ConfigError(
+                    f"{section.path}.{name} must be 10 upper-case letters or digits, got {value!r}"
+                )
+        apns = ApnsConfig(
+            topic=topic,
+            environment=environment,
+            auth=auth,
+            key_file=section.file("key_file", base_dir, required=True),
+            key_id=key_id,
+            team_id=team_id,
+            token_refresh_s=section.float_(
+                "token_refresh_s", DEFAULT_APNS_TOKEN_REFRESH_S, 1200, 3300
+            ),
+        )
+    else:
+        p12 = section.file("p12_file", base_dir)
+        cert = section.file("cert_file", base_dir)
+        if (p12 is None) == (cert is None):
+            raise ConfigError(f"{section.path}: certificate auth needs p12_file or cert_file")
+        apns = ApnsConfig(
+            topic=topic,
+            environment=environment,
+            auth=auth,
+            p12_file=p12,
+            p12_password=_secret(section, "p12_password", environ),
+            cert_file=cert,
+            cert_key_file=section.file("cert_key_file", base_dir, required=cert is not None),
+        )
+    pool = _pool(section, base_dir, APNS_ENDPOINTS[environment], fcm=False)
+    return AppConfig(
+        name=section.path.split(".", 1)[1],
+        platform="apns",
+        pool=pool,
+        rate_limit_per_s=section.optional_float("rate_limit_per_s", 1, 1e7),
+        apns=apns,
+    )
+
+
+def _fcm_app(section: _Section, base_dir: Path) -> AppConfig:
+    sa_file = section.file("service_account_file", base_dir, required=True)
+    assert sa_file is not None
+    fcm = FcmConfig(
+        service_account_file=sa_file,
+        project_id=section.str_("project_id"),
+        token_uri=section.str_("token_uri"),
+    )
+    return AppConfig(
+        name=section.path.split(".", 1)[1],
+        platform="fcm",
+        pool=_pool(section, base_dir, FCM_ENDPOINT, fcm=True),
+        rate_limit_per_s=section.optional_float("rate_limit_per_s", 1, 1e7),
+        fcm=fcm,
+    )
+
+
+def parse_config(
+    data: Mapping[str, Any], *, base_dir: Path, environ: Mapping[str, str]
+) -> Settings:
+    """Validate an already-parsed TOML document; relative file paths are taken from base_dir."""
+    root = _Section(dict(data), "")
+    db = _Section(root.get("database") or {}, "database")
+    dsn = environ.get("PUSHGRES_DSN") or db.str_("dsn")
+    db.used.add("dsn")
+    if not dsn:
+        raise ConfigError("database.dsn is required (or set PUSHGRES_DSN)")
+    database = DatabaseConfig(
+        dsn=dsn,
+        pool_size=db.int_("pool_size", DEFAULT_DB_POOL_SIZE, 2, 200),
+        statement_timeout_s=db.float_("statement_timeout_s", DEFAULT_STATEMENT_TIMEOUT_S, 1, 3600),
+    )
+    db.finish()
+
+    d = _Section(root.get("daemon") or {}, "daemon")
+    daemon = DaemonConfig(
+        batch_size=d.int_("batch_size", DEFAULT_BATCH_SIZE, 1, 5000),
+        poll_interval_s=d.float_("poll_interval_s", DEFAULT_POLL_INTERVAL_S, 0.01, 60),
+        notify_min_interval_s=d.float_(
+            "notify_min_interval_s", DEFAULT_NOTIFY_MIN_INTERVAL_S, 0, 10
+        ),
+        shutdown_timeout_s=d.float_("shutdown_timeout_s", DEFAULT_SHUTDOWN_TIMEOUT_S, 0, 600),
+        request_timeout_s=d.float_("request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S, 0.1, 120),
+        results_retention_days=d.int_("results_retention_days", DEFAULT_RETENTION_DAYS, 1, 3650),
+        dedupe_retention_days=d.int_(
+            "dedupe_retention_days", DEFAULT_DEDUPE_RETENTION_DAYS, 1, 3650
+        ),
+        unknown_app_grace_s=d.float_("unknown_app_grace_s", DEFAULT_UNKNOWN_APP_GRACE_S, 0, 86400),
+        log_level=d.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+    )
+    d.finish()
+
+    r = _Section(root.get("retry") or {}, "retry")
+    retry = RetryConfig(
+        base_s=r.float_("base_s", DEFAULT_RETRY_BASE_S, 0, 3600),
+        max_s=r.float_("max_s", DEFAULT_RETRY_MAX_S, 0, 86400),
+        quota_default_s=r.float_("quota_default_s", DEFAULT_QUOTA_RETRY_S, 0, 3600),
+    )
+    r.finish()
+
+    apps_table = _Section(root.get("apps") or {}, "apps")
+    apps = []
+    for name in sorted(apps_table.data):
+        apps_table.used.add(name)
+        if not _APP_NAME.fullmatch(name):
+            raise ConfigError(f"apps.{name}: app names are 1-64 of A-Z a-z 0-9 _ . - ")
+        section = _Section(apps_table.data[name], f"apps.{name}")
+        platform = section.choice("platform", ("apns", "fcm"))
+        app = (
+            _apns_app(section, base_dir, environ)
+            if platform == "apns"
+            else _fcm_app(section, base_dir)
+        )
+        section.finish()
+        apps.append(app)
+    if not apps:
+        raise ConfigError("no apps configured: add at least one [apps.<name>] table")
+    root.finish()
+    return Settings(database=database, daemon=daemon, retry=retry, apps=tuple(apps))
+
+
+def resolve_dsn(dsn: str | None, config_path: str | None) -> str:
+    """The DSN for tool commands: ``--dsn``, else ``PUSHGRES_DSN``, else the config file's."""
+    if dsn:
+        return dsn
+    if os.environ.get("PUSHGRES_DSN"):
+        return os.environ["PUSHGRES_DSN"]
+    if config_path:
+        file = Path(config_path)
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {file} cannot be read: {exc}") from None
+        value = data.get("database", {}).get("dsn") if isinstance(data, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    raise ConfigError("no database given: pass --dsn or --config, or set PUSHGRES_DSN")
+
+
+def env_flag(name: str) -> str | None:
+    """An environment setting read on behalf of the command line (demo and test helpers)."""
+    return os.environ.get(name)

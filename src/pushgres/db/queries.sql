@@ -1,0 +1,165 @@
+-- Every SQL statement pushgres runs, each under a "-- name: <query_name>" header.
+-- Loaded once by pushgres.db.queries; Python never builds SQL by concatenation.
+
+-- name: migrations_table
+CREATE TABLE IF NOT EXISTS pushgres.schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: create_schema
+CREATE SCHEMA IF NOT EXISTS pushgres
+
+-- name: migrate_lock
+SELECT pg_advisory_lock(hashtext('pushgres.migrate'))
+
+-- name: migrate_unlock
+SELECT pg_advisory_unlock(hashtext('pushgres.migrate'))
+
+-- name: applied_versions
+SELECT version FROM pushgres.schema_migrations ORDER BY version
+
+-- name: record_migration
+INSERT INTO pushgres.schema_migrations (version, name) VALUES ($1, $2)
+
+-- name: schema_version
+SELECT CASE WHEN to_regclass('pushgres.schema_migrations') IS NULL THEN NULL
+            ELSE (SELECT coalesce(max(version), 0) FROM pushgres.schema_migrations) END
+
+-- name: session_setup
+SELECT set_config('pushgres.daemon', 'on', false),
+       set_config('idle_in_transaction_session_timeout', $1, false),
+       set_config('statement_timeout', $2, false)
+
+-- name: claim_batch
+WITH c AS MATERIALIZED (
+    SELECT id FROM pushgres.queue
+    WHERE app = $1 AND send_at <= now()
+    ORDER BY priority DESC, send_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM pushgres.queue q USING c
+WHERE q.id = c.id
+RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q.priority,
+          q.push_type, q.collapse_id, q.expires_at, q.topic, q.send_at, q.dedupe_key,
+          q.max_attempts, q.metadata::text AS metadata, q.attempts, q.last_reason, q.enqueued_at,
+          (q.expires_at IS NOT NULL AND q.expires_at <= now()) AS is_expired,
+          EXISTS (SELECT 1 FROM pushgres.invalid_tokens t
+                  WHERE t.app = q.app AND t.device_token = q.device_token
+                    AND t.invalidated_at <= q.enqueued_at) AS is_token_invalid
+
+-- name: claim_unknown_apps
+WITH c AS MATERIALIZED (
+    SELECT id FROM pushgres.queue
+    WHERE NOT (app = ANY($1::text[])) AND enqueued_at <= now() - make_interval(secs => $2)
+    ORDER BY id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM pushgres.queue q USING c
+WHERE q.id = c.id
+RETURNING q.id, q.app, q.platform, q.device_token, q.attempts, q.enqueued_at,
+          q.metadata::text AS metadata
+
+-- name: write_results
+WITH r AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::smallint[], $7::text[], $8::text[], $9::smallint[],
+                         $10::timestamptz[], $11::text[])
+        AS r(id, app, platform, device_token, status, provider_status, reason, provider_id,
+             attempts, enqueued_at, metadata)
+)
+INSERT INTO pushgres.results (id, app, platform, device_token, status, provider_status, reason,
+                              provider_id, attempts, enqueued_at, metadata)
+SELECT id, app, platform, device_token, status, provider_status, reason, provider_id, attempts,
+       enqueued_at, metadata::jsonb
+FROM r
+
+-- name: invalidate_tokens
+INSERT INTO pushgres.invalid_tokens (app, device_token, reason, provider_timestamp)
+SELECT DISTINCT ON (app, device_token) app, device_token, reason, provider_timestamp
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+    AS t(app, device_token, reason, provider_timestamp)
+ON CONFLICT (app, device_token) DO UPDATE
+SET reason = excluded.reason,
+    provider_timestamp = excluded.provider_timestamp,
+    invalidated_at = now()
+
+-- name: requeue
+INSERT INTO pushgres.queue (id, app, platform, device_token, payload, priority, push_type,
+                            collapse_id, expires_at, topic, send_at, dedupe_key, max_attempts,
+                            metadata, attempts, last_reason, enqueued_at)
+SELECT id, app, platform, device_token, payload::jsonb, priority, push_type, collapse_id,
+       expires_at, topic, now() + make_interval(secs => delay_s), dedupe_key, max_attempts,
+       metadata::jsonb, attempts, last_reason, enqueued_at
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
+            $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::float8[], $12::text[],
+            $13::smallint[], $14::text[], $15::smallint[], $16::text[], $17::timestamptz[])
+    AS t(id, app, platform, device_token, payload, priority, push_type, collapse_id, expires_at,
+         topic, delay_s, dedupe_key, max_attempts, metadata, attempts, last_reason, enqueued_at)
+
+-- name: enqueue_rows
+INSERT INTO pushgres.queue (id, app, platform, device_token, payload, priority, push_type,
+                            collapse_id, expires_at, topic, send_at, dedupe_key, max_attempts,
+                            metadata)
+SELECT id, app, platform, device_token, payload::jsonb, priority, push_type, collapse_id,
+       expires_at, topic, coalesce(send_at, now()), dedupe_key, max_attempts, metadata::jsonb
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
+            $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::timestamptz[],
+            $12::text[], $13::smallint[], $14::text[])
+    WITH ORDINALITY
+    AS t(id, app, platform, device_token, payload, priority, push_type, collapse_id, expires_at,
+         topic, send_at, dedupe_key, max_attempts, metadata, ord)
+ORDER BY ord
+
+-- name: reserve_ids
+SELECT nextval(pg_get_serial_sequence('pushgres.queue', 'id')) FROM generate_series(1, $1)
+
+-- name: dedupe_lookup
+SELECT d.dedupe_key, d.id
+FROM unnest($1::text[]) AS k(dedupe_key)
+JOIN pushgres.dedupe_keys d ON d.app = $2 AND d.dedupe_key = k.dedupe_key
+
+-- name: inserted_ids
+SELECT id FROM pushgres.queue WHERE id = ANY($1::bigint[])
+
+-- name: outcome
+SELECT id, app, platform, status, provider_status, reason, provider_id, attempts,
+       enqueued_at, finished_at, metadata::text AS metadata
+FROM pushgres.outcome($1::bigint[])
+
+-- name: notify_enqueued
+SELECT pg_notify('pushgres_enqueued', '')
+
+-- name: queue_depth
+SELECT app, platform, count(*) AS depth,
+       count(*) FILTER (WHERE send_at <= now()) AS ready,
+       extract(epoch FROM now() - min(enqueued_at))::float8 AS oldest_age_s
+FROM pushgres.queue
+GROUP BY app, platform
+ORDER BY app
+
+-- name: recent_outcomes
+SELECT app, status, coalesce(reason, '') AS reason, count(*) AS n
+FROM pushgres.results
+WHERE finished_at > now() - make_interval(secs => $1)
+GROUP BY app, status, reason
+ORDER BY app, n DESC
+
+-- name: ensure_partitions
+SELECT pushgres.ensure_result_partitions($1)
+
+-- name: drop_partitions
+SELECT pushgres.drop_old_result_partitions($1)
+
+-- name: prune_dedupe_keys
+DELETE FROM pushgres.dedupe_keys
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM pushgres.dedupe_keys
+    WHERE created_at < now() - make_interval(days => $1)
+    LIMIT 10000))
+
+-- name: maintenance_lock
+SELECT pg_try_advisory_xact_lock(hashtext('pushgres.maintenance'))

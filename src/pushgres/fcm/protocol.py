@@ -1,0 +1,154 @@
+"""FCM HTTP v1 requests and responses, pure: a claimed row → (headers, body); response → Outcome.
+
+The stored payload is the v1 ``message`` object without ``token``; the daemon adds the token and,
+when the caller left them out, ``android.priority`` from the row's priority, ``android.ttl``
+from its expiry and ``android.collapse_key`` from its collapse id. Local checks before sending
+(protocol.md B.9.5): ``data`` values are strings, no reserved data keys, TTL range, size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import codec
+from ..models import Action, ClaimedRow, Outcome
+from ..retry import parse_retry_after
+from .reasons import action_for
+
+__all__ = ["MAX_PAYLOAD_BYTES", "FcmRequestBuilder", "Request", "parse_response"]
+
+MAX_PAYLOAD_BYTES = 4096
+MAX_TTL_S = 2_419_200
+_RESERVED_DATA_KEYS = ("from", "message_type")
+_RESERVED_DATA_PREFIXES = ("google", "gcm")
+_FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+_APNS_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.ApnsError"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+def _fail(reason: str, detail: str) -> Outcome:
+    return Outcome(action=Action.FIX, reason=reason, detail=detail)
+
+
+class FcmRequestBuilder:
+    """Builds requests for one app (one Firebase project); static headers built once."""
+
+    def __init__(self, *, authority: str, project_id: str) -> None:
+        self._static = [
+            (b":method", b"POST"),
+            (b":scheme", b"https"),
+            (b":path", f"/v1/projects/{project_id}/messages:send".encode("ascii")),
+            (b":authority", authority.encode("ascii")),
+            (b"content-type", b"application/json"),
+        ]
+
+    def build(self, row: ClaimedRow, *, now: dt.datetime) -> Request | Outcome:
+        try:
+            message = codec.loads(row.payload)
+        except codec.JSONDecodeError:
+            return _fail("InvalidPayload", "payload is not valid JSON")
+        if not isinstance(message, dict):
+            return _fail("InvalidPayload", "FCM payload must be a v1 message object")
+        problem = _check_message(message)
+        if problem is not None:
+            return _fail("InvalidPayload", problem)
+        size = _content_size(message)
+        if size > MAX_PAYLOAD_BYTES:
+            return _fail("PayloadTooLarge", f"message content is {size} bytes, limit 4096")
+        android = message.get("android")
+        if android is None:
+            android = {}
+            message["android"] = android
+        if not isinstance(android, dict):
+            return _fail("InvalidPayload", "message.android must be an object")
+        android.setdefault("priority", "HIGH" if row.priority == 10 else "NORMAL")
+        if row.collapse_id is not None:
+            android.setdefault("collapse_key", row.collapse_id)
+        if row.expires_at is not None and "ttl" not in android:
+            remaining = int((row.expires_at - now).total_seconds())
+            android["ttl"] = f"{max(0, min(remaining, MAX_TTL_S))}s"
+        message["token"] = row.device_token
+        return Request(headers=list(self._static), body=codec.dumps({"message": message}))
+
+
+def _check_message(message: Mapping[str, Any]) -> str | None:
+    data = message.get("data")
+    if data is not None:
+        if not isinstance(data, dict):
+            return "message.data must be an object of strings"
+        for key, value in data.items():
+            if not isinstance(value, str):
+                return f"message.data.{key} must be a string, got {type(value).__name__}"
+            if key in _RESERVED_DATA_KEYS or key.startswith(_RESERVED_DATA_PREFIXES):
+                return f"message.data.{key} is a reserved key"
+    android = message.get("android")
+    if isinstance(android, dict):
+        ttl = android.get("ttl")
+        if ttl is not None:
+            if not isinstance(ttl, str) or not ttl.endswith("s"):
+                return "message.android.ttl must be a duration string such as '3600s'"
+            try:
+                seconds = float(ttl[:-1])
+            except ValueError:
+                return f"message.android.ttl is not a duration: {ttl!r}"
+            if not 0 <= seconds <= MAX_TTL_S:
+                return "message.android.ttl must be 0s..2419200s"
+    return None
+
+
+def _content_size(message: Mapping[str, Any]) -> int:
+    size = 0
+    for key in ("data", "notification"):
+        if key in message:
+            size += len(codec.dumps(message[key]))
+    apns = message.get("apns")
+    if isinstance(apns, dict) and "payload" in apns:
+        size = max(size, len(codec.dumps(apns["payload"])))
+    return size
+
+
+def parse_response(status: int, headers: Mapping[bytes, bytes], body: bytes) -> Outcome:
+    """Classify an FCM response (errorCode, else envelope status, else HTTP status)."""
+    try:
+        data = codec.loads(body) if body else None
+    except codec.JSONDecodeError:
+        data = None
+    if status == 200:
+        name = data.get("name") if isinstance(data, dict) else None
+        return Outcome(
+            action=Action.SENT,
+            provider_status=200,
+            provider_id=name if isinstance(name, str) else None,
+        )
+    error = data.get("error") if isinstance(data, dict) else None
+    error_code = envelope_status = message = apns_reason = None
+    if isinstance(error, dict):
+        envelope_status = error.get("status") if isinstance(error.get("status"), str) else None
+        message = error.get("message") if isinstance(error.get("message"), str) else None
+        details = error.get("details")
+        for detail in details if isinstance(details, list) else []:
+            if not isinstance(detail, dict):
+                continue
+            if detail.get("@type") == _FCM_ERROR_TYPE and isinstance(detail.get("errorCode"), str):
+                error_code = detail["errorCode"]
+            elif detail.get("@type") == _APNS_ERROR_TYPE and isinstance(detail.get("reason"), str):
+                apns_reason = detail["reason"]
+    action = action_for(status, error_code, envelope_status, message, apns_reason)
+    reason = error_code or envelope_status or f"HTTP{status}"
+    if action is Action.DEAD and error_code == "INVALID_ARGUMENT" and apns_reason:
+        reason = f"INVALID_ARGUMENT/{apns_reason}"
+    return Outcome(
+        action=action,
+        provider_status=status,
+        reason=reason,
+        retry_after_s=parse_retry_after(headers.get(b"retry-after")),
+        detail=message,
+    )

@@ -1,0 +1,162 @@
+"""Domain values shared by every layer: notifications, claimed rows and provider outcomes.
+
+Outcomes are values, not exceptions: a dead token in a batch of 1,000 is routine and is
+returned as an :class:`Outcome`, never raised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "PUSH_TYPES",
+    "Action",
+    "ClaimedRow",
+    "Notification",
+    "Outcome",
+    "Platform",
+    "Status",
+]
+
+PUSH_TYPES = frozenset(
+    {
+        "alert",
+        "background",
+        "complication",
+        "controls",
+        "fileprovider",
+        "liveactivity",
+        "location",
+        "mdm",
+        "pushtotalk",
+        "voip",
+        "widgets",
+    }
+)
+
+
+class Platform(enum.StrEnum):
+    APNS = "apns"
+    FCM = "fcm"
+
+
+class Status(enum.StrEnum):
+    """A notification's recorded state; every state but QUEUED is terminal."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    FAILED = "failed"
+    TOKEN_INVALID = "token_invalid"
+    EXPIRED = "expired"
+
+
+class Action(enum.StrEnum):
+    """What the daemon does with a provider answer (protocol.md A.8 action classes)."""
+
+    SENT = "sent"  # accepted by the provider
+    DEAD = "dead"  # the device token is invalid: record it, never retry
+    FIX = "fix"  # permanent for this message (bad input): fail it
+    CFG = "cfg"  # credential/configuration problem: retry with backoff, alert the operator
+    AUTH = "auth"  # refresh credentials and/or move to a new connection, then retry
+    WAIT = "wait"  # transient: retry later with backoff
+    CONN = "conn"  # connection-level: retry at once on another connection
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notification:
+    """One notification as another service enqueues it.
+
+    ``payload`` is the provider's native payload: for APNs the whole JSON body with ``aps``;
+    for FCM the HTTP v1 ``message`` object without ``token``.
+    """
+
+    app: str
+    platform: str
+    device_token: str
+    payload: Mapping[str, Any]
+    priority: int = 10
+    push_type: str | None = None
+    collapse_id: str | None = None
+    expires_at: dt.datetime | None = None
+    topic: str | None = None
+    send_at: dt.datetime | None = None
+    dedupe_key: str | None = None
+    max_attempts: int = 5
+    metadata: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Notification:
+        """Build from a dict (JSON Lines input, Python callers); unknown keys are an error."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+        missing = [k for k in ("app", "platform", "device_token", "payload") if k not in data]
+        if missing:
+            raise ValueError(f"missing field(s): {', '.join(missing)}")
+        values = dict(data)
+        for key in ("expires_at", "send_at"):
+            value = values.get(key)
+            if isinstance(value, str):
+                values[key] = _parse_time(value, key)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                values[key] = dt.datetime.fromtimestamp(value, dt.UTC)
+        return cls(**values)
+
+
+def _parse_time(value: str, key: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"{key}: not an ISO 8601 time: {value!r}") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed
+
+
+@dataclass(slots=True, kw_only=True)
+class ClaimedRow:
+    """A queue row claimed by the daemon for one send attempt."""
+
+    id: int
+    app: str
+    platform: str
+    device_token: str
+    payload: str
+    priority: int
+    push_type: str | None
+    collapse_id: str | None
+    expires_at: dt.datetime | None
+    topic: str | None
+    send_at: dt.datetime
+    dedupe_key: str | None
+    max_attempts: int
+    metadata: str | None
+    attempts: int
+    last_reason: str | None
+    enqueued_at: dt.datetime
+    is_expired: bool = False
+    is_token_invalid: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What one send attempt came to.
+
+    ``provider_status`` is the HTTP status (None when no response came back); ``reason`` the
+    provider's reason string or ours; ``retry_after_s`` a server-requested wait;
+    ``provider_timestamp`` APNs's 410 timestamp.
+    """
+
+    action: Action
+    provider_status: int | None = None
+    reason: str | None = None
+    provider_id: str | None = None
+    retry_after_s: float | None = None
+    provider_timestamp: dt.datetime | None = None
+    # Extra detail for logs (never credentials).
+    detail: str | None = field(default=None, compare=False)
