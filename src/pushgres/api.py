@@ -122,7 +122,9 @@ def _json(value: Mapping[str, Any] | None, index: int, field: str) -> str | None
     try:
         return codec.dumps(value).decode()
     except TypeError as exc:
-        raise EnqueueError(f"notification {index}: {field} is not JSON: {exc}", index=index) from None
+        raise EnqueueError(
+            f"notification {index}: {field} is not JSON: {exc}", index=index
+        ) from None
 
 
 async def enqueue(
@@ -175,7 +177,9 @@ async def _enqueue(
                     "queue", schema_name="pushgres", columns=_COPY_COLUMNS, records=records
                 )
             else:
-                await conn.execute(QUERIES["enqueue_rows"], reserved, *map(list, zip(*rows)))
+                await conn.execute(
+                    QUERIES["enqueue_rows"], reserved, *map(list, zip(*rows, strict=True))
+                )
             inserted = {r[0] for r in await conn.fetch(QUERIES["inserted_ids"], reserved)}
             ids = [rid if rid in inserted else None for rid in reserved]
             return await _resolve_duplicates(conn, items, ids)

@@ -138,14 +138,19 @@ def _notifications_from_lines(lines: Sequence[str], source: str) -> list[Notific
     return items
 
 
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 async def _cmd_enqueue(args: argparse.Namespace) -> int:
     if args.file:
         if args.file == "-":
             lines, source = sys.stdin.read().splitlines(), "stdin"
         else:
             try:
-                with open(args.file, encoding="utf-8") as f:
-                    lines, source = f.read().splitlines(), args.file
+                text = await asyncio.to_thread(_read_text, args.file)
+                lines, source = text.splitlines(), args.file
             except OSError as exc:
                 raise EnqueueError(f"cannot read {args.file}: {exc.strerror}") from None
         items = _notifications_from_lines(lines, source)
@@ -273,11 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0] == "simulate":
         from .simulator.cli import main as simulate_main
 
-        return simulate_main(args_list[1:])
+        return int(simulate_main(args_list[1:]))
     if args_list and args_list[0] == "demo":
         from .demo import main as demo_main
 
-        return demo_main(args_list[1:])
+        return int(demo_main(args_list[1:]))
     args = _parser().parse_args(args_list)
     try:
         return _run(lambda: _COMMANDS[args.command](args))

@@ -30,8 +30,8 @@ __all__ = [
     "PoolConfig",
     "RetryConfig",
     "Settings",
-    "load_config",
     "env_flag",
+    "load_config",
     "parse_config",
     "resolve_dsn",
 ]
@@ -197,7 +197,9 @@ class _Section:
         value = self.str_(key, default, required=default is None)
         assert value is not None
         if value not in choices:
-            raise ConfigError(f"{self._key(key)} must be one of {', '.join(choices)}, got {value!r}")
+            raise ConfigError(
+                f"{self._key(key)} must be one of {', '.join(choices)}, got {value!r}"
+            )
         return value
 
     def int_(self, key: str, default: int, lo: int, hi: int) -> int:

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from .apns.auth import ProviderToken, load_client_certificate
 from .apns.protocol import ApnsRequestBuilder
 from .config import AppConfig, PoolConfig, Settings
-from .db.store import Claim, InvalidToken, Requeue, ResultRecord, Store
+from .db.store import Claim, Store
 from .exceptions import StoreError
 from .fcm.auth import ServiceAccount, TokenSource
 from .fcm.protocol import FcmRequestBuilder
 from .http2.pool import Http2Pool, PoolSettings
 from .http2.tls import make_ssl_context
-from .models import Action, ClaimedRow, Outcome
+from .models import Action, ClaimedRow, InvalidToken, Outcome, Requeue, ResultRecord
 from .pipeline.decide import decide, skip_reason
 from .pipeline.ratelimit import TokenBucket
 from .pipeline.sender import ApnsSender, FcmSender, Sender
@@ -289,7 +289,10 @@ class Daemon:
         """Wait for ``event``, the stop signal, or ``timeout_s``, whichever comes first."""
         if self._stopping.is_set() and event is not self._stopping:
             return
-        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stopping.wait())]
+        waiters = [
+            asyncio.ensure_future(event.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        ]
         try:
             await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -388,24 +391,21 @@ class Daemon:
         if not rows:
             return []
         tasks = [asyncio.ensure_future(sender.send(row, now=now)) for row in rows]
-        abort = asyncio.ensure_future(self._abort.wait())
-        try:
-            pending = set(tasks)
-            while pending and not abort.done():
-                _done, pending = await asyncio.wait(
-                    pending | {abort}, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending.discard(abort)
-            for task in pending:
+
+        async def cancel_on_abort() -> None:
+            await self._abort.wait()
+            for task in tasks:
                 task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+
+        watcher = asyncio.ensure_future(cancel_on_abort())
+        try:
+            await asyncio.wait(tasks)
         except BaseException:
             for task in tasks:
                 task.cancel()
             raise
         finally:
-            abort.cancel()
+            watcher.cancel()
         interrupted = Outcome(action=Action.CONN, reason="Interrupted")
         outcomes = []
         for task in tasks:
@@ -453,4 +453,3 @@ class Daemon:
                 self.stats.reasons["UnknownApp"] += len(failed)
             else:
                 await asyncio.sleep(UNKNOWN_APP_SWEEP_S)
-

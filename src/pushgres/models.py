@@ -16,9 +16,12 @@ __all__ = [
     "PUSH_TYPES",
     "Action",
     "ClaimedRow",
+    "InvalidToken",
     "Notification",
     "Outcome",
     "Platform",
+    "Requeue",
+    "ResultRecord",
     "Status",
 ]
 
@@ -160,3 +163,33 @@ class Outcome:
     provider_timestamp: dt.datetime | None = None
     # Extra detail for logs (never credentials).
     detail: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """One terminal outcome to append to ``pushgres.results``."""
+
+    row: ClaimedRow
+    status: str
+    provider_status: int | None
+    reason: str | None
+    provider_id: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """A row going back to the queue for another attempt after ``delay_s``."""
+
+    row: ClaimedRow
+    delay_s: float
+    reason: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidToken:
+    app: str
+    device_token: str
+    reason: str
+    provider_timestamp: dt.datetime | None

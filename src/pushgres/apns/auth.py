@@ -129,5 +129,7 @@ def load_client_certificate(
         with open(cert_key_file, "rb") as f:
             key_pem = f.read()
     except OSError as exc:
-        raise ConfigError(f"certificate file cannot be read: {exc.filename}: {exc.strerror}") from None
+        raise ConfigError(
+            f"certificate file cannot be read: {exc.filename}: {exc.strerror}"
+        ) from None
     return ClientCertificate(cert_pem=cert_pem, key_pem=key_pem)

@@ -50,8 +50,9 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
 
 async def check_schema(conn: asyncpg.Connection) -> int:
     """Raise :class:`SchemaError` unless the database is at exactly this build's version."""
-    version = await conn.fetchval(QUERIES["schema_version"])
-    if version is None or version == 0:
+    has_table = await conn.fetchval(QUERIES["has_migrations_table"])
+    version = await conn.fetchval(QUERIES["schema_version"]) if has_table else 0
+    if version == 0:
         raise SchemaError(
             "the pushgres schema is missing from this database; run `pushgres migrate` first"
         )

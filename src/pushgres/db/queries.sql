@@ -23,9 +23,11 @@ SELECT version FROM pushgres.schema_migrations ORDER BY version
 -- name: record_migration
 INSERT INTO pushgres.schema_migrations (version, name) VALUES ($1, $2)
 
+-- name: has_migrations_table
+SELECT to_regclass('pushgres.schema_migrations') IS NOT NULL
+
 -- name: schema_version
-SELECT CASE WHEN to_regclass('pushgres.schema_migrations') IS NULL THEN NULL
-            ELSE (SELECT coalesce(max(version), 0) FROM pushgres.schema_migrations) END
+SELECT coalesce(max(version), 0) FROM pushgres.schema_migrations
 
 -- name: session_setup
 SELECT set_config('pushgres.daemon', 'on', false),

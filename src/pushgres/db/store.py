@@ -11,24 +11,19 @@ only notifications that were in flight can be sent twice.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from ..exceptions import StoreError
-from ..models import ClaimedRow
+from ..models import ClaimedRow, InvalidToken, Requeue, ResultRecord
 from .migrate import check_schema
 from .queries import QUERIES
 
 __all__ = [
     "Claim",
-    "InvalidToken",
-    "Requeue",
-    "ResultRecord",
     "Store",
     "map_db_errors",
 ]
@@ -43,36 +38,6 @@ def map_db_errors(action: str) -> Iterator[None]:
         yield
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         raise StoreError(f"{action} failed: {type(exc).__name__}: {exc}") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class ResultRecord:
-    """One terminal outcome to append to ``pushgres.results``."""
-
-    row: ClaimedRow
-    status: str
-    provider_status: int | None
-    reason: str | None
-    provider_id: str | None
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class Requeue:
-    """A row going back to the queue for another attempt after ``delay_s``."""
-
-    row: ClaimedRow
-    delay_s: float
-    reason: str
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidToken:
-    app: str
-    device_token: str
-    reason: str
-    provider_timestamp: dt.datetime | None
 
 
 class Claim:

@@ -38,7 +38,9 @@ class ServiceAccount:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except OSError as exc:
-            raise ConfigError(f"service account file {path} cannot be read: {exc.strerror}") from None
+            raise ConfigError(
+                f"service account file {path} cannot be read: {exc.strerror}"
+            ) from None
         except ValueError:
             raise ConfigError(f"service account file {path} is not valid JSON") from None
         if not isinstance(data, dict):
@@ -55,14 +57,18 @@ class ServiceAccount:
         try:
             key = serialization.load_pem_private_key(data["private_key"].encode(), password=None)
         except (ValueError, TypeError):
-            raise ConfigError(f"service account file {path}: private_key is not a PEM key") from None
+            raise ConfigError(
+                f"service account file {path}: private_key is not a PEM key"
+            ) from None
         if not isinstance(key, rsa.RSAPrivateKey):
             raise ConfigError(f"service account file {path}: private_key is not an RSA key")
         self.path = path
         self.project_id: str = data["project_id"]
         self.client_email: str = data["client_email"]
         self.private_key_id: str = data["private_key_id"]
-        self.token_uri: str = token_uri or data.get("token_uri") or "https://oauth2.googleapis.com/token"
+        self.token_uri: str = (
+            token_uri or data.get("token_uri") or "https://oauth2.googleapis.com/token"
+        )
         self._key = key
 
     def assertion(self, now: float) -> str:

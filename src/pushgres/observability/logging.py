@@ -12,7 +12,10 @@ import sys
 
 __all__ = ["KeyValueFormatter", "setup_logging", "short_token"]
 
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
 
 
 def short_token(token: str) -> str:

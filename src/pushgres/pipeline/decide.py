@@ -16,8 +16,7 @@ import random
 from dataclasses import dataclass
 
 from ..config import RetryConfig
-from ..db.store import InvalidToken, Requeue, ResultRecord
-from ..models import Action, ClaimedRow, Outcome, Status
+from ..models import Action, ClaimedRow, InvalidToken, Outcome, Requeue, ResultRecord, Status
 from ..retry import backoff_s
 
 __all__ = ["Decision", "decide", "skip_reason"]
@@ -38,9 +37,7 @@ def skip_reason(row: ClaimedRow) -> ResultRecord | None:
     if row.is_expired:
         return ResultRecord(row, Status.EXPIRED, None, "Expired", None, row.attempts)
     if row.is_token_invalid:
-        return ResultRecord(
-            row, Status.TOKEN_INVALID, None, "TokenInvalidated", None, row.attempts
-        )
+        return ResultRecord(row, Status.TOKEN_INVALID, None, "TokenInvalidated", None, row.attempts)
     return None
 
 

@@ -32,7 +32,7 @@ CREATE TABLE pushgres.queue (
     CONSTRAINT queue_fcm_token_chars CHECK (platform <> 'fcm' OR device_token ~ '^[A-Za-z0-9_:.-]+$'),
     CONSTRAINT queue_payload_object CHECK (jsonb_typeof(payload) = 'object'),
     CONSTRAINT queue_apns_payload_has_aps CHECK (
-        platform <> 'apns' OR jsonb_typeof(payload -> 'aps') = 'object'),
+        platform <> 'apns' OR coalesce(jsonb_typeof(payload -> 'aps'), '') = 'object'),
     CONSTRAINT queue_fcm_payload_no_target CHECK (
         platform <> 'fcm' OR NOT (payload ?| ARRAY['token', 'topic', 'condition', 'fid'])),
     CONSTRAINT queue_priority CHECK (priority IN (1, 5, 10)),

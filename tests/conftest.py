@@ -1,0 +1,107 @@
+"""Shared fixtures: a real PostgreSQL for every test that needs one.
+
+``PUSHGRES_TEST_DSN`` points at any server (the role must be allowed to create databases);
+otherwise an embedded ``pgserver`` is started once per session under a temporary directory.
+Each test gets a fresh database cloned from a migrated template.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+
+TEMPLATE = "pushgres_test_template"
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn() -> Iterator[str]:
+    given = os.environ.get("PUSHGRES_TEST_DSN")
+    if given:
+        yield given
+        return
+    import pgserver
+
+    tmp = tempfile.mkdtemp(prefix="pushgres-test-pg-")
+    server = pgserver.get_server(os.path.join(tmp, "data"), cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server_dsn: str) -> str:
+    import asyncio
+
+    from pushgres.db.migrate import migrate
+
+    async def build() -> None:
+        conn = await asyncpg.connect(pg_server_dsn)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+            await conn.execute(f"CREATE DATABASE {TEMPLATE}")
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(_with_database(pg_server_dsn, TEMPLATE))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(build())
+    return TEMPLATE
+
+
+@pytest.fixture
+async def dsn(pg_server_dsn: str, pg_template: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test."""
+    name = f"pushgres_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+    finally:
+        await admin.close()
+    yield _with_database(pg_server_dsn, name)
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def empty_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
+    """A fresh database without the pushgres schema."""
+    name = f"pushgres_e_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    yield _with_database(pg_server_dsn, name)
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await asyncpg.connect(dsn)
+    try:
+        yield c
+    finally:
+        await c.close()

@@ -1,0 +1,40 @@
+"""Protocol modules are sans-IO: they never import asyncio or a network/database library."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+SRC = pathlib.Path(__file__).resolve().parents[2] / "src" / "pushgres"
+PURE = [
+    "apns/protocol.py",
+    "apns/reasons.py",
+    "fcm/protocol.py",
+    "fcm/reasons.py",
+    "http2/connection.py",
+    "http2/events.py",
+    "pipeline/decide.py",
+    "models.py",
+    "retry.py",
+]
+FORBIDDEN = {"asyncio", "aiohttp", "asyncpg", "uvloop", "socket", "ssl"}
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_module_imports(module: str) -> None:
+    tree = ast.parse((SRC / module).read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    assert not imported & FORBIDDEN, f"{module} imports {imported & FORBIDDEN}"
+
+
+def test_every_module_states_its_job() -> None:
+    for path in SRC.rglob("*.py"):
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        assert doc, f"{path.relative_to(SRC)} has no module docstring"
