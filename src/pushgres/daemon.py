@@ -156,6 +156,7 @@ class Daemon:
         self._rng = rng or random.Random()
         self._stopping = asyncio.Event()
         self._abort = asyncio.Event()
+        self._batch_done = asyncio.Event()
         self._apps: list[_AppRuntime] = []
         self._store: Store | None = None
         self.stats = DaemonStats()
@@ -228,21 +229,28 @@ class Daemon:
                 )
                 for app in self._apps
             ]
-            watchdog = tg.create_task(self._shutdown_watchdog(), name="shutdown-watchdog")
             await asyncio.gather(*claimers)
+            await self._drain()
             for task in background:
                 task.cancel()
-            watchdog.cancel()
             # Batches still running are owned by the TaskGroup, which waits for them here.
 
-    async def _shutdown_watchdog(self) -> None:
-        await self._stopping.wait()
-        await asyncio.sleep(self._settings.daemon.shutdown_timeout_s)
-        if any(app.batches for app in self._apps):
-            logger.warning(
-                "shutdown deadline reached: cancelling unfinished sends, their rows stay queued"
-            )
-        self._abort.set()
+    async def _drain(self) -> None:
+        """After stop(): give in-flight batches the shutdown deadline, then abort their sends."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.daemon.shutdown_timeout_s
+        while any(app.batches for app in self._apps):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                logger.warning(
+                    "shutdown deadline reached: cancelling unfinished sends, their rows stay queued"
+                )
+                self._abort.set()
+                return
+            self._batch_done.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._batch_done.wait()
 
     async def _claimer(
         self,
@@ -275,7 +283,7 @@ class Daemon:
             try:
                 claimed = await self._start_batch(store, app, wanted, tg, batch_slots)
             except StoreError as exc:
-                batch_slots.release()
+                # The batch task released its slot already.
                 logger.error("app %s: %s", name, exc, extra={"action": "claim_batch"})
                 await self._wait(app.wake, STORE_RETRY_S)
                 continue
@@ -346,13 +354,21 @@ class Daemon:
                     exc,
                     extra={"action": "write_results"},
                 )
+        except Exception:
+            # A bug, not a provider answer: the transaction rolled back, the rows are queued.
+            logger.exception(
+                "app %s: batch failed, its rows return to the queue",
+                app.config.name,
+                extra={"action": "batch"},
+            )
         finally:
             if not claimed.done():
-                claimed.cancel()
+                claimed.set_exception(StoreError("the batch ended before its claim returned"))
             app.in_flight -= reserved
             app.batches -= 1
             batch_slots.release()
             app.changed.set()
+            self._batch_done.set()
 
     async def _send_and_write(self, app: _AppRuntime, claim: Claim) -> None:
         now = dt.datetime.now(dt.UTC)

@@ -145,7 +145,9 @@ async def test_python_enqueue_names_the_bad_notification(conn: asyncpg.Connectio
     assert await conn.fetchval("SELECT count(*) FROM pushgres.queue") == 0
 
 
-async def test_enqueue_wakes_listeners_once_per_statement(conn: asyncpg.Connection, dsn: str) -> None:
+async def test_enqueue_wakes_listeners_once_per_statement(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
     listener = await asyncpg.connect(dsn)
     got: list[str] = []
     try:

@@ -58,24 +58,23 @@ def test_env_dsn_overrides(tmp_path: pathlib.Path) -> None:
     [
         ("[daemon]\nbatch_size = 0\n", "daemon.batch_size must be 1..5000, got 0"),
         ("[daemon]\nbatch_sise = 10\n", "unknown key(s) in [daemon]: batch_sise"),
-        ("[apps.web]\nplatform = \"webpush\"\n", "apps.web.platform must be one of apns, fcm"),
+        ('[apps.web]\nplatform = "webpush"\n', "apps.web.platform must be one of apns, fcm"),
         (
-            "[apps.x]\nplatform = \"fcm\"\nservice_account_file = \"nope.json\"\n",
+            '[apps.x]\nplatform = "fcm"\nservice_account_file = "nope.json"\n',
             "apps.x.service_account_file: file",
         ),
         (
-            "[apps.c]\nplatform = \"apns\"\nenvironment = \"production\"\ntopic = \"a.b\"\n"
-            "auth = \"certificate\"\np12_file = \"key.p8\"\np12_password_env = \"NOPE\"\n",
+            '[apps.c]\nplatform = "apns"\nenvironment = "production"\ntopic = "a.b"\n'
+            'auth = "certificate"\np12_file = "key.p8"\np12_password_env = "NOPE"\n',
             "apps.c.p12_password_env names environment variable NOPE, which is not set",
         ),
         (
-            "[apps.d]\nplatform = \"apns\"\nenvironment = \"production\"\ntopic = \"a.b\"\n"
-            "key_file = \"key.p8\"\nkey_id = \"short\"\nteam_id = \"DEF123GHIJ\"\n",
+            '[apps.d]\nplatform = "apns"\nenvironment = "production"\ntopic = "a.b"\n'
+            'key_file = "key.p8"\nkey_id = "short"\nteam_id = "DEF123GHIJ"\n',
             "apps.d.key_id must be 10 upper-case letters or digits, got 'short'",
         ),
         (
-            "[apps.e]\nplatform = \"fcm\"\nservice_account_file = \"sa.json\"\n"
-            "endpoint = \"http://x\"\n",
+            '[apps.e]\nplatform = "fcm"\nservice_account_file = "sa.json"\nendpoint = "http://x"\n',
             "apps.e.endpoint must be an https:// URL",
         ),
     ],
@@ -87,7 +86,9 @@ def test_errors_name_the_key(tmp_path: pathlib.Path, patch: str, message: str) -
 
 def test_missing_dsn_and_bad_toml(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ConfigError, match="database.dsn is required"):
-        load_config(write(tmp_path, BASE.replace('dsn = "postgresql://localhost/x"', "")), environ={})
+        load_config(
+            write(tmp_path, BASE.replace('dsn = "postgresql://localhost/x"', "")), environ={}
+        )
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "[[["), environ={})
     with pytest.raises(ConfigError, match="does not exist"):

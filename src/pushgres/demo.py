@@ -1,0 +1,299 @@
+"""``make demo``: the main job end to end on one machine, and a check that it was delivered.
+
+Starts an embedded PostgreSQL (``pgserver``, data under ``.pushgres/``) unless ``PUSHGRES_DSN``
+is set, starts the simulators in their own process, migrates, enqueues 100,000 notifications
+over two apps (APNs with token auth, FCM) with about 2% dead tokens, runs the daemon in its own
+process until the queue drains while printing a progress line, then prints the outcomes by
+reason, sends per second, enqueue→sent latency p50/p99, and checks that the simulators accepted
+exactly the notifications recorded as sent. Exits 0 only if that check holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import asyncpg
+import uvloop
+
+from .api import enqueue
+from .config import env_flag
+from .db.migrate import migrate
+from .models import Notification
+from .simulator.devkit import apns_token, fcm_token
+
+__all__ = ["main"]
+
+APNS_APP = "demo-ios"
+FCM_APP = "demo-android"
+ENQUEUE_CHUNK = 10_000
+STARTUP_TIMEOUT_S = 60.0
+DRAIN_TIMEOUT_S = 1800.0
+
+RESULTS_SQL = """
+SELECT status, coalesce(reason, '') AS reason, count(*) AS n
+FROM pushgres.results WHERE id BETWEEN $1 AND $2
+GROUP BY status, reason ORDER BY n DESC
+"""
+PROGRESS_SQL = "SELECT count(*) FROM pushgres.results WHERE id BETWEEN $1 AND $2"
+TIMING_SQL = """
+SELECT min(finished_at) AS first, max(finished_at) AS last,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - enqueued_at))
+           AS p50,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - enqueued_at))
+           AS p99
+FROM pushgres.results WHERE id BETWEEN $1 AND $2 AND status = 'sent'
+"""
+SENT_TOKENS_SQL = """
+SELECT platform, device_token, count(*) AS n FROM pushgres.results
+WHERE id BETWEEN $1 AND $2 AND status = 'sent' GROUP BY platform, device_token
+"""
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _start_postgres(state: pathlib.Path) -> tuple[str, Any]:
+    given = env_flag("PUSHGRES_DSN")
+    if given:
+        return given, None
+    import pgserver
+
+    server = pgserver.get_server(state / "pgdata", cleanup_mode="stop")
+    return server.get_uri(), server
+
+
+async def _wait_for_file(path: pathlib.Path, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start within {STARTUP_TIMEOUT_S:.0f}s")
+        await asyncio.sleep(0.2)
+
+
+def _write_config(state: pathlib.Path, dsn: str, sim: dict[str, Any]) -> pathlib.Path:
+    config = state / "demo.toml"
+    config.write_text(
+        f"""# Written by `pushgres demo`: two apps against the local simulators.
+[database]
+dsn = {json.dumps(dsn)}
+pool_size = 12
+
+[daemon]
+batch_size = 1000
+poll_interval_s = 0.5
+shutdown_timeout_s = 10
+log_level = "warning"
+
+[retry]
+base_s = 0.5
+max_s = 5
+
+[apps.{APNS_APP}]
+platform = "apns"
+environment = "production"
+topic = {json.dumps(sim["apns_topic"])}
+auth = "token"
+key_file = {json.dumps(sim["apns_key_file"])}
+key_id = {json.dumps(sim["apns_key_id"])}
+team_id = {json.dumps(sim["apns_team_id"])}
+endpoint = "https://127.0.0.1:{sim["apns_production_port"]}"
+tls_server_name = "localhost"
+ca_file = {json.dumps(sim["ca_file"])}
+max_connections = 2
+max_streams_per_connection = 500
+
+[apps.{FCM_APP}]
+platform = "fcm"
+service_account_file = {json.dumps(sim["service_account_file"])}
+endpoint = "https://127.0.0.1:{sim["fcm_port"]}"
+tls_server_name = "localhost"
+ca_file = {json.dumps(sim["ca_file"])}
+max_connections = 4
+max_streams_per_connection = 100
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def _notifications(count: int, dead_ratio: float, run_id: int) -> list[Notification]:
+    rng = random.Random(run_id)
+    items = []
+    for i in range(count):
+        dead = rng.random() < dead_ratio
+        n = run_id * 10_000_000 + i
+        if i % 2 == 0:
+            items.append(
+                Notification(
+                    app=APNS_APP,
+                    platform="apns",
+                    device_token=apns_token("Unregistered" if dead else "ok", n),
+                    payload={"aps": {"alert": {"title": "Your cart", "body": f"Item {i} waits"}}},
+                    metadata={"demo": run_id},
+                )
+            )
+        else:
+            items.append(
+                Notification(
+                    app=FCM_APP,
+                    platform="fcm",
+                    device_token=fcm_token("UNREGISTERED" if dead else "ok", n),
+                    payload={"notification": {"title": "Reorder?"}, "data": {"i": str(i)}},
+                    metadata={"demo": run_id},
+                )
+            )
+    return items
+
+
+async def _accepted(control_url: str) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+        session.get(f"{control_url}/_sim/accepted") as resp,
+    ):
+        resp.raise_for_status()
+        data: dict[str, Any] = await resp.json()
+        return data
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    state = pathlib.Path(args.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    dsn, server = _start_postgres(state)
+    sim_dir = state / "sim"
+    sim_file = sim_dir / "simulator.json"
+    sim_file.unlink(missing_ok=True)
+    sim_log = open(state / "simulator.log", "wb")  # noqa: SIM115 (closed in finally)
+    sim_proc = subprocess.Popen(
+        [sys.executable, "-m", "pushgres", "simulate", "--state-dir", str(sim_dir)],
+        stdout=sim_log,
+        stderr=subprocess.STDOUT,
+    )
+    daemon_proc: subprocess.Popen[bytes] | None = None
+    daemon_log = open(state / "daemon.log", "wb")  # noqa: SIM115 (closed in finally)
+    try:
+        _log(
+            f"postgres: {'PUSHGRES_DSN' if server is None else 'embedded, ' + str(state / 'pgdata')}"
+        )
+        await _wait_for_file(sim_file, sim_proc, "the simulators")
+        sim = json.loads(sim_file.read_text())
+        _log(f"simulators: APNs :{sim['apns_production_port']}, FCM :{sim['fcm_port']}")
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+            run_id = int(time.time()) % 100_000
+            items = _notifications(args.count, args.dead_ratio, run_id)
+            t0 = time.monotonic()
+            ids: list[int] = []
+            for start in range(0, len(items), ENQUEUE_CHUNK):
+                ids += await enqueue(conn, items[start : start + ENQUEUE_CHUNK])
+            lo, hi = min(ids), max(ids)
+            _log(f"enqueued {len(ids):,} notifications in {time.monotonic() - t0:.1f}s")
+            config = _write_config(state, dsn, sim)
+            started = time.monotonic()
+            daemon_proc = subprocess.Popen(
+                [sys.executable, "-m", "pushgres", "run", "--config", str(config)],
+                stdout=daemon_log,
+                stderr=subprocess.STDOUT,
+            )
+            done = 0
+            while done < len(ids):
+                await asyncio.sleep(0.5)
+                done = await conn.fetchval(PROGRESS_SQL, lo, hi)
+                elapsed = time.monotonic() - started
+                rate = done / elapsed if elapsed else 0.0
+                sys.stdout.write(
+                    f"\r  delivered {done:>7,}/{len(ids):,}  {rate:>7,.0f}/s  {elapsed:6.1f}s "
+                )
+                sys.stdout.flush()
+                if daemon_proc.poll() is not None:
+                    _log(f"\nthe daemon exited early ({daemon_proc.returncode}); see daemon.log")
+                    return 1
+                if elapsed > DRAIN_TIMEOUT_S:
+                    _log("\nthe queue did not drain in time")
+                    return 1
+            _log("")
+            daemon_proc.send_signal(signal.SIGTERM)
+            daemon_proc.wait(timeout=60)
+            return await _summary(conn, sim, lo, hi, len(ids), daemon_proc.returncode)
+        finally:
+            await conn.close()
+    finally:
+        for proc in (daemon_proc, sim_proc):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        sim_log.close()
+        daemon_log.close()
+        if server is not None:
+            server.cleanup()
+
+
+async def _summary(
+    conn: asyncpg.Connection, sim: dict[str, Any], lo: int, hi: int, total: int, daemon_rc: int
+) -> int:
+    _log("outcomes:")
+    for r in await conn.fetch(RESULTS_SQL, lo, hi):
+        reason = f" ({r['reason']})" if r["reason"] else ""
+        _log(f"  {r['status']:<14}{reason:<28} {r['n']:>8,}")
+    timing = await conn.fetchrow(TIMING_SQL, lo, hi)
+    first, last = timing["first"], timing["last"]
+    span = (last - first).total_seconds() if first and last else 0.0
+    sent_total = 0
+    sent: dict[tuple[str, str], int] = {}
+    for r in await conn.fetch(SENT_TOKENS_SQL, lo, hi):
+        sent[(r["platform"], r["device_token"])] = r["n"]
+        sent_total += r["n"]
+    rate = total / span if span > 0 else float("nan")
+    _log(f"sends per second: {rate:,.0f} ({total:,} notifications in {span:.1f}s)")
+    _log(f"enqueue→sent latency: p50 {timing['p50'] or 0:.2f}s, p99 {timing['p99'] or 0:.2f}s")
+    accepted = await _accepted(sim["control_url"])
+    mismatches = 0
+    accepted_total = 0
+    for platform in ("apns", "fcm"):
+        counts: dict[str, int] = accepted.get(platform, {})
+        ours = {tok: n for (plat, tok), n in sent.items() if plat == platform}
+        for token, n in counts.items():
+            if token in ours or n:
+                accepted_total += n
+            if ours.get(token, 0) != n:
+                mismatches += 1
+        mismatches += sum(1 for tok in ours if tok not in counts)
+    ok = mismatches == 0 and accepted_total == sent_total and daemon_rc == 0
+    verdict = "OK" if ok else "FAILED"
+    _log(
+        f"check: simulators accepted {accepted_total:,}, results say sent {sent_total:,}, "
+        f"{mismatches} token mismatches, daemon exit {daemon_rc}: {verdict}"
+    )
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pushgres demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--dead-ratio", type=float, default=0.02)
+    parser.add_argument("--state-dir", default=os.path.join(os.getcwd(), ".pushgres"))
+    args = parser.parse_args(argv)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        try:
+            return runner.run(_demo(args))
+        except (RuntimeError, OSError, asyncpg.PostgresError) as exc:
+            print(f"pushgres demo: {exc}", file=sys.stderr)
+            return 1
