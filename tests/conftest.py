@@ -16,7 +16,6 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-
 TEMPLATE = "pushgres_test_template"
 
 

@@ -71,18 +71,19 @@ def _start_postgres(state: pathlib.Path) -> tuple[str, Any]:
         return given, None
     import pgserver
 
-    server = pgserver.get_server(state / "pgdata", cleanup_mode="stop")
+    # pgserver re-exports get_server without __all__.
+    server = pgserver.get_server(state / "pgdata", cleanup_mode="stop")  # type: ignore[attr-defined]
     return server.get_uri(), server
 
 
-async def _wait_for_file(path: pathlib.Path, proc: subprocess.Popen[bytes], what: str) -> None:
+def _wait_for_file(path: pathlib.Path, proc: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while not path.exists():
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with status {proc.returncode}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not start within {STARTUP_TIMEOUT_S:.0f}s")
-        await asyncio.sleep(0.2)
+        time.sleep(0.2)
 
 
 def _write_config(state: pathlib.Path, dsn: str, sim: dict[str, Any]) -> pathlib.Path:
@@ -170,83 +171,114 @@ async def _accepted(control_url: str) -> dict[str, Any]:
         return data
 
 
-async def _demo(args: argparse.Namespace) -> int:
+async def _prepare(dsn: str, count: int, dead_ratio: float) -> tuple[int, int, int]:
+    """Migrate and enqueue; returns (lowest id, highest id, count)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        run_id = int(time.time()) % 100_000
+        items = _notifications(count, dead_ratio, run_id)
+        t0 = time.monotonic()
+        ids: list[int] = []
+        for start in range(0, len(items), ENQUEUE_CHUNK):
+            ids += await enqueue(conn, items[start : start + ENQUEUE_CHUNK])
+        _log(f"enqueued {len(ids):,} notifications in {time.monotonic() - t0:.1f}s")
+        return min(ids), max(ids), len(ids)
+    finally:
+        await conn.close()
+
+
+async def _progress(
+    dsn: str, lo: int, hi: int, total: int, daemon: subprocess.Popen[bytes]
+) -> bool:
+    """Print a live progress line until every notification has a result."""
+    conn = await asyncpg.connect(dsn)
+    started = time.monotonic()
+    try:
+        done = 0
+        while done < total:
+            await asyncio.sleep(0.5)
+            done = await conn.fetchval(PROGRESS_SQL, lo, hi)
+            elapsed = time.monotonic() - started
+            rate = done / elapsed if elapsed else 0.0
+            sys.stdout.write(
+                f"\r  delivered {done:>7,}/{total:,}  {rate:>7,.0f}/s  {elapsed:6.1f}s "
+            )
+            sys.stdout.flush()
+            if daemon.poll() is not None:
+                _log(f"\nthe daemon exited early ({daemon.returncode}); see daemon.log")
+                return False
+            if elapsed > DRAIN_TIMEOUT_S:
+                _log("\nthe queue did not drain in time")
+                return False
+        _log("")
+        return True
+    finally:
+        await conn.close()
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> int | None:
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def _demo(args: argparse.Namespace, runner: asyncio.Runner) -> int:
     state = pathlib.Path(args.state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     dsn, server = _start_postgres(state)
+    where = "PUSHGRES_DSN" if server is None else f"embedded, {state / 'pgdata'}"
+    _log(f"postgres: {where}")
     sim_dir = state / "sim"
     sim_file = sim_dir / "simulator.json"
     sim_file.unlink(missing_ok=True)
-    sim_log = open(state / "simulator.log", "wb")  # noqa: SIM115 (closed in finally)
-    sim_proc = subprocess.Popen(
-        [sys.executable, "-m", "pushgres", "simulate", "--state-dir", str(sim_dir)],
-        stdout=sim_log,
-        stderr=subprocess.STDOUT,
-    )
     daemon_proc: subprocess.Popen[bytes] | None = None
-    daemon_log = open(state / "daemon.log", "wb")  # noqa: SIM115 (closed in finally)
-    try:
-        _log(
-            f"postgres: {'PUSHGRES_DSN' if server is None else 'embedded, ' + str(state / 'pgdata')}"
+    with open(state / "simulator.log", "wb") as sim_log, open(state / "daemon.log", "wb") as log:
+        sim_proc = subprocess.Popen(
+            [sys.executable, "-m", "pushgres", "simulate", "--state-dir", str(sim_dir)],
+            stdout=sim_log,
+            stderr=subprocess.STDOUT,
         )
-        await _wait_for_file(sim_file, sim_proc, "the simulators")
-        sim = json.loads(sim_file.read_text())
-        _log(f"simulators: APNs :{sim['apns_production_port']}, FCM :{sim['fcm_port']}")
-        conn = await asyncpg.connect(dsn)
         try:
-            await migrate(conn)
-            run_id = int(time.time()) % 100_000
-            items = _notifications(args.count, args.dead_ratio, run_id)
-            t0 = time.monotonic()
-            ids: list[int] = []
-            for start in range(0, len(items), ENQUEUE_CHUNK):
-                ids += await enqueue(conn, items[start : start + ENQUEUE_CHUNK])
-            lo, hi = min(ids), max(ids)
-            _log(f"enqueued {len(ids):,} notifications in {time.monotonic() - t0:.1f}s")
+            _wait_for_file(sim_file, sim_proc, "the simulators")
+            sim = json.loads(sim_file.read_text())
+            _log(f"simulators: APNs :{sim['apns_production_port']}, FCM :{sim['fcm_port']}")
+            lo, hi, total = runner.run(_prepare(dsn, args.count, args.dead_ratio))
             config = _write_config(state, dsn, sim)
-            started = time.monotonic()
             daemon_proc = subprocess.Popen(
                 [sys.executable, "-m", "pushgres", "run", "--config", str(config)],
-                stdout=daemon_log,
+                stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            done = 0
-            while done < len(ids):
-                await asyncio.sleep(0.5)
-                done = await conn.fetchval(PROGRESS_SQL, lo, hi)
-                elapsed = time.monotonic() - started
-                rate = done / elapsed if elapsed else 0.0
-                sys.stdout.write(
-                    f"\r  delivered {done:>7,}/{len(ids):,}  {rate:>7,.0f}/s  {elapsed:6.1f}s "
-                )
-                sys.stdout.flush()
-                if daemon_proc.poll() is not None:
-                    _log(f"\nthe daemon exited early ({daemon_proc.returncode}); see daemon.log")
-                    return 1
-                if elapsed > DRAIN_TIMEOUT_S:
-                    _log("\nthe queue did not drain in time")
-                    return 1
-            _log("")
-            daemon_proc.send_signal(signal.SIGTERM)
-            daemon_proc.wait(timeout=60)
-            return await _summary(conn, sim, lo, hi, len(ids), daemon_proc.returncode)
+            if not runner.run(_progress(dsn, lo, hi, total, daemon_proc)):
+                return 1
+            daemon_rc = _stop(daemon_proc)
+            return runner.run(_summary(dsn, sim, lo, hi, total, daemon_rc or 0))
         finally:
-            await conn.close()
-    finally:
-        for proc in (daemon_proc, sim_proc):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        sim_log.close()
-        daemon_log.close()
-        if server is not None:
-            server.cleanup()
+            _stop(daemon_proc)
+            _stop(sim_proc)
+            if server is not None:
+                server.cleanup()
 
 
 async def _summary(
+    dsn: str, sim: dict[str, Any], lo: int, hi: int, total: int, daemon_rc: int
+) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await _report(conn, sim, lo, hi, total, daemon_rc)
+    finally:
+        await conn.close()
+
+
+async def _report(
     conn: asyncpg.Connection, sim: dict[str, Any], lo: int, hi: int, total: int, daemon_rc: int
 ) -> int:
     _log("outcomes:")
@@ -293,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
-            return runner.run(_demo(args))
+            return _demo(args, runner)
         except (RuntimeError, OSError, asyncpg.PostgresError) as exc:
             print(f"pushgres demo: {exc}", file=sys.stderr)
             return 1

@@ -85,7 +85,7 @@ def test_errors_name_the_key(tmp_path: pathlib.Path, patch: str, message: str) -
 
 
 def test_missing_dsn_and_bad_toml(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(ConfigError, match="database.dsn is required"):
+    with pytest.raises(ConfigError, match=r"database\.dsn is required"):
         load_config(
             write(tmp_path, BASE.replace('dsn = "postgresql://localhost/x"', "")), environ={}
         )
