@@ -1,0 +1,663 @@
+"""A per-origin pool of HTTP/2 connections: stream-credit capacity, draining, reconnects.
+
+:class:`Http2Pool` owns every connection to one provider endpoint and the background tasks
+that keep them healthy. It opens connections lazily and grows while every READY connection
+is saturated (up to ``max_connections``), never opens a stream before a connection's first
+server SETTINGS, and never exceeds a connection's current ``MAX_CONCURRENT_STREAMS``
+(protocol.md A.3, A.10; B.1, B.9). Requests that wait for a stream slot queue on futures
+woken when slots free up, never by polling.
+
+Failure handling follows protocol.md A.9: requests the peer certainly did not process
+(REFUSED_STREAM, above a GOAWAY's ``last_stream_id``) are resent on another connection
+within the same deadline; a GOAWAY drains its connection; an unanswered PING closes it;
+connect failures back off exponentially with full jitter, shared by the whole pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import math
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+
+from ..exceptions import (
+    ConfigError,
+    ConnectError,
+    ConnectTimeout,
+    PoolClosed,
+    RequestTimeout,
+    StreamRefused,
+    StreamReset,
+)
+from .connection import ConnState, H2ClientConnection
+from .events import GoAwayReceived, ResponseReceived
+from .transport import Http2Protocol
+
+__all__ = [
+    "DEFAULT_CLOSE_TIMEOUT_S",
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_IDLE_PING_AFTER_S",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_STREAMS_PER_CONNECTION",
+    "DEFAULT_PING_TIMEOUT_S",
+    "DEFAULT_RECONNECT_BACKOFF_INITIAL_S",
+    "DEFAULT_RECONNECT_BACKOFF_MAX_S",
+    "DEFAULT_UNPROCESSED_RETRIES",
+    "Http2Pool",
+    "PoolSettings",
+    "PoolState",
+    "Response",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONNECTIONS: Final = 4
+DEFAULT_MAX_STREAMS_PER_CONNECTION: Final = 500
+DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
+DEFAULT_IDLE_PING_AFTER_S: Final = 60.0
+DEFAULT_PING_TIMEOUT_S: Final = 10.0
+DEFAULT_RECONNECT_BACKOFF_INITIAL_S: Final = 0.5
+DEFAULT_RECONNECT_BACKOFF_MAX_S: Final = 30.0
+DEFAULT_UNPROCESSED_RETRIES: Final = 3
+DEFAULT_CLOSE_TIMEOUT_S: Final = 10.0
+_CLOSE_WAIT_S: Final = 1.0  # after a forced close: how long to wait for sockets to go away
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolSettings:
+    """How an :class:`Http2Pool` sizes, probes and replaces its connections."""
+
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    idle_ping_after_s: float = DEFAULT_IDLE_PING_AFTER_S
+    ping_timeout_s: float = DEFAULT_PING_TIMEOUT_S
+    max_connection_age_s: float | None = None
+    reconnect_backoff_initial_s: float = DEFAULT_RECONNECT_BACKOFF_INITIAL_S
+    reconnect_backoff_max_s: float = DEFAULT_RECONNECT_BACKOFF_MAX_S
+    unprocessed_retries: int = DEFAULT_UNPROCESSED_RETRIES
+
+    def __post_init__(self) -> None:
+        positive = {
+            "max_connections": self.max_connections,
+            "max_streams_per_connection": self.max_streams_per_connection,
+            "connect_timeout_s": self.connect_timeout_s,
+            "idle_ping_after_s": self.idle_ping_after_s,
+            "ping_timeout_s": self.ping_timeout_s,
+            "reconnect_backoff_initial_s": self.reconnect_backoff_initial_s,
+            "reconnect_backoff_max_s": self.reconnect_backoff_max_s,
+        }
+        for key, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"pool.{key} must be > 0, got {value}")
+        if self.max_connection_age_s is not None and not self.max_connection_age_s > 0:
+            raise ConfigError(
+                f"pool.max_connection_age_s must be > 0, got {self.max_connection_age_s}"
+            )
+        if self.unprocessed_retries < 0:
+            raise ConfigError(
+                f"pool.unprocessed_retries must be >= 0, got {self.unprocessed_retries}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A complete HTTP/2 response; ``connection_id`` names the connection that carried it."""
+
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+    connection_id: int
+
+
+class PoolState(enum.Enum):
+    """Lifecycle of an :class:`Http2Pool`."""
+
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+class _Listener:
+    """Forwards connection notifications to the pool without making them public API."""
+
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: Http2Pool) -> None:
+        self._pool = pool
+
+    def slots_freed(self, conn: Http2Protocol, count: int) -> None:
+        self._pool._slots_freed(conn, count)
+
+    def state_changed(self, conn: Http2Protocol) -> None:
+        self._pool._state_changed(conn)
+
+    def goaway_received(self, conn: Http2Protocol, event: GoAwayReceived) -> None:
+        self._pool._goaway_received(conn, event)
+
+
+class Http2Pool:
+    """HTTP/2 connections to one origin, shared by every request to it.
+
+    Parameters
+    ----------
+    name:
+        Label for logs and metrics (for example ``apns:myapp``).
+    host, port:
+        Where to connect; resolved afresh for every new connection.
+    server_hostname:
+        TLS SNI and certificate name.
+    authority:
+        The ``:authority`` requests to this pool carry (informational; callers build headers).
+    ssl_context:
+        From :func:`pushgres.http2.tls.make_ssl_context` (ALPN ``h2``).
+    settings:
+        Sizing and timing; see :class:`PoolSettings`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        *,
+        server_hostname: str,
+        authority: str,
+        ssl_context: ssl.SSLContext | None,
+        settings: PoolSettings | None = None,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.server_hostname = server_hostname
+        self.authority = authority
+        self._ssl = ssl_context
+        self._settings = settings if settings is not None else PoolSettings()
+        self._state = PoolState.UNOPENED
+        self._listener = _Listener(self)
+        self._ids = itertools.count(1)
+        self._conns: dict[int, Http2Protocol] = {}  # READY or DRAINING
+        self._closing_conns: set[Http2Protocol] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._connecting = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watchers: dict[int, asyncio.Task[None]] = {}
+        self._failures = 0
+        self._next_connect_at = 0.0
+        self._last_connect_error: ConnectError | None = None
+        self._last_stream_limit: int | None = None
+        self._counters = dict.fromkeys(
+            ("opened", "closed", "goaways", "resets", "timeouts", "refused"), 0
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> PoolState:
+        return self._state
+
+    async def start(self) -> None:
+        """Open the pool for requests (connections are opened on demand).
+
+        Raises
+        ------
+        PoolClosed
+            The pool was already closed; pools are not reusable.
+        """
+        if self._state is PoolState.CLOSED:
+            raise PoolClosed(f"pool {self.name} is closed and cannot be reopened")
+        self._state = PoolState.OPENED
+
+    async def __aenter__(self) -> Http2Pool:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self, timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S) -> None:
+        """Stop taking requests, let in-flight streams finish for ``timeout_s``, then force.
+
+        Waiting requests fail with :class:`PoolClosed`. Streams still in flight when the
+        deadline passes (or when this coroutine is cancelled) fail with ``ConnectionLost``.
+        """
+        if self._state is PoolState.CLOSED:
+            return
+        was_opened = self._state is PoolState.OPENED
+        self._state = PoolState.CLOSED
+        self._wake_all()
+        if not was_opened:
+            return
+        sockets = set(self._conns.values()) | self._closing_conns
+        try:
+            for conn in list(self._conns.values()):
+                conn.drain()
+            if self._conns:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await self._empty.wait()
+                except TimeoutError:
+                    logger.warning(
+                        "pool drain timed out; closing connections with streams in flight",
+                        extra={
+                            "action": "pool_close",
+                            "pool": self.name,
+                            "in_flight": self.in_flight(),
+                        },
+                    )
+        finally:
+            # Runs on cancellation too: nothing may outlive the pool.
+            sockets |= set(self._conns.values()) | self._closing_conns
+            for conn in list(self._conns.values()):
+                conn.abort("pool closed")
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+            pending = [asyncio.ensure_future(conn.wait_closed()) for conn in sockets]
+            if pending:
+                _, still_open = await asyncio.wait(pending, timeout=_CLOSE_WAIT_S)
+                for waiter in still_open:
+                    waiter.cancel()
+                for conn in sockets:
+                    conn.abort("pool closed")
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def request(
+        self, headers: Sequence[tuple[bytes, bytes]], body: bytes, *, timeout_s: float
+    ) -> Response:
+        """Send one request and return its response.
+
+        ``timeout_s`` covers waiting for a stream slot, connecting and the response.
+        Requests the peer did not process are resent (up to ``unprocessed_retries`` times)
+        within the same deadline.
+
+        Raises
+        ------
+        RequestTimeout
+            The deadline passed; the stream, if any, was reset with CANCEL.
+        ConnectError
+            The deadline passed while no connection could be opened.
+        StreamRefused
+            Still refused after the retries.
+        StreamReset, ConnectionLost
+            The outcome is unknown.
+        PoolClosed
+            The pool is not open.
+        """
+        if self._state is not PoolState.OPENED:
+            raise PoolClosed(f"pool {self.name} is {self._state.value}")
+        waiting = [True]  # whether the request is waiting for a connection
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._request(headers, body, waiting)
+        except TimeoutError:
+            self._counters["timeouts"] += 1
+            error = self._last_connect_error
+            if waiting[0] and error is not None and not self._conns:
+                raise type(error)(f"pool {self.name}: {error}") from error
+            raise RequestTimeout(f"no response within {timeout_s}s (pool {self.name})") from None
+
+    async def _request(
+        self, headers: Sequence[tuple[bytes, bytes]], body: bytes, waiting: list[bool]
+    ) -> Response:
+        attempts = 0
+        avoid: int | None = None
+        while True:
+            waiting[0] = True
+            conn = await self._acquire(avoid)
+            waiting[0] = False
+            stream_id, future = conn.submit(headers, body)
+            try:
+                event: ResponseReceived = await future
+            except StreamRefused:
+                self._counters["refused"] += 1
+                attempts += 1
+                if attempts > self._settings.unprocessed_retries:
+                    raise
+                avoid = conn.connection_id
+                continue
+            except StreamReset:
+                self._counters["resets"] += 1
+                raise
+            except (Exception, asyncio.CancelledError):
+                # Deadline or caller cancellation: reset the stream and free its slot.
+                conn.cancel(stream_id)
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: no "never retrieved" noise
+                raise
+            return Response(event.status, dict(event.headers), event.body, conn.connection_id)
+
+    async def _acquire(self, avoid: int | None) -> Http2Protocol:
+        """A READY connection with a free stream slot; waits (FIFO-ish) for one."""
+        loop = asyncio.get_running_loop()
+        requeue = False
+        while True:
+            if self._state is not PoolState.OPENED:
+                raise PoolClosed(f"pool {self.name} is closing")
+            conn = self._pick(avoid)
+            if conn is not None:
+                return conn
+            self._maybe_grow()
+            waiter: asyncio.Future[None] = loop.create_future()
+            if requeue:
+                self._waiters.appendleft(waiter)
+            else:
+                self._waiters.append(waiter)
+            requeue = True
+            try:
+                await waiter
+            except (Exception, asyncio.CancelledError):
+                if waiter.done() and not waiter.cancelled():
+                    self._wake(1)  # we were handed a slot we will not use: pass it on
+                else:
+                    try:
+                        self._waiters.remove(waiter)
+                    except ValueError:
+                        pass
+                raise
+
+    def _pick(self, avoid: int | None) -> Http2Protocol | None:
+        best: Http2Protocol | None = None
+        best_free = 0
+        fallback: Http2Protocol | None = None
+        for conn in self._conns.values():
+            if conn.state is not ConnState.READY:
+                continue
+            if conn.conn.next_stream_id_exhausted:
+                conn.drain()
+                continue
+            free = conn.available_streams
+            if free <= 0:
+                continue
+            if conn.connection_id == avoid:
+                fallback = conn
+            elif free > best_free:
+                best, best_free = conn, free
+        return best if best is not None else fallback
+
+    # -- capacity and stats ---------------------------------------------------------------
+
+    def capacity(self) -> int:
+        """How many requests could be in flight at once right now.
+
+        The stream limits of the READY connections, plus a conservative guess for each
+        connection not yet opened: the limit last seen on this pool, else 1.
+        """
+        if self._state is PoolState.CLOSED:
+            return 0
+        ready = [c for c in self._conns.values() if c.state is ConnState.READY]
+        guess = self._last_stream_limit or 1
+        unopened = max(0, self._settings.max_connections - len(ready))
+        return sum(c.stream_limit for c in ready) + unopened * guess
+
+    def in_flight(self) -> int:
+        """Requests currently waiting for a response on some connection."""
+        return sum(c.in_flight for c in self._conns.values())
+
+    def stats(self) -> dict[str, int]:
+        """Counters: connections, in_flight, opened, closed, goaways, resets, timeouts, refused."""
+        return {"connections": len(self._conns), "in_flight": self.in_flight(), **self._counters}
+
+    def retire(self, connection_id: int) -> None:
+        """Stop opening streams on ``connection_id``; it closes once its streams finish.
+
+        Used when a provider says the connection's credentials are wedged (APNs
+        ``ExpiredProviderToken``, ``TooManyProviderTokenUpdates``). Unknown ids are ignored.
+        """
+        conn = self._conns.get(connection_id)
+        if conn is None or conn.state is not ConnState.READY:
+            return
+        logger.info(
+            "retiring connection",
+            extra={"action": "pool_retire", "pool": self.name, "connection_id": connection_id},
+        )
+        conn.drain()
+        self._wake_all()
+
+    def retire_all(self) -> None:
+        """Retire every READY connection (for example after a credential change)."""
+        for connection_id in list(self._conns):
+            self.retire(connection_id)
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _maybe_grow(self) -> None:
+        if self._state is not PoolState.OPENED or self._connecting:
+            return
+        ready = sum(1 for c in self._conns.values() if c.state is ConnState.READY)
+        if ready >= self._settings.max_connections:
+            return
+        self._connecting += 1
+        self._spawn(self._connect(), "connect")
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            first = True
+            while self._state is PoolState.OPENED and (first or self._waiters):
+                first = False
+                delay = self._next_connect_at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # reconnect backoff, not polling
+                    if not self._waiters:
+                        return
+                try:
+                    conn = await self._open()
+                except ConnectError as exc:
+                    self._connect_failed(exc)
+                    continue
+                self._connect_succeeded(conn)
+                return
+        finally:
+            self._connecting -= 1
+
+    async def _open(self) -> Http2Protocol:
+        loop = asyncio.get_running_loop()
+        timeout_s = self._settings.connect_timeout_s
+        connection_id = next(self._ids)
+        sans_io = H2ClientConnection(max_streams=self._settings.max_streams_per_connection)
+
+        def factory() -> Http2Protocol:
+            return Http2Protocol(sans_io, connection_id=connection_id, listener=self._listener)
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, conn = await loop.create_connection(
+                    factory,
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.server_hostname if self._ssl is not None else None,
+                    ssl_handshake_timeout=timeout_s if self._ssl is not None else None,
+                )
+                try:
+                    self._check_alpn(conn)
+                    await conn.wait_ready()
+                except (Exception, asyncio.CancelledError):
+                    conn.abort("connect failed")
+                    raise
+        except TimeoutError as exc:
+            raise ConnectTimeout(
+                f"connecting to {self.host}:{self.port} took over {timeout_s}s"
+            ) from exc
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        return conn
+
+    def _check_alpn(self, conn: Http2Protocol) -> None:
+        if self._ssl is None:
+            return
+        ssl_object = conn.get_extra_info("ssl_object")
+        protocol = (
+            ssl_object.selected_alpn_protocol() if isinstance(ssl_object, ssl.SSLObject) else None
+        )
+        if protocol != "h2":
+            raise ConnectError(f"{self.host}:{self.port} did not negotiate h2 (ALPN {protocol!r})")
+
+    def _connect_succeeded(self, conn: Http2Protocol) -> None:
+        self._failures = 0
+        self._next_connect_at = 0.0
+        self._last_connect_error = None
+        if self._state is not PoolState.OPENED:
+            conn.close()
+            return
+        if conn.state is not ConnState.READY:
+            conn.drain()  # GOAWAY right after SETTINGS: nothing to use
+            return
+        self._conns[conn.connection_id] = conn
+        self._empty.clear()
+        self._counters["opened"] += 1
+        self._last_stream_limit = conn.stream_limit
+        self._watchers[conn.connection_id] = self._spawn(self._watch(conn), "watch")
+        logger.info(
+            "connection ready",
+            extra={
+                "action": "pool_connect",
+                "pool": self.name,
+                "connection_id": conn.connection_id,
+                "max_concurrent_streams": conn.stream_limit,
+            },
+        )
+        self._wake_all()
+
+    def _connect_failed(self, exc: ConnectError) -> None:
+        self._failures += 1
+        self._last_connect_error = exc
+        s = self._settings
+        ceiling = min(
+            s.reconnect_backoff_max_s, s.reconnect_backoff_initial_s * 2 ** (self._failures - 1)
+        )
+        delay = random.uniform(0, ceiling)  # full jitter
+        self._next_connect_at = asyncio.get_running_loop().time() + delay
+        logger.warning(
+            "connect failed; backing off",
+            extra={
+                "action": "pool_connect_failed",
+                "pool": self.name,
+                "failures": self._failures,
+                "backoff_s": round(delay, 3),
+                "error": str(exc),
+            },
+        )
+
+    async def _watch(self, conn: Http2Protocol) -> None:
+        """PING the connection when idle; drain it when it reaches its maximum age."""
+        s = self._settings
+        age_at = (
+            math.inf if s.max_connection_age_s is None else conn.created_at + s.max_connection_age_s
+        )
+        while not conn.is_closed:
+            now = time.monotonic()
+            ping_at = conn.last_received_at + s.idle_ping_after_s
+            if now >= age_at and conn.state is ConnState.READY:
+                logger.info(
+                    "connection reached its maximum age; draining",
+                    extra={
+                        "action": "pool_age",
+                        "pool": self.name,
+                        "connection_id": conn.connection_id,
+                    },
+                )
+                age_at = math.inf
+                conn.drain()
+                self._wake_all()
+                continue
+            if now >= ping_at:
+                ack = conn.ping()
+                try:
+                    async with asyncio.timeout(s.ping_timeout_s):
+                        answered = await ack
+                except TimeoutError:
+                    answered = False
+                if not answered and not conn.is_closed:
+                    logger.warning(
+                        "PING unanswered; closing the connection",
+                        extra={
+                            "action": "pool_ping_timeout",
+                            "pool": self.name,
+                            "connection_id": conn.connection_id,
+                        },
+                    )
+                    conn.abort("PING unanswered")
+                    return
+                continue
+            await asyncio.sleep(min(ping_at, age_at) - now)
+
+    # -- notifications from connections --------------------------------------------------
+
+    def _slots_freed(self, conn: Http2Protocol, count: int) -> None:
+        if conn.connection_id in self._conns:
+            self._wake(count)
+
+    def _state_changed(self, conn: Http2Protocol) -> None:
+        if conn.state is ConnState.CLOSED:
+            if self._conns.pop(conn.connection_id, None) is None:
+                return
+            self._counters["closed"] += 1
+            self._closing_conns = {c for c in self._closing_conns if not c.is_socket_closed}
+            if not conn.is_socket_closed:
+                self._closing_conns.add(conn)
+            watcher = self._watchers.pop(conn.connection_id, None)
+            if watcher is not None and watcher is not asyncio.current_task():
+                watcher.cancel()
+            if not self._conns:
+                self._empty.set()
+        elif conn.state is ConnState.READY and conn.connection_id in self._conns:
+            self._last_stream_limit = conn.stream_limit
+        self._wake_all()
+
+    def _goaway_received(self, conn: Http2Protocol, event: GoAwayReceived) -> None:
+        self._counters["goaways"] += 1
+
+    # -- waiters and tasks ----------------------------------------------------------------
+
+    def _wake(self, count: int) -> None:
+        waiters = self._waiters
+        while count > 0 and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
+
+    def _wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.name}:{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error(
+                "pool task failed",
+                extra={"action": "pool_task", "pool": self.name, "task": task.get_name()},
+                exc_info=exc,
+            )

@@ -1,0 +1,308 @@
+"""Test servers for the pool: a throwaway CA, a scriptable asyncio h2 server, nghttpd."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+@dataclass(frozen=True)
+class Certs:
+    ca_file: str
+    cert_file: str
+    key_file: str
+    client_cert_pem: bytes
+    client_key_pem: bytes
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def make_certs(directory: Path) -> Certs:
+    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("pushgres test CA"))
+        .issuer_name(_name("pushgres test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(common_name: str, san: list[x509.GeneralName]) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+    server_cert, server_key = leaf(
+        "localhost",
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    client_cert, client_key = leaf("pushgres test client", [])
+    ca_file = directory / "ca.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file = directory / "server.pem"
+    cert_file.write_bytes(server_cert)
+    key_file = directory / "server.key"
+    key_file.write_bytes(server_key)
+    return Certs(str(ca_file), str(cert_file), str(key_file), client_cert, client_key)
+
+
+def server_ssl_context(certs: Certs, *, alpn: tuple[str, ...] = ("h2",)) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs.cert_file, certs.key_file)
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+    return context
+
+
+# -- a scriptable asyncio h2 server --------------------------------------------------------
+
+
+@dataclass
+class Request:
+    conn: ServerConnection
+    stream_id: int
+    headers: dict[bytes, bytes]
+    body: bytes = b""
+
+    @property
+    def path(self) -> bytes:
+        return self.headers[b":path"]
+
+
+Handler = Callable[[Request], None]
+
+
+def echo(request: Request) -> None:
+    request.conn.respond(request.stream_id, 200, request.body)
+
+
+class ServerConnection(asyncio.Protocol):
+    """One server-side connection; the handler decides what happens to each request."""
+
+    def __init__(self, server: FaultServer) -> None:
+        self.server = server
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.transport: asyncio.Transport | None = None
+        self.requests: dict[int, Request] = {}
+        self.open_streams: set[int] = set()
+        self.max_open_seen = 0
+        self.frozen = False  # stop reading: no PING acks, no responses
+        self.resets: list[tuple[int, int]] = []
+        self.closed = asyncio.get_running_loop().create_future()
+        self.handles: list[asyncio.TimerHandle] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections.append(self)
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_concurrent_streams
+            },
+        )
+        self.h2.initiate_connection()
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        if self.frozen:
+            return
+        for event in self.h2.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                self.open_streams.add(event.stream_id)
+                self.max_open_seen = max(self.max_open_seen, len(self.open_streams))
+                self.requests[event.stream_id] = Request(self, event.stream_id, dict(event.headers))
+            elif isinstance(event, h2.events.DataReceived):
+                self.requests[event.stream_id].body += event.data
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                request = self.requests[event.stream_id]
+                self.server.received.append(request)
+                self.server.handler(request)
+            elif isinstance(event, h2.events.StreamReset):
+                self.open_streams.discard(event.stream_id)
+                self.resets.append((event.stream_id, int(event.error_code)))
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for handle in self.handles:
+            handle.cancel()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # -- actions for handlers --
+
+    def respond(self, stream_id: int, status: int, body: bytes = b"") -> None:
+        if (
+            stream_id not in self.open_streams
+            or self.transport is None
+            or self.transport.is_closing()
+        ):
+            return
+        self.open_streams.discard(stream_id)
+        self.h2.send_headers(stream_id, [(b":status", str(status).encode())], end_stream=not body)
+        if body:
+            self.h2.send_data(stream_id, body, end_stream=True)
+        self.flush()
+
+    def respond_later(self, delay_s: float, stream_id: int, status: int, body: bytes = b"") -> None:
+        loop = asyncio.get_running_loop()
+        self.handles.append(loop.call_later(delay_s, self.respond, stream_id, status, body))
+
+    def reset(self, stream_id: int, code: h2.errors.ErrorCodes) -> None:
+        self.open_streams.discard(stream_id)
+        self.h2.reset_stream(stream_id, code)
+        self.flush()
+
+    def goaway(self, last_stream_id: int, debug: bytes = b'{"reason":"Shutdown"}') -> None:
+        self.h2.close_connection(additional_data=debug, last_stream_id=last_stream_id)
+        # h2 stops sending after its own GOAWAY; a real server finishes streams <= last.
+        self.h2.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
+        for stream_id in [s for s in self.open_streams if s > last_stream_id]:
+            self.open_streams.discard(stream_id)
+        self.flush()
+
+    def set_max_concurrent_streams(self, value: int) -> None:
+        self.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: value})
+        self.flush()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+@dataclass
+class FaultServer:
+    """An h2 TLS server on loopback whose behaviour each test scripts with ``handler``."""
+
+    ssl_context: ssl.SSLContext
+    max_concurrent_streams: int = 100
+    handler: Handler = echo
+    connections: list[ServerConnection] = field(default_factory=list)
+    received: list[Request] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> FaultServer:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ServerConnection(self), "127.0.0.1", 0, ssl=self.ssl_context
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for conn in self.connections:
+            conn.abort()
+        await asyncio.gather(*(c.closed for c in self.connections))
+        await self._server.wait_closed()
+
+
+# -- nghttpd ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def nghttpd_path() -> str | None:
+    return shutil.which("nghttpd") or (
+        "/usr/sbin/nghttpd" if os.path.exists("/usr/sbin/nghttpd") else None
+    )
+
+
+def start_nghttpd(binary: str, certs: Certs, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            "--echo-upload",
+            "-a",
+            "127.0.0.1",
+            "-d",
+            str(workdir),
+            str(port),
+            certs.key_file,
+            certs.cert_file,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return process, port

@@ -1,0 +1,403 @@
+"""Pool tests over real TLS on loopback: nghttpd for interop, a scripted h2 server for faults."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator
+
+import h2.errors
+import pytest
+
+from pushgres.exceptions import (
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    PoolClosed,
+    RequestTimeout,
+    StreamRefused,
+    StreamReset,
+)
+from pushgres.http2.pool import Http2Pool, PoolSettings, PoolState
+from pushgres.http2.tls import make_ssl_context
+
+from .servers import Certs, FaultServer, Request, echo, free_port, server_ssl_context
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture(autouse=True)
+async def no_loop_errors(caplog: pytest.LogCaptureFixture) -> AsyncIterator[None]:
+    """Fail the test if the loop's exception handler fired or a pool task logged an error."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    yield
+    await asyncio.sleep(0.01)  # let closing transports report
+    gc.collect()  # "exception was never retrieved" is reported when a future is collected
+    loop.set_exception_handler(None)
+    assert not errors
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def headers(port: int, path: bytes = b"/3/device/abc") -> list[tuple[bytes, bytes]]:
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":authority", f"localhost:{port}".encode()),
+        (b":path", path),
+        (b"content-type", b"application/json"),
+        (b"apns-id", b"00000000-0000-0000-0000-000000000001"),
+    ]
+
+
+def make_pool(port: int, context: ssl.SSLContext, **settings: object) -> Http2Pool:
+    return Http2Pool(
+        "test",
+        "127.0.0.1",
+        port,
+        server_hostname="localhost",
+        authority=f"localhost:{port}",
+        ssl_context=context,
+        settings=PoolSettings(**settings),  # type: ignore[arg-type]
+    )
+
+
+# -- nghttpd interop ----------------------------------------------------------------------
+
+
+async def test_nghttpd_echo_many_concurrent(nghttpd_port: int, client_ssl: ssl.SSLContext) -> None:
+    async with make_pool(
+        nghttpd_port, client_ssl, max_connections=2, max_streams_per_connection=100
+    ) as pool:
+        assert pool.capacity() == 2  # nothing seen yet: one stream per unopened connection
+        bodies = [f'{{"n":{i}}}'.encode() for i in range(2000)]
+        responses = await asyncio.gather(
+            *(pool.request(headers(nghttpd_port), body, timeout_s=10) for body in bodies)
+        )
+        assert [r.status for r in responses] == [200] * len(bodies)
+        assert [r.body for r in responses] == bodies
+        assert pool.stats()["connections"] == 2
+        assert pool.capacity() == 200
+        assert pool.in_flight() == 0
+    assert pool.state is PoolState.CLOSED
+
+
+async def test_nghttpd_large_body_and_404(nghttpd_port: int, client_ssl: ssl.SSLContext) -> None:
+    async with make_pool(nghttpd_port, client_ssl) as pool:
+        big = b"z" * 300_000  # larger than the default windows: flow control both ways
+        response = await pool.request(headers(nghttpd_port), big, timeout_s=10)
+        assert response.status == 200 and response.body == big
+        get = [(b":method", b"GET"), *headers(nghttpd_port, b"/missing")[1:4]]
+        response = await pool.request(get, b"", timeout_s=10)
+        assert response.status == 404
+
+
+# -- fault cases against the scripted server ---------------------------------------------
+
+
+async def test_goaway_mid_batch_retries_unprocessed(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    held: list[Request] = []
+
+    def handler(request: Request) -> None:
+        if request.conn is not server.connections[0]:
+            echo(request)
+            return
+        held.append(request)
+        if len(held) == 20:
+            last = held[9].stream_id
+            request.conn.goaway(last)
+            for item in held[:10]:
+                echo(item)
+
+    async with (
+        FaultServer(server_ssl_context(certs), handler=handler) as server,
+        make_pool(server.port, client_ssl, max_connections=1) as pool,
+    ):
+        bodies = [str(i).encode() for i in range(20)]
+        responses = await asyncio.gather(
+            *(pool.request(headers(server.port), b, timeout_s=5) for b in bodies)
+        )
+        assert [r.body for r in responses] == bodies
+        first = {r.connection_id for r in responses[:10]}
+        second = {r.connection_id for r in responses[10:]}
+        assert len(first) == 1 and len(second) == 1 and first != second
+        stats = pool.stats()
+        assert stats["goaways"] == 1 and stats["refused"] == 10
+        assert stats["opened"] == 2 and stats["closed"] == 1 and stats["connections"] == 1
+
+
+async def test_abrupt_reset_fails_in_flight_then_recovers(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    def handler(request: Request) -> None:
+        if request.conn is server.connections[0]:
+            if len(server.received) == 5:
+                request.conn.abort()
+            return
+        echo(request)
+
+    async with (
+        FaultServer(server_ssl_context(certs), handler=handler) as server,
+        make_pool(server.port, client_ssl, max_connections=1) as pool,
+    ):
+        results = await asyncio.gather(
+            *(pool.request(headers(server.port), b"x", timeout_s=5) for _ in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, ConnectionLost) for r in results)
+        response = await pool.request(headers(server.port), b"again", timeout_s=5)
+        assert response.body == b"again"
+        assert pool.stats()["opened"] == 2
+
+
+async def test_blackholed_stream_times_out_and_frees_its_slot(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    def handler(request: Request) -> None:
+        if request.path != b"/blackhole":
+            echo(request)
+
+    async with (
+        FaultServer(server_ssl_context(certs), handler=handler, max_concurrent_streams=1) as server,
+        make_pool(server.port, client_ssl, max_connections=1) as pool,
+    ):
+        started = time.monotonic()
+        with pytest.raises(RequestTimeout):
+            await pool.request(headers(server.port, b"/blackhole"), b"x", timeout_s=0.3)
+        assert 0.25 < time.monotonic() - started < 2
+        assert pool.in_flight() == 0
+        # MAX_CONCURRENT_STREAMS is 1: this only works if the slot was freed.
+        response = await pool.request(headers(server.port), b"ok", timeout_s=2)
+        assert response.body == b"ok"
+        await asyncio.sleep(0.05)
+        conn = server.connections[0]
+        assert conn.resets == [(1, int(h2.errors.ErrorCodes.CANCEL))]
+        assert pool.stats()["timeouts"] == 1 and pool.stats()["connections"] == 1
+
+
+async def test_connection_growth_respects_stream_limits(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    def handler(request: Request) -> None:
+        request.conn.respond_later(0.1, request.stream_id, 200, request.body)
+
+    async with (
+        FaultServer(server_ssl_context(certs), handler=handler, max_concurrent_streams=2) as server,
+        make_pool(server.port, client_ssl, max_connections=3) as pool,
+    ):
+        assert pool.capacity() == 3
+        responses = await asyncio.gather(
+            *(pool.request(headers(server.port), b"%d" % i, timeout_s=5) for i in range(20))
+        )
+        assert [r.body for r in responses] == [b"%d" % i for i in range(20)]
+        assert len(server.connections) == 3
+        assert max(c.max_open_seen for c in server.connections) <= 2
+        assert pool.capacity() == 6
+        assert pool.stats()["connections"] == 3
+
+
+async def test_limit_of_one_then_raised(certs: Certs, client_ssl: ssl.SSLContext) -> None:
+    """APNs token connections: one stream until the first success, then more."""
+
+    def handler(request: Request) -> None:
+        request.conn.respond_later(0.05, request.stream_id, 200, request.body)
+        if len(server.received) == 1:
+            request.conn.set_max_concurrent_streams(50)
+
+    async with (
+        FaultServer(server_ssl_context(certs), handler=handler, max_concurrent_streams=1) as server,
+        make_pool(server.port, client_ssl, max_connections=1) as pool,
+    ):
+        await asyncio.gather(
+            *(pool.request(headers(server.port), b"x", timeout_s=5) for _ in range(30))
+        )
+        assert len(server.connections) == 1
+        assert 1 < server.connections[0].max_open_seen <= 50
+        assert pool.capacity() == 50
+
+
+async def test_refused_stream_is_retried_and_reset_is_raised(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    def handler(request: Request) -> None:
+        if (
+            request.path == b"/refuse-once" and len(server.received) == 1
+        ) or request.path == b"/refuse-always":
+            request.conn.reset(request.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+        elif request.path == b"/reset":
+            request.conn.reset(request.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        else:
+            echo(request)
+
+    async with (
+        FaultServer(server_ssl_context(certs), handler=handler) as server,
+        make_pool(server.port, client_ssl, unprocessed_retries=2) as pool,
+    ):
+        response = await pool.request(headers(server.port, b"/refuse-once"), b"1", timeout_s=5)
+        assert response.body == b"1"
+        with pytest.raises(StreamReset) as info:
+            await pool.request(headers(server.port, b"/reset"), b"2", timeout_s=5)
+        assert info.value.error_code == int(h2.errors.ErrorCodes.INTERNAL_ERROR)
+        with pytest.raises(StreamRefused):
+            await pool.request(headers(server.port, b"/refuse-always"), b"3", timeout_s=5)
+        stats = pool.stats()
+        assert stats["refused"] == 1 + 3 and stats["resets"] == 1
+
+
+async def test_unanswered_ping_closes_the_connection(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    def handler(request: Request) -> None:
+        request.conn.frozen = True  # stops reading: never answers, never acks PINGs
+
+    async with (
+        FaultServer(server_ssl_context(certs), handler=handler) as server,
+        make_pool(server.port, client_ssl, idle_ping_after_s=0.2, ping_timeout_s=0.2) as pool,
+    ):
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            await pool.request(headers(server.port), b"x", timeout_s=5)
+        assert time.monotonic() - started < 2
+        assert pool.stats()["connections"] == 0
+
+
+async def test_idle_ping_keeps_a_healthy_connection(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    async with (
+        FaultServer(server_ssl_context(certs)) as server,
+        make_pool(server.port, client_ssl, idle_ping_after_s=0.05, ping_timeout_s=0.5) as pool,
+    ):
+        first = await pool.request(headers(server.port), b"x", timeout_s=2)
+        await asyncio.sleep(0.3)  # several PING round trips
+        second = await pool.request(headers(server.port), b"y", timeout_s=2)
+        assert first.connection_id == second.connection_id
+
+
+async def test_max_age_and_retire_replace_connections(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    async with (
+        FaultServer(server_ssl_context(certs)) as server,
+        make_pool(server.port, client_ssl, max_connection_age_s=0.2) as pool,
+    ):
+        first = await pool.request(headers(server.port), b"x", timeout_s=2)
+        await asyncio.sleep(0.4)
+        assert pool.stats()["connections"] == 0
+        second = await pool.request(headers(server.port), b"x", timeout_s=2)
+        assert second.connection_id != first.connection_id
+        async with make_pool(server.port, client_ssl) as pool:
+            first = await pool.request(headers(server.port), b"x", timeout_s=2)
+            pool.retire(first.connection_id)
+            pool.retire(12345)  # unknown: ignored
+            second = await pool.request(headers(server.port), b"x", timeout_s=2)
+            assert second.connection_id != first.connection_id
+            pool.retire_all()
+            third = await pool.request(headers(server.port), b"x", timeout_s=2)
+            assert third.connection_id not in (first.connection_id, second.connection_id)
+
+
+async def test_connect_failure_raises_connect_error_at_deadline(client_ssl: ssl.SSLContext) -> None:
+    port = free_port()  # nothing listens here
+    async with make_pool(port, client_ssl, reconnect_backoff_initial_s=0.05) as pool:
+        started = time.monotonic()
+        with pytest.raises(ConnectError):
+            await pool.request(headers(port), b"x", timeout_s=0.5)
+        assert 0.45 < time.monotonic() - started < 2
+        assert pool.stats()["timeouts"] == 1
+
+
+async def test_untrusted_certificate_and_missing_alpn(certs: Certs) -> None:
+    system_store = make_ssl_context(ca_file=None)
+    async with (
+        FaultServer(server_ssl_context(certs)) as server,
+        make_pool(server.port, system_store) as pool,
+    ):
+        with pytest.raises(ConnectError) as info:
+            await pool.request(headers(server.port), b"x", timeout_s=0.5)
+        assert "CERTIFICATE_VERIFY_FAILED" in repr(info.value.__cause__.__cause__)  # type: ignore[union-attr]
+    async with (
+        FaultServer(server_ssl_context(certs, alpn=())) as server,
+        make_pool(server.port, make_ssl_context(ca_file=certs.ca_file)) as pool,
+    ):
+        with pytest.raises(ConnectError, match="did not negotiate h2"):
+            await pool.request(headers(server.port), b"x", timeout_s=0.5)
+
+
+async def test_graceful_close(certs: Certs, client_ssl: ssl.SSLContext) -> None:
+    arrived = asyncio.Event()
+
+    def handler(request: Request) -> None:
+        arrived.set()
+        request.conn.respond_later(0.2, request.stream_id, 200, request.body)
+
+    async with FaultServer(
+        server_ssl_context(certs), handler=handler, max_concurrent_streams=1
+    ) as server:
+        pool = make_pool(server.port, client_ssl, max_connections=1)
+        with pytest.raises(PoolClosed):
+            await pool.request(headers(server.port), b"x", timeout_s=1)
+        await pool.start()
+        in_flight = asyncio.ensure_future(pool.request(headers(server.port), b"a", timeout_s=5))
+        await arrived.wait()
+        waiting = asyncio.ensure_future(pool.request(headers(server.port), b"b", timeout_s=5))
+        await asyncio.sleep(0.01)
+        await pool.aclose()
+        assert (await in_flight).body == b"a"
+        with pytest.raises(PoolClosed):
+            await waiting
+        with pytest.raises(PoolClosed):
+            await pool.request(headers(server.port), b"c", timeout_s=1)
+        with pytest.raises(PoolClosed):
+            await pool.start()
+        assert pool.capacity() == 0
+        await pool.aclose()  # idempotent
+
+
+async def test_forced_close_after_drain_timeout(certs: Certs, client_ssl: ssl.SSLContext) -> None:
+    arrived = asyncio.Event()
+
+    def handler(request: Request) -> None:
+        arrived.set()  # and never answers
+
+    async with FaultServer(server_ssl_context(certs), handler=handler) as server:
+        pool = make_pool(server.port, client_ssl)
+        await pool.start()
+        stuck = asyncio.ensure_future(pool.request(headers(server.port), b"a", timeout_s=10))
+        await arrived.wait()
+        await pool.aclose(timeout_s=0.1)
+        with pytest.raises(ConnectionLost):
+            await stuck
+        assert not pool._tasks
+
+
+def test_settings_validation() -> None:
+    with pytest.raises(ConfigError, match="max_connections"):
+        PoolSettings(max_connections=0)
+    with pytest.raises(ConfigError, match="max_connection_age_s"):
+        PoolSettings(max_connection_age_s=0)
+    with pytest.raises(ConfigError, match="unprocessed_retries"):
+        PoolSettings(unprocessed_retries=-1)
+
+
+def test_client_certificate_loading(certs: Certs) -> None:
+    context = make_ssl_context(
+        ca_file=certs.ca_file,
+        client_cert_pem=certs.client_cert_pem,
+        client_key_pem=certs.client_key_pem,
+    )
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    make_ssl_context(ca_file=None, client_cert_pem=certs.client_cert_pem + certs.client_key_pem)
+    with pytest.raises(ConfigError):
+        make_ssl_context(ca_file=None, client_cert_pem=b"not a pem", client_key_pem=b"nope")
+    with pytest.raises(ConfigError):
+        make_ssl_context(ca_file=None, client_key_pem=certs.client_key_pem)
+    with pytest.raises(ConfigError):
+        make_ssl_context(ca_file="/nonexistent/ca.pem")
