@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .apns.auth import ProviderToken, load_client_certificate
@@ -334,16 +335,24 @@ class Daemon:
         claimed: asyncio.Future[int],
         batch_slots: asyncio.Semaphore,
     ) -> None:
-        reserved = limit
+        reserved = [limit]
+
+        def release() -> None:
+            # Send capacity returns as soon as the sends are done, before the write-back,
+            # so the next batch is claimed while this one commits.
+            app.in_flight -= reserved[0]
+            reserved[0] = 0
+            app.changed.set()
+
         try:
             async with store.claim(app.config.name, limit) as claim:
                 rows = claim.rows
-                app.in_flight -= reserved - len(rows)
-                reserved = len(rows)
+                app.in_flight -= limit - len(rows)
+                reserved[0] = len(rows)
                 claimed.set_result(len(rows))
                 if rows:
                     self.stats.claimed += len(rows)
-                    await self._send_and_write(app, claim)
+                    await self._send_and_write(app, claim, release)
         except StoreError as exc:
             if not claimed.done():
                 claimed.set_exception(exc)
@@ -364,13 +373,14 @@ class Daemon:
         finally:
             if not claimed.done():
                 claimed.set_exception(StoreError("the batch ended before its claim returned"))
-            app.in_flight -= reserved
+            release()
             app.batches -= 1
             batch_slots.release()
-            app.changed.set()
             self._batch_done.set()
 
-    async def _send_and_write(self, app: _AppRuntime, claim: Claim) -> None:
+    async def _send_and_write(
+        self, app: _AppRuntime, claim: Claim, release: Callable[[], None]
+    ) -> None:
         now = dt.datetime.now(dt.UTC)
         results: list[ResultRecord] = []
         requeues: list[Requeue] = []
@@ -383,6 +393,7 @@ class Daemon:
             else:
                 to_send.append(row)
         outcomes = await self._send_all(app.sender, to_send, now)
+        release()
         now = dt.datetime.now(dt.UTC)
         retry = self._settings.retry
         for row, outcome in zip(to_send, outcomes, strict=True):
