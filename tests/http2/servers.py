@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import h2.config
 import h2.connection
@@ -159,8 +160,7 @@ class ServerConnection(asyncio.Protocol):
         self.handles: list[asyncio.TimerHandle] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's TLS transport is duck-typed
         self.server.connections.append(self)
         self.h2.local_settings = h2.settings.Settings(
             client=False,

@@ -29,7 +29,7 @@ from .harness import (
 @pytest.fixture
 async def env(tmp_path: pathlib.Path, dsn: str) -> AsyncIterator[dict[str, Any]]:
     setup = devkit.make_dev_setup(tmp_path / "sim")
-    async with Simulators(setup.config) as sims:
+    async with Simulators(setup) as sims:
         config = write_config(tmp_path / "pushgres.toml", dsn=dsn, setup=setup, sims=sims)
         yield {"setup": setup, "sims": sims, "config": config, "dsn": dsn, "tmp": tmp_path}
 

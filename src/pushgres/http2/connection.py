@@ -273,7 +273,12 @@ class H2ClientConnection:
     ) -> None:
         if max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {max_streams}")
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        # Outbound validation re-checks every header of every request (a large share of
+        # h2's per-request cost, protocol.md E); our request builders emit valid headers.
+        # Inbound validation stays on: the peer is not trusted.
+        config = h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False
+        )
         self._h2 = _H2Connection(config=config)
         self._cap = max_streams
         self._initial_window = initial_window_bytes
@@ -282,6 +287,7 @@ class H2ClientConnection:
         self._streams: dict[int, _Stream] = {}
         self._blocked: dict[int, None] = {}  # ordered set of streams with a pending body
         self._is_ready = False
+        self._limit = 0  # min(server MAX_CONCURRENT_STREAMS, cap), refreshed on SETTINGS
         self._goaway_received = False
         self._goaway_sent = False
         self._terminated = False
@@ -423,6 +429,7 @@ class H2ClientConnection:
             self._resume_blocked()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._is_ready = True
+            self._limit = min(h2c.remote_settings.max_concurrent_streams, self._cap)
             self._resume_blocked()
             out.append(SettingsChanged(self.max_concurrent_streams))
         elif isinstance(event, h2.events.PingAckReceived):
@@ -526,10 +533,7 @@ class H2ClientConnection:
 
     @property
     def max_concurrent_streams(self) -> int:
-        if not self._is_ready:
-            return 0
-        remote: int = self._h2.remote_settings.max_concurrent_streams
-        return min(remote, self._cap)
+        return self._limit
 
     @property
     def open_streams(self) -> int:
