@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy --strict src
 
-test: lint
+# nghttpd (Debian's nghttp2-server) is the HTTP/2 interop peer of the client tests.
+system-deps:
+	@command -v nghttpd >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -qq nghttp2-server nghttp2-client >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nghttp2-server nghttp2-client >/dev/null 2>&1; } || \
+	    echo "warning: could not install nghttp2-server; its interop tests will be skipped"; \
+	  else echo "warning: nghttpd not found (apt-get install nghttp2-server); its interop tests will be skipped"; fi; }
+
+test: lint system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,7 +70,10 @@ def _start_postgres(state: pathlib.Path) -> tuple[str, Any]:
     given = env_flag("PUSHGRES_DSN")
     if given:
         return given, None
-    import pgserver
+    with warnings.catch_warnings():
+        # pgserver resolves a runtime folder at import and warns when XDG_RUNTIME_DIR is unset.
+        warnings.simplefilter("ignore")
+        import pgserver
 
     # pgserver re-exports get_server without __all__.
     server = pgserver.get_server(state / "pgdata", cleanup_mode="stop")  # type: ignore[attr-defined]
