@@ -7,6 +7,7 @@ Each test gets a fresh database cloned from a migrated template.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -63,38 +64,37 @@ def pg_template(pg_server_dsn: str) -> str:
     return TEMPLATE
 
 
+@contextlib.asynccontextmanager
+async def _scratch_database(server_dsn: str, template: str | None) -> AsyncIterator[str]:
+    name = f"pushgres_t_{uuid.uuid4().hex[:12]}"
+    clause = f" TEMPLATE {template}" if template else ""
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}{clause}")
+    finally:
+        await admin.close()
+    try:
+        yield _with_database(server_dsn, name)
+    finally:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
 @pytest.fixture
 async def dsn(pg_server_dsn: str, pg_template: str) -> AsyncIterator[str]:
     """A fresh, migrated database for this test."""
-    name = f"pushgres_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
-    finally:
-        await admin.close()
-    yield _with_database(pg_server_dsn, name)
-    admin = await asyncpg.connect(pg_server_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with _scratch_database(pg_server_dsn, pg_template) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
     """A fresh database without the pushgres schema."""
-    name = f"pushgres_e_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    yield _with_database(pg_server_dsn, name)
-    admin = await asyncpg.connect(pg_server_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with _scratch_database(pg_server_dsn, None) as url:
+        yield url
 
 
 @pytest.fixture

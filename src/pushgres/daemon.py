@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -74,6 +75,18 @@ def _authority(pool: PoolConfig) -> str:
     return pool.server_hostname if pool.port == 443 else f"{pool.server_hostname}:{pool.port}"
 
 
+def _pool(app: AppConfig, ssl_context: ssl.SSLContext) -> Http2Pool:
+    return Http2Pool(
+        f"{app.platform}:{app.name}",
+        app.pool.host,
+        app.pool.port,
+        server_hostname=app.pool.server_hostname,
+        authority=_authority(app.pool),
+        ssl_context=ssl_context,
+        settings=_pool_settings(app.pool),
+    )
+
+
 def build_sender(app: AppConfig, request_timeout_s: float) -> Sender:
     """The pool and sender of one app, from its config (keys are read here, once)."""
     authority = _authority(app.pool)
@@ -101,17 +114,8 @@ def build_sender(app: AppConfig, request_timeout_s: float) -> Sender:
             client_cert_pem=cert.cert_pem if cert else None,
             client_key_pem=cert.key_pem if cert else None,
         )
-        pool = Http2Pool(
-            f"apns:{app.name}",
-            app.pool.host,
-            app.pool.port,
-            server_hostname=app.pool.server_hostname,
-            authority=authority,
-            ssl_context=ssl_context,
-            settings=_pool_settings(app.pool),
-        )
         return ApnsSender(
-            pool=pool,
+            pool=_pool(app, ssl_context),
             builder=ApnsRequestBuilder(authority=authority, topic=apns.topic),
             token=token,
             request_timeout_s=request_timeout_s,
@@ -119,21 +123,12 @@ def build_sender(app: AppConfig, request_timeout_s: float) -> Sender:
     assert app.fcm is not None
     account = ServiceAccount(app.fcm.service_account_file, token_uri=app.fcm.token_uri)
     ssl_context = make_ssl_context(ca_file=app.pool.ca_file)
-    pool = Http2Pool(
-        f"fcm:{app.name}",
-        app.pool.host,
-        app.pool.port,
-        server_hostname=app.pool.server_hostname,
-        authority=authority,
-        ssl_context=ssl_context,
-        settings=_pool_settings(app.pool),
-    )
     return FcmSender(
-        pool=pool,
+        pool=_pool(app, ssl_context),
         builder=FcmRequestBuilder(
             authority=authority, project_id=app.fcm.project_id or account.project_id
         ),
-        tokens=TokenSource(account, ssl_context=make_ssl_context(ca_file=app.pool.ca_file)),
+        tokens=TokenSource(account, ssl_context=ssl_context),
         request_timeout_s=request_timeout_s,
     )
 

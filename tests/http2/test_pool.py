@@ -16,6 +16,7 @@ from pushgres.exceptions import (
     ConfigError,
     ConnectError,
     ConnectionLost,
+    ConnectTimeout,
     PoolClosed,
     RequestTimeout,
     StreamRefused,
@@ -320,6 +321,28 @@ async def test_connect_failure_raises_connect_error_at_deadline(client_ssl: ssl.
             await pool.request(headers(port), b"x", timeout_s=0.5)
         assert 0.45 < time.monotonic() - started < 2
         assert pool.stats()["timeouts"] == 1
+
+
+async def test_silent_server_is_a_connect_timeout(client_ssl: ssl.SSLContext) -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # accepts TCP, never answers the TLS handshake
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with make_pool(
+            port, client_ssl, connect_timeout_s=0.15, reconnect_backoff_initial_s=0.01
+        ) as pool:
+            with pytest.raises(ConnectTimeout):
+                await pool.request(headers(port), b"x", timeout_s=0.6)
+        assert len(accepted) >= 2  # retried after backoff within the deadline
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_untrusted_certificate_and_missing_alpn(certs: Certs) -> None:

@@ -168,3 +168,17 @@ async def test_closed_before_settings_is_a_connect_error() -> None:
     proto.connection_lost(None)
     with pytest.raises(Exception, match="before the server's SETTINGS"):
         await proto.wait_ready()
+
+
+async def test_error_goaway_loses_the_remaining_streams() -> None:
+    proto, transport, server, _ = await connected()
+    (first, future), (_, above) = [proto.submit(HEADERS, b"{}") for _ in range(2)]
+    await asyncio.sleep(0)
+    pump(proto, transport, server)
+    server.h2.close_connection(
+        error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=first
+    )
+    proto.data_received(server.h2.data_to_send())
+    assert isinstance(above.exception(), StreamRefused)
+    assert isinstance(future.exception(), ConnectionLost)
+    assert proto.is_closed and transport.closed

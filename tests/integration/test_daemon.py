@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import pathlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import pytest
 
 from pushgres.apns.reasons import APNS_REASONS
 from pushgres.models import Action
-from pushgres.simulator import Simulators, devkit
+from pushgres.simulator import devkit
 
 from .harness import (
     apns,
@@ -22,7 +19,6 @@ from .harness import (
     running_daemon,
     settings_for,
     wait_terminal,
-    write_config,
 )
 
 # HTTP status APNs uses for each reason (protocol.md A.8).
@@ -79,14 +75,6 @@ EXPECTED_STATUS = {
     Action.AUTH: "sent",  # one inline retry on a fresh token/connection succeeds
     Action.CONN: "sent",  # resent at once on another connection
 }
-
-
-@pytest.fixture
-async def env(tmp_path: pathlib.Path, dsn: str) -> AsyncIterator[dict[str, Any]]:
-    setup = devkit.make_dev_setup(tmp_path / "sim")
-    async with Simulators(setup) as sims:
-        config = write_config(tmp_path / "pushgres.toml", dsn=dsn, setup=setup, sims=sims)
-        yield {"setup": setup, "sims": sims, "config": config, "dsn": dsn, "tmp": tmp_path}
 
 
 async def test_every_apns_reason_maps_to_its_documented_outcome(env: dict[str, Any]) -> None:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import pathlib
 import signal
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 
-from pushgres.simulator import Simulators, devkit
+from pushgres.simulator import devkit
 
 from .harness import (
     apns,
@@ -22,16 +20,7 @@ from .harness import (
     start_daemon_process,
     stop_process,
     wait_terminal,
-    write_config,
 )
-
-
-@pytest.fixture
-async def env(tmp_path: pathlib.Path, dsn: str) -> AsyncIterator[dict[str, Any]]:
-    setup = devkit.make_dev_setup(tmp_path / "sim")
-    async with Simulators(setup) as sims:
-        config = write_config(tmp_path / "pushgres.toml", dsn=dsn, setup=setup, sims=sims)
-        yield {"setup": setup, "sims": sims, "config": config, "dsn": dsn, "tmp": tmp_path}
 
 
 @pytest.mark.parametrize("daemons", [2, 4])

@@ -10,7 +10,6 @@ rates. A token connection allows one stream until its first authenticated reques
 
 from __future__ import annotations
 
-import random
 import re
 import time
 import uuid
@@ -68,11 +67,11 @@ class _Verified(NamedTuple):
 class ApnsSimulator(Service):
     name = "apns"
 
+    default_knobs = DEFAULT_KNOBS
+
     def __init__(self, *, environment: str, teams: dict[str, Any], seed: int = 1) -> None:
-        super().__init__()
+        super().__init__(seed=seed)
         self.environment = environment
-        self.knobs = dict(DEFAULT_KNOBS)
-        self.rng = random.Random(seed)
         self.keys: dict[str, tuple[str, Any, str]] = {}  # kid → (team, public key, env)
         self.topics: dict[str, set[str]] = {}
         for team, spec in teams.items():
@@ -80,41 +79,11 @@ class ApnsSimulator(Service):
             for kid, key in spec["keys"].items():
                 public = serialization.load_pem_public_key(key["public_key_pem"].encode())
                 self.keys[kid] = (team, public, key.get("env", "both"))
-        self.accepted: Counter[str] = Counter()
         self.accepted_ids: Counter[str] = Counter()
-        self.scripts: dict[str, list[str]] = {}
-        self.flaky: Counter[str] = Counter()
-        self.responses: Counter[str] = Counter()
-
-    # -- knobs --------------------------------------------------------------------------
-
-    def patch(self, knobs: dict[str, Any]) -> None:
-        unknown = set(knobs) - set(DEFAULT_KNOBS)
-        if unknown:
-            raise KeyError(f"unknown APNs simulator knob(s): {sorted(unknown)}")
-        self.knobs.update(knobs)
-
-    def script(self, scripts: dict[str, list[str]]) -> None:
-        """Per token: the next answers, e.g. ``["503:ServiceUnavailable", "200"]``."""
-        for token, steps in scripts.items():
-            self.scripts[token] = list(steps)
-
-    def metrics(self) -> dict[str, Any]:
-        return {
-            **self.counters,
-            "requests": self.counters.get("requests", 0),
-            "responses": dict(self.responses),
-            "accepted": sum(self.accepted.values()),
-        }
 
     def reset(self) -> None:
-        self.accepted.clear()
+        super().reset()
         self.accepted_ids.clear()
-        self.scripts.clear()
-        self.flaky.clear()
-        self.responses.clear()
-        self.counters.clear()
-        self.knobs = dict(DEFAULT_KNOBS)
 
     def now(self) -> float:
         return time.time() + float(self.knobs["clock_offset_s"])
@@ -133,34 +102,12 @@ class ApnsSimulator(Service):
             body["timestamp"] = timestamp
         return Reply(status, [(b"apns-id", apns_id), _CT], orjson.dumps(body))
 
-    def _latency(self) -> float:
-        spec = self.knobs["latency"]
-        if not spec:
-            return 0.0
-        dist = spec.get("dist", "fixed")
-        if dist == "uniform":
-            return self.rng.uniform(spec.get("min_ms", 0), spec.get("max_ms", 0)) / 1000
-        if dist == "lognormal":
-            import math
-
-            return (
-                self.rng.lognormvariate(math.log(spec.get("median_ms", 10)), spec.get("sigma", 0.5))
-                / 1000
-            )
-        return float(spec.get("ms", 0)) / 1000
-
     def handle(self, request: Request) -> Reply:
         self.count("requests")
         reply = self._process(request)
-        conn = request.conn
-        after = self.knobs["goaway_after_streams"]
-        if after and conn.streams_seen >= after and not conn.protocol.goaway_sent:
-            conn.protocol.goaway(0, b'{"reason":"Shutdown"}', last_stream_id=request.stream_id)
-        reset = self.knobs["reset_connection"]
-        if reset and conn.streams_seen >= int(reset.get("after_streams", 0)):
-            conn.protocol.abort()
+        self.connection_faults(request, b'{"reason":"Shutdown"}')
         if not reply.delay_s:
-            reply.delay_s = self._latency()
+            reply.delay_s = self.latency_s()
         return reply
 
     def _process(self, req: Request) -> Reply:
@@ -282,11 +229,8 @@ class ApnsSimulator(Service):
         return None
 
     def _scripted(self, token: str, apns_id: bytes) -> Reply | None:
-        steps = self.scripts.get(token)
-        if not steps:
-            return None
-        step = steps.pop(0)
-        if step == "200":
+        step = self.next_scripted(token)
+        if step is None or step == "200":
             return None
         status, reason = step.split(":", 1)
         reply = self._error(

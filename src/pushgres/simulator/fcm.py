@@ -9,10 +9,8 @@ endpoint verifies the RS256 JWT-bearer assertion against the service account's p
 
 from __future__ import annotations
 
-import random
 import secrets
 import time
-from collections import Counter
 from email.utils import formatdate
 from typing import Any
 
@@ -156,44 +154,16 @@ class OAuthEndpoint:
 class FcmSimulator(Service):
     name = "fcm"
 
+    default_knobs = DEFAULT_KNOBS
+
     def __init__(self, *, oauth: OAuthEndpoint, projects: dict[str, Any], seed: int = 2) -> None:
-        super().__init__()
+        super().__init__(seed=seed)
         self.oauth = oauth
         self.projects = projects  # project id → {"number": str, "service_accounts": [emails]}
-        self.knobs = dict(DEFAULT_KNOBS)
-        self.rng = random.Random(seed)
-        self.accepted: Counter[str] = Counter()
-        self.scripts: dict[str, list[str]] = {}
-        self.flaky: Counter[str] = Counter()
-        self.responses: Counter[str] = Counter()
         self.quota_window: dict[str, tuple[float, int]] = {}
 
-    def patch(self, knobs: dict[str, Any]) -> None:
-        unknown = set(knobs) - set(DEFAULT_KNOBS)
-        if unknown:
-            raise KeyError(f"unknown FCM simulator knob(s): {sorted(unknown)}")
-        self.knobs.update(knobs)
-
-    def script(self, scripts: dict[str, list[str]]) -> None:
-        for token, steps in scripts.items():
-            self.scripts[token] = list(steps)
-
     def metrics(self) -> dict[str, Any]:
-        return {
-            **self.counters,
-            "requests": self.counters.get("requests", 0),
-            "responses": dict(self.responses),
-            "accepted": sum(self.accepted.values()),
-            "oauth_tokens_issued": self.oauth.issued,
-        }
-
-    def reset(self) -> None:
-        self.accepted.clear()
-        self.scripts.clear()
-        self.flaky.clear()
-        self.responses.clear()
-        self.counters.clear()
-        self.knobs = dict(DEFAULT_KNOBS)
+        return {**super().metrics(), "oauth_tokens_issued": self.oauth.issued}
 
     def initial_max_streams(self, conn: Connection) -> int:
         return int(self.knobs["max_concurrent_streams"])
@@ -270,16 +240,9 @@ class FcmSimulator(Service):
     def handle(self, request: Request) -> Reply:
         self.count("requests")
         reply = self._process(request)
-        conn = request.conn
-        after = self.knobs["goaway_after_streams"]
-        if after and conn.streams_seen >= after and not conn.protocol.goaway_sent:
-            conn.protocol.goaway(0, b"", last_stream_id=request.stream_id)
-        reset = self.knobs["reset_connection"]
-        if reset and conn.streams_seen >= int(reset.get("after_streams", 0)):
-            conn.protocol.abort()
-        spec = self.knobs["latency"]
-        if spec and not reply.delay_s:
-            reply.delay_s = float(spec.get("ms", 0)) / 1000
+        self.connection_faults(request, b"")
+        if not reply.delay_s:
+            reply.delay_s = self.latency_s()
         return reply
 
     def _process(self, req: Request) -> Reply:
@@ -371,11 +334,9 @@ class FcmSimulator(Service):
         ruled = self._token_rules(token)
         if ruled is not None:
             return ruled
-        steps = self.scripts.get(token)
-        if steps:
-            step = steps.pop(0)
-            if step != "200":
-                return self._by_code(step.split(":", 1)[1])
+        step = self.next_scripted(token)
+        if step is not None and step != "200":
+            return self._by_code(step.split(":", 1)[1])
         for spec_key, rate in self.knobs["fail_rates"].items():
             if self.rng.random() < rate:
                 return self._by_code(spec_key.split(":", 1)[1])

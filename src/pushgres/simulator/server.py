@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
+import random
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,17 +72,77 @@ class Connection:
 
 
 class Service:
-    """A simulator: its knobs, counters and request handler."""
+    """A simulator: its knobs, counters, scripts and request handler."""
 
     name = "service"
+    default_knobs: dict[str, Any] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, *, seed: int) -> None:
         self.connections: dict[int, Connection] = {}
         self.counters: dict[str, int] = {}
-        self.knobs: dict[str, Any] = {}
+        self.knobs: dict[str, Any] = dict(self.default_knobs)
+        self.rng = random.Random(seed)
+        self.accepted: Counter[str] = Counter()
+        self.scripts: dict[str, list[str]] = {}
+        self.flaky: Counter[str] = Counter()
+        self.responses: Counter[str] = Counter()
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
+
+    def patch(self, knobs: dict[str, Any]) -> None:
+        """Change fault knobs at run time; unknown knobs are an error."""
+        unknown = set(knobs) - set(self.default_knobs)
+        if unknown:
+            raise KeyError(f"unknown {self.name} simulator knob(s): {sorted(unknown)}")
+        self.knobs.update(knobs)
+
+    def script(self, scripts: dict[str, list[str]]) -> None:
+        """Per token: the next answers, e.g. ``["503:ServiceUnavailable", "200"]``."""
+        for token, steps in scripts.items():
+            self.scripts[token] = list(steps)
+
+    def next_scripted(self, token: str) -> str | None:
+        steps = self.scripts.get(token)
+        return steps.pop(0) if steps else None
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            **self.counters,
+            "requests": self.counters.get("requests", 0),
+            "responses": dict(self.responses),
+            "accepted": sum(self.accepted.values()),
+        }
+
+    def reset(self) -> None:
+        self.accepted.clear()
+        self.scripts.clear()
+        self.flaky.clear()
+        self.responses.clear()
+        self.counters.clear()
+        self.knobs = dict(self.default_knobs)
+
+    def latency_s(self) -> float:
+        spec = self.knobs.get("latency")
+        if not spec:
+            return 0.0
+        dist = spec.get("dist", "fixed")
+        if dist == "uniform":
+            return self.rng.uniform(spec.get("min_ms", 0), spec.get("max_ms", 0)) / 1000
+        if dist == "lognormal":
+            median = math.log(spec.get("median_ms", 10))
+            return self.rng.lognormvariate(median, spec.get("sigma", 0.5)) / 1000
+        return float(spec.get("ms", 0)) / 1000
+
+    def connection_faults(self, request: Request, goaway_debug: bytes) -> None:
+        """Planned GOAWAY and abrupt resets after N streams on a connection."""
+        conn = request.conn
+        after = self.knobs.get("goaway_after_streams")
+        if after and conn.streams_seen >= after and not conn.protocol.goaway_sent:
+            conn.protocol.goaway(0, goaway_debug, last_stream_id=request.stream_id)
+        reset = self.knobs.get("reset_connection")
+        if reset and conn.streams_seen >= int(reset.get("after_streams", 0)):
+            conn.protocol.abort()
 
     def initial_max_streams(self, conn: Connection) -> int:
         return 100
