@@ -22,6 +22,7 @@ from pushgres.exceptions import (
     StreamRefused,
     StreamReset,
 )
+from pushgres.http2.connection import MAX_STREAM_ID
 from pushgres.http2.pool import Http2Pool, PoolSettings, PoolState
 from pushgres.http2.tls import make_ssl_context
 
@@ -311,6 +312,21 @@ async def test_max_age_and_retire_replace_connections(
             pool.retire_all()
             third = await pool.request(headers(server.port), b"x", timeout_s=2)
             assert third.connection_id not in (first.connection_id, second.connection_id)
+
+
+async def test_exhausted_stream_ids_move_to_a_new_connection(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    async with (
+        FaultServer(server_ssl_context(certs)) as server,
+        make_pool(server.port, client_ssl, max_connections=1) as pool,
+    ):
+        first = await pool.request(headers(server.port), b"x", timeout_s=2)
+        sans_io = pool._conns[first.connection_id].conn
+        sans_io._h2.highest_outbound_stream_id = MAX_STREAM_ID  # type: ignore[attr-defined]
+        second = await pool.request(headers(server.port), b"y", timeout_s=2)
+        assert second.connection_id != first.connection_id
+        assert pool.stats()["closed"] == 1 and pool.stats()["connections"] == 1
 
 
 async def test_connect_failure_raises_connect_error_at_deadline(client_ssl: ssl.SSLContext) -> None:

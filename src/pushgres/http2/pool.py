@@ -379,19 +379,21 @@ class Http2Pool:
         best: Http2Protocol | None = None
         best_free = 0
         fallback: Http2Protocol | None = None
+        exhausted: list[Http2Protocol] = []
         for conn in self._conns.values():
             if conn.state is not ConnState.READY:
                 continue
-            if conn.conn.next_stream_id_exhausted:
-                conn.drain()
-                continue
             free = conn.available_streams
             if free <= 0:
+                if conn.conn.next_stream_id_exhausted:
+                    exhausted.append(conn)
                 continue
             if conn.connection_id == avoid:
                 fallback = conn
             elif free > best_free:
                 best, best_free = conn, free
+        for conn in exhausted:  # after the loop: draining may remove it from _conns
+            conn.drain()
         return best if best is not None else fallback
 
     # -- capacity and stats ---------------------------------------------------------------
