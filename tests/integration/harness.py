@@ -36,9 +36,24 @@ def write_config(
     daemon: str = "",
     apns: str = "",
     fcm: str = "",
+    apns_auth: str = "token",
 ) -> pathlib.Path:
-    path.write_text(
-        f"""
+    if apns_auth == "token":
+        credentials = (
+            f'key_file = "{setup.apns_key_file}"\nkey_id = "{setup.apns_key_id}"\n'
+            f'team_id = "{setup.apns_team_id}"'
+        )
+    elif apns_auth == "p12":
+        credentials = (
+            f'auth = "certificate"\np12_file = "{setup.apns_p12_file}"\n'
+            f'p12_password = "{setup.apns_p12_password}"'
+        )
+    else:
+        credentials = (
+            f'auth = "certificate"\ncert_file = "{setup.apns_cert_file}"\n'
+            f'cert_key_file = "{setup.apns_cert_key_file}"'
+        )
+    text = f"""
 [database]
 dsn = "{dsn}"
 pool_size = 8
@@ -61,9 +76,7 @@ quota_default_s = 0.5
 platform = "apns"
 environment = "production"
 topic = "{setup.apns_topic}"
-key_file = "{setup.apns_key_file}"
-key_id = "{setup.apns_key_id}"
-team_id = "{setup.apns_team_id}"
+{credentials}
 endpoint = "https://127.0.0.1:{sims.apns_production_port}"
 tls_server_name = "localhost"
 ca_file = "{setup.ca_file}"
@@ -79,8 +92,23 @@ ca_file = "{setup.ca_file}"
 max_connections = 2
 {fcm}
 """
-    )
+    path.write_text(_last_key_wins(text))
     return path
+
+
+def _last_key_wins(text: str) -> str:
+    """Let override lines replace the defaults above them within a table."""
+    out: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("["):
+            out.append(line)
+            continue
+        key = line.split("=", 1)[0].strip() if "=" in line else None
+        if key:
+            start = max((i for i, x in enumerate(out) if x.startswith("[")), default=0)
+            out = out[:start] + [x for x in out[start:] if x.split("=", 1)[0].strip() != key]
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def settings_for(path: pathlib.Path) -> Settings:

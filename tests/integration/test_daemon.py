@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 import asyncpg
+import pytest
 
 from pushgres.apns.reasons import APNS_REASONS
 from pushgres.models import Action
@@ -19,6 +20,7 @@ from .harness import (
     running_daemon,
     settings_for,
     wait_terminal,
+    write_config,
 )
 
 # HTTP status APNs uses for each reason (protocol.md A.8).
@@ -223,3 +225,45 @@ async def test_sigterm_drains_in_flight_and_leaves_the_rest_queued(env: dict[str
     assert done > 0 and queued > 0 and done + queued == len(ids)
     accepted = sum(sims.accepted_counts()["apns"].values())
     assert accepted == done
+
+
+@pytest.mark.parametrize("auth", ["p12", "pem"])
+async def test_certificate_auth(env: dict[str, Any], auth: str) -> None:
+    config = write_config(
+        env["tmp"] / f"cert-{auth}.toml",
+        dsn=env["dsn"],
+        setup=env["setup"],
+        sims=env["sims"],
+        apns_auth=auth,
+    )
+    tokens = [devkit.apns_token("ok", 4000 + i) for i in range(20)]
+    ids = await enqueue(env["dsn"], [apns(t) for t in tokens])
+    async with running_daemon(settings_for(config)):
+        found = await wait_terminal(env["dsn"], ids)
+    assert all(o.status == "sent" for o in found.values())
+    assert env["sims"].apns.counters.get("token_changes", 0) == 0
+    assert sorted(env["sims"].accepted_counts()["apns"]) == sorted(tokens)
+
+
+async def test_notify_wakes_an_idle_daemon_and_streams_stay_within_limits(
+    env: dict[str, Any],
+) -> None:
+    config = write_config(
+        env["tmp"] / "limits.toml",
+        dsn=env["dsn"],
+        setup=env["setup"],
+        sims=env["sims"],
+        daemon="poll_interval_s = 30",
+        apns="max_streams_per_connection = 40",
+    )
+    sims = env["sims"]
+    sims.apns.patch({"latency": {"dist": "fixed", "ms": 30}})
+    async with running_daemon(settings_for(config)):
+        await asyncio.sleep(0.5)  # idle: the queue is empty, the next poll is 30 s away
+        tokens = [devkit.apns_token("ok", 5000 + i) for i in range(400)]
+        ids = await enqueue(env["dsn"], [apns(t) for t in tokens])
+        found = await wait_terminal(env["dsn"], ids, timeout_s=20)  # woken by NOTIFY
+        state = sims.state()["apns"]["connections"]
+    assert all(o.status == "sent" for o in found.values())
+    assert sims.apns.counters.get("limit_violations", 0) == 0
+    assert 1 < max(c["max_concurrent_seen"] for c in state) <= 40

@@ -112,9 +112,12 @@ class Simulators:
     async def start(self) -> None:
         s = self.setup
         h2_ctx = make_server_ssl(s.server_cert_file, s.server_key_file, alpn=["h2"])
-        self.apns_production_port = await self._h2(self.apns, self._ports["apns"], h2_ctx)
+        apns_ctx = make_server_ssl(
+            s.server_cert_file, s.server_key_file, alpn=["h2"], client_ca_file=s.ca_file
+        )
+        self.apns_production_port = await self._h2(self.apns, self._ports["apns"], apns_ctx)
         self.apns_sandbox_port = await self._h2(
-            self.apns_sandbox, self._ports["apns_sandbox"], h2_ctx
+            self.apns_sandbox, self._ports["apns_sandbox"], apns_ctx
         )
         self.fcm_port = await self._h2(self.fcm, self._ports["fcm"], h2_ctx)
         oauth_app = web.Application()

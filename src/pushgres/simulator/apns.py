@@ -43,6 +43,7 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 _CT = (b"content-type", b"application/json")
 DEFAULT_KNOBS: dict[str, Any] = {
     "initial_streams_token": 1,
+    "initial_streams_cert": 1000,
     "streams_after_auth": 1000,
     "latency": None,  # {"dist": "fixed"|"uniform"|"lognormal", "ms": .., "min_ms", "max_ms", "median_ms", "sigma"}
     "fail_rates": {},  # {"503:ServiceUnavailable": 0.01}
@@ -89,6 +90,8 @@ class ApnsSimulator(Service):
         return time.time() + float(self.knobs["clock_offset_s"])
 
     def initial_max_streams(self, conn: Connection) -> int:
+        if conn.state.get("client_cert") is not None:
+            return int(self.knobs["initial_streams_cert"])
         return int(self.knobs["initial_streams_token"])
 
     # -- per stream ---------------------------------------------------------------------
@@ -243,8 +246,11 @@ class ApnsSimulator(Service):
         return reply
 
     def _check_auth(self, req: Request, value: bytes | None) -> str | tuple[int, str]:
-        """The team of a valid provider token, or (status, reason)."""
+        """The team of a valid provider token (or client certificate), or (status, reason)."""
         state = req.conn.state
+        cert = state.get("client_cert")
+        if cert is not None:
+            return self._certificate_team(cert)
         if state.get("wedged"):
             return (403, "ExpiredProviderToken")
         if value is None or not value.startswith(b"bearer "):
@@ -274,6 +280,16 @@ class ApnsSimulator(Service):
             state["authed"] = True
             req.conn.protocol.set_max_streams(int(self.knobs["streams_after_auth"]))
         return str(state["team"])
+
+    def _certificate_team(self, cert: dict[str, Any]) -> str | tuple[int, str]:
+        """Certificate auth: the subject's UID is the bundle id the certificate may push to."""
+        subject = dict(item[0] for item in cert.get("subject", ()))
+        uid = subject.get("userId")
+        if not uid:
+            return (403, "BadCertificate")
+        team = f"cert:{uid}"
+        self.topics.setdefault(team, {uid})
+        return team
 
     def _verify(self, token: str, now: float) -> _Verified | tuple[int, str]:
         try:

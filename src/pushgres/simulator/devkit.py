@@ -17,12 +17,14 @@ import datetime as dt
 import ipaddress
 import json
 import pathlib
+import secrets
 import socket
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 __all__ = [
@@ -121,6 +123,10 @@ class DevSetup:
     private_key_id: str
     sa_public_key_pem: str
     oauth_port: int
+    apns_p12_file: str
+    apns_p12_password: str
+    apns_cert_file: str
+    apns_cert_key_file: str
 
 
 def _pem_private(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
@@ -191,9 +197,52 @@ def _write_tls(folder: pathlib.Path) -> None:
         .sign(ca_key, hashes.SHA256())
     )
     (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "ca.key").write_bytes(_pem_private(ca_key))
+    (folder / "ca.key").chmod(0o600)
     (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (folder / "server.key").write_bytes(_pem_private(key))
     (folder / "server.key").chmod(0o600)
+
+
+def _write_client_certificate(folder: pathlib.Path, topic: str, password: str) -> None:
+    """An APNs provider certificate (subject UID = bundle id) signed by the test CA."""
+    ca_key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.USER_ID, topic),
+                    x509.NameAttribute(NameOID.COMMON_NAME, f"Apple Push Services: {topic}"),
+                ]
+            )
+        )
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (folder / "apns-cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "apns-cert.key").write_bytes(_pem_private(key))
+    (folder / "apns-cert.key").chmod(0o600)
+    p12 = pkcs12.serialize_key_and_certificates(
+        b"apns",
+        key,
+        cert,
+        None,
+        serialization.BestAvailableEncryption(password.encode()),
+    )
+    (folder / "apns.p12").write_bytes(p12)
+    (folder / "apns.p12").chmod(0o600)
 
 
 def make_dev_setup(
@@ -211,7 +260,9 @@ def make_dev_setup(
     meta_file = folder / "devkit.json"
     if meta_file.exists():
         meta = json.loads(meta_file.read_text())
-        if oauth_port is None or meta["oauth_port"] == oauth_port:
+        if (oauth_port is None or meta.get("oauth_port") == oauth_port) and set(meta) == set(
+            DevSetup.__dataclass_fields__
+        ):
             return DevSetup(**meta)
     if not (folder / "ca.pem").exists():
         _write_tls(folder)
@@ -239,6 +290,8 @@ def make_dev_setup(
         "client_x509_cert_url": "https://www.googleapis.com/robot/v1/metadata/x509/sender",
         "universe_domain": "googleapis.com",
     }
+    p12_password = "sim-" + secrets.token_hex(4)
+    _write_client_certificate(folder, apns_topic, p12_password)
     sa_file = folder / "service-account.json"
     sa_file.write_text(json.dumps(sa, indent=2))
     sa_file.chmod(0o600)
@@ -260,6 +313,10 @@ def make_dev_setup(
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode(),
         oauth_port=port,
+        apns_p12_file=str(folder / "apns.p12"),
+        apns_p12_password=p12_password,
+        apns_cert_file=str(folder / "apns-cert.pem"),
+        apns_cert_key_file=str(folder / "apns-cert.key"),
     )
     meta_file.write_text(
         json.dumps(setup.__dict__ if hasattr(setup, "__dict__") else _asdict(setup))

@@ -185,6 +185,9 @@ class H2ServerProtocol(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        peer = transport.get_extra_info("peercert")
+        if peer:
+            self.conn.state["client_cert"] = peer
         self.service.connections[self.conn.id] = self.conn
         self.service.on_connection(self.conn)
         self.h2.local_settings = h2.settings.Settings(
@@ -384,10 +387,16 @@ class H2ServerProtocol(asyncio.Protocol):
             self.transport.abort()
 
 
-def make_server_ssl(cert_file: str, key_file: str, *, alpn: list[str]) -> ssl.SSLContext:
+def make_server_ssl(
+    cert_file: str, key_file: str, *, alpn: list[str], client_ca_file: str | None = None
+) -> ssl.SSLContext:
+    """Server TLS; with ``client_ca_file``, client certificates are asked for (APNs mTLS)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert_file, key_file)
+    if client_ca_file is not None:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(client_ca_file)
     ctx.set_alpn_protocols(alpn)
     return ctx
 
