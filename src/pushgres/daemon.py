@@ -48,6 +48,7 @@ MAINTENANCE_INTERVAL_S = 600.0
 UNKNOWN_APP_SWEEP_S = 10.0
 UNKNOWN_APP_SWEEP_LIMIT = 1000
 STORE_RETRY_S = 2.0
+REPORT_INTERVAL_S = 60.0
 
 
 @dataclass(slots=True)
@@ -218,6 +219,7 @@ class Daemon:
             background = [
                 tg.create_task(self._maintenance(store), name="maintenance"),
                 tg.create_task(self._sweep_unknown_apps(store), name="unknown-app-sweeper"),
+                tg.create_task(self._report(), name="report"),
             ]
             claimers = [
                 tg.create_task(
@@ -400,6 +402,15 @@ class Daemon:
             if decision.invalid_token is not None:
                 invalid.append(decision.invalid_token)
         await claim.write(results, requeues, invalid)
+        config_errors = Counter(o.reason for o in outcomes if o.action is Action.CFG)
+        if config_errors:
+            logger.error(
+                "app %s: configuration or credential error from the provider: %s; "
+                "fix the app's credentials/topic/project (the notifications are retried)",
+                app.config.name,
+                ", ".join(f"{reason} x{n}" for reason, n in config_errors.items()),
+                extra={"action": "provider_config_error"},
+            )
         for record in results:
             self.stats.outcomes[record.status] += 1
             if record.reason:
@@ -442,6 +453,26 @@ class Daemon:
             else:
                 outcomes.append(task.result())
         return outcomes
+
+    async def _report(self) -> None:
+        """One INFO line a minute: what was done, and each pool's connections."""
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            stats = self.stats
+            pools = " ".join(
+                f"{a.config.name}:conns={a.sender.pool.stats()['connections']},"
+                f"in_flight={a.in_flight}"
+                for a in self._apps
+            )
+            logger.info(
+                "claimed=%d %s retried=%d batches=%d %s",
+                stats.claimed,
+                " ".join(f"{k}={v}" for k, v in sorted(stats.outcomes.items())),
+                stats.retried,
+                stats.batches,
+                pools,
+                extra={"action": "report"},
+            )
 
     async def _maintenance(self, store: Store) -> None:
         while True:

@@ -267,3 +267,39 @@ async def test_notify_wakes_an_idle_daemon_and_streams_stay_within_limits(
     assert all(o.status == "sent" for o in found.values())
     assert sims.apns.counters.get("limit_violations", 0) == 0
     assert 1 < max(c["max_concurrent_seen"] for c in state) <= 40
+
+
+async def test_revoked_oauth_tokens_are_refreshed_once(env: dict[str, Any]) -> None:
+    sims = env["sims"]
+    first = [devkit.fcm_token("ok", 6000 + i) for i in range(50)]
+    second = [devkit.fcm_token("ok", 6100 + i) for i in range(50)]
+    async with running_daemon(settings_for(env["config"])):
+        ids = await enqueue(env["dsn"], [fcm(t) for t in first])
+        await wait_terminal(env["dsn"], ids)
+        assert sims.oauth.issued == 1
+        sims.oauth.revoke_all()  # every access token now answers 401
+        ids2 = await enqueue(env["dsn"], [fcm(t) for t in second])
+        found = await wait_terminal(env["dsn"], ids2)
+    assert all(o.status == "sent" and o.attempts == 1 for o in found.values())
+    assert sims.oauth.issued == 2  # one refresh shared by all in-flight sends, no storm
+
+
+async def test_expired_provider_token_gets_a_new_connection(env: dict[str, Any]) -> None:
+    sims = env["sims"]
+    ok = [devkit.apns_token("ok", 7000 + i) for i in range(3)]
+    sims.apns.script({ok[1]: ["403:ExpiredProviderToken"]})
+    config = write_config(
+        env["tmp"] / "one.toml",
+        dsn=env["dsn"],
+        setup=env["setup"],
+        sims=sims,
+        apns="max_connections = 1",
+    )
+    async with running_daemon(settings_for(config)):
+        ids = await enqueue(env["dsn"], [apns(ok[0])])
+        await wait_terminal(env["dsn"], ids)
+        ids = await enqueue(env["dsn"], [apns(t) for t in ok[1:]])
+        found = await wait_terminal(env["dsn"], ids)
+    assert all(o.status == "sent" for o in found.values())
+    # The connection that answered ExpiredProviderToken was retired and replaced.
+    assert sims.apns.counters["connections_opened"] == 2

@@ -84,3 +84,28 @@ async def test_sigkill_mid_batch_loses_nothing(env: dict[str, Any]) -> None:
         # i.e. a row that was in flight then.
         assert nid not in committed
         assert found[nid].finished_at is not None and found[nid].finished_at > killed_at
+
+
+async def test_second_signal_exits_at_once_and_loses_nothing(env: dict[str, Any]) -> None:
+    sims = env["sims"]
+    sims.apns.patch({"latency": {"dist": "fixed", "ms": 3000}})
+    tokens = [devkit.apns_token("ok", 30_000 + i) for i in range(300)]
+    ids = await enqueue(env["dsn"], [apns(t) for t in tokens])
+    proc = start_daemon_process(env["config"], env["tmp"] / "daemon1.log")
+    deadline = time.monotonic() + 30
+    while sims.apns.counters.get("streams", 0) < 50:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(proc.wait, 10)
+    assert code != 0 and time.monotonic() - started < 2.5  # did not wait for the 3 s sends
+    sims.apns.patch({"latency": None})
+    second = start_daemon_process(env["config"], env["tmp"] / "daemon2.log")
+    try:
+        found = await wait_terminal(env["dsn"], ids, timeout_s=60)
+    finally:
+        assert stop_process(second) == 0
+    assert all(o.status == "sent" for o in found.values())
