@@ -126,3 +126,20 @@ async def test_run_refuses_bad_config_and_missing_schema(
 
     out = cli("run", "--config", str(tmp_path / "nope.toml"))
     assert out.returncode == 1 and "does not exist" in out.stderr
+
+
+async def test_run_refuses_a_database_without_the_schema(
+    empty_dsn: str, tmp_path: pathlib.Path
+) -> None:
+    from pushgres.simulator import devkit
+
+    setup = devkit.make_dev_setup(tmp_path / "sim")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f"[database]\ndsn = '{empty_dsn}'\n[apps.a]\nplatform = 'fcm'\n"
+        f"service_account_file = '{setup.service_account_file}'\n"
+    )
+    out = cli("run", "--config", str(config))
+    assert out.returncode == 1
+    assert "schema is missing from this database; run `pushgres migrate` first" in out.stderr
+    assert "Traceback" not in out.stderr
