@@ -505,4 +505,4 @@ class Daemon:
                 self.stats.outcomes["failed"] += len(failed)
                 self.stats.reasons["UnknownApp"] += len(failed)
             else:
-                await asyncio.sleep(UNKNOWN_APP_SWEEP_S)
+                await asyncio.sleep(max(1.0, min(UNKNOWN_APP_SWEEP_S, grace)))

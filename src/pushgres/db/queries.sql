@@ -52,11 +52,20 @@ RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q
                   WHERE t.app = q.app AND t.device_token = q.device_token
                     AND t.invalidated_at <= q.enqueued_at) AS is_token_invalid
 
--- name: claim_unknown_apps
+-- name: queue_apps
+-- The distinct apps in the queue, by a loose index scan (one probe per app, not a table scan).
+WITH RECURSIVE apps AS (
+    (SELECT app FROM pushgres.queue ORDER BY app LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.app FROM pushgres.queue q WHERE q.app > apps.app ORDER BY q.app LIMIT 1)
+    FROM apps WHERE apps.app IS NOT NULL
+)
+SELECT app FROM apps WHERE app IS NOT NULL
+
+-- name: claim_unknown_app
 WITH c AS MATERIALIZED (
     SELECT id FROM pushgres.queue
-    WHERE NOT (app = ANY($1::text[])) AND enqueued_at <= now() - make_interval(secs => $2)
-    ORDER BY id
+    WHERE app = $1 AND enqueued_at <= now() - make_interval(secs => $2)
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )

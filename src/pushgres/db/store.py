@@ -191,10 +191,18 @@ class Store:
     ) -> list[dict[str, Any]]:
         """Fail rows naming an app no daemon knows, once they are older than ``grace_s``."""
         with map_db_errors("failing rows of unknown apps"):
+            async with self._pool.acquire() as conn:
+                present = {r["app"] for r in await conn.fetch(QUERIES["queue_apps"])}
+            unknown = sorted(present - set(known_apps))
+            failed: list[dict[str, Any]] = []
+            for app in unknown:
+                failed += await self._fail_app(app, grace_s, limit)
+            return failed
+
+    async def _fail_app(self, app: str, grace_s: float, limit: int) -> list[dict[str, Any]]:
+        with map_db_errors("failing rows of unknown apps"):
             async with self._pool.acquire() as conn, conn.transaction():
-                records = await conn.fetch(
-                    QUERIES["claim_unknown_apps"], list(known_apps), grace_s, limit
-                )
+                records = await conn.fetch(QUERIES["claim_unknown_app"], app, grace_s, limit)
                 if not records:
                     return []
                 rows = [
