@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/pushgres demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy --strict src
 
 # nghttpd (Debian's nghttp2-server) is the HTTP/2 interop peer of the client tests.
