@@ -34,6 +34,7 @@ from .fcm.protocol import FcmRequestBuilder
 from .http2.pool import Http2Pool, PoolSettings
 from .http2.tls import make_ssl_context
 from .models import Action, ClaimedRow, InvalidToken, Outcome, Requeue, ResultRecord
+from .observability.logging import short_token
 from .pipeline.decide import decide, skip_reason
 from .pipeline.ratelimit import TokenBucket
 from .pipeline.sender import ApnsSender, FcmSender, Sender
@@ -441,13 +442,18 @@ class Daemon:
             watcher.cancel()
         interrupted = Outcome(action=Action.CONN, reason="Interrupted")
         outcomes = []
-        for task in tasks:
+        for row, task in zip(rows, tasks, strict=True):
             if task.cancelled():
                 outcomes.append(interrupted)
             elif task.exception() is not None:
                 exc = task.exception()
                 logger.error(
-                    "send failed unexpectedly: %r", exc, exc_info=exc, extra={"action": "send"}
+                    "notification %d to %s: send failed unexpectedly: %r",
+                    row.id,
+                    short_token(row.device_token),
+                    exc,
+                    exc_info=exc,
+                    extra={"action": "send"},
                 )
                 outcomes.append(Outcome(action=Action.WAIT, reason="InternalError"))
             else:
