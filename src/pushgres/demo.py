@@ -221,6 +221,15 @@ async def _progress(
         await conn.close()
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process (Linux /proc), else None."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _stop(proc: subprocess.Popen[bytes] | None) -> int | None:
     if proc is None:
         return None
@@ -263,6 +272,12 @@ def _demo(args: argparse.Namespace, runner: asyncio.Runner) -> int:
             )
             if not runner.run(_progress(dsn, lo, hi, total, daemon_proc)):
                 return 1
+            for name, proc in (("daemon", daemon_proc), ("simulators", sim_proc)):
+                cpu_s = _cpu_seconds(proc.pid)
+                if cpu_s is not None:
+                    _log(
+                        f"{name} CPU: {cpu_s:.1f}s, {cpu_s / total * 1e6:,.0f} µs per notification"
+                    )
             daemon_rc = _stop(daemon_proc)
             return runner.run(_summary(dsn, sim, lo, hi, total, daemon_rc or 0))
         finally:

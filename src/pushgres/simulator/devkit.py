@@ -264,7 +264,7 @@ def make_dev_setup(
             DevSetup.__dataclass_fields__
         ):
             return DevSetup(**meta)
-    if not (folder / "ca.pem").exists():
+    if not ((folder / "ca.pem").exists() and (folder / "ca.key").exists()):
         _write_tls(folder)
     apns_key = ec.generate_private_key(ec.SECP256R1())
     p8 = folder / f"AuthKey_{key_id}.p8"
