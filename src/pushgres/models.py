@@ -20,6 +20,7 @@ __all__ = [
     "Notification",
     "Outcome",
     "Platform",
+    "Request",
     "Requeue",
     "ResultRecord",
     "Status",
@@ -163,6 +164,19 @@ class Outcome:
     provider_timestamp: dt.datetime | None = None
     # Extra detail for logs (never credentials).
     detail: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def invalid(cls, reason: str, detail: str) -> Outcome:
+        """A row that cannot be sent as it is (found before any network call)."""
+        return cls(action=Action.FIX, reason=reason, detail=detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One provider request, ready for the HTTP/2 layer."""
+
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,14 +7,9 @@ import uuid
 
 import pytest
 
-from pushgres.apns.protocol import (
-    ApnsRequestBuilder,
-    Request,
-    apns_id_for,
-    parse_response,
-)
+from pushgres.apns.protocol import ApnsRequestBuilder, apns_id_for, parse_response
 from pushgres.apns.reasons import APNS_REASONS
-from pushgres.models import Action, ClaimedRow, Outcome
+from pushgres.models import Action, ClaimedRow, Outcome, Request
 
 NOW = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
 TOKEN = "ab" * 32

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from .. import codec
-from ..models import Action, ClaimedRow, Outcome
+from ..models import Action, ClaimedRow, Outcome, Request
 from .reasons import action_for
 
 __all__ = [
@@ -54,16 +53,6 @@ def apns_id_for(notification_id: int) -> str:
     return f"{_ID_PREFIX}-{tail[:4]}-{tail[4:]}"
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-
-def _fail(reason: str, detail: str) -> Outcome:
-    return Outcome(action=Action.FIX, reason=reason, detail=detail)
-
-
 class ApnsRequestBuilder:
     """Builds requests for one app; the static header pieces are encoded once."""
 
@@ -80,21 +69,25 @@ class ApnsRequestBuilder:
         try:
             payload = codec.loads(row.payload)
         except codec.JSONDecodeError:
-            return _fail("InvalidPayload", "payload is not valid JSON")
+            return Outcome.invalid("InvalidPayload", "payload is not valid JSON")
         if not isinstance(payload, dict) or not isinstance(payload.get("aps"), dict):
-            return _fail("InvalidPayload", "APNs payload must be an object with an 'aps' object")
+            return Outcome.invalid(
+                "InvalidPayload", "APNs payload must be an object with an 'aps' object"
+            )
         push_type = row.push_type or _default_push_type(payload["aps"])
         if push_type not in TOPIC_SUFFIXES:
-            return _fail("InvalidPushType", f"unknown push type {push_type!r}")
+            return Outcome.invalid("InvalidPushType", f"unknown push type {push_type!r}")
         priority = row.priority
         if push_type == "background" and priority == 10:
             priority = 5
         body = codec.dumps(payload)
         limit = MAX_VOIP_PAYLOAD_BYTES if push_type == "voip" else MAX_PAYLOAD_BYTES
         if len(body) > limit:
-            return _fail("PayloadTooLarge", f"payload is {len(body)} bytes, limit {limit}")
+            return Outcome.invalid(
+                "PayloadTooLarge", f"payload is {len(body)} bytes, limit {limit}"
+            )
         if row.collapse_id is not None and len(row.collapse_id.encode()) > MAX_COLLAPSE_ID_BYTES:
-            return _fail("BadCollapseId", "collapse id longer than 64 bytes")
+            return Outcome.invalid("BadCollapseId", "collapse id longer than 64 bytes")
         topic = row.topic or (self._topic + TOPIC_SUFFIXES[push_type])
         headers = [
             *self._static,

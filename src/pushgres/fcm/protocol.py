@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from .. import codec
-from ..models import Action, ClaimedRow, Outcome
+from ..models import Action, ClaimedRow, Outcome, Request
 from ..retry import parse_retry_after
 from .reasons import action_for
 
-__all__ = ["MAX_PAYLOAD_BYTES", "FcmRequestBuilder", "Request", "parse_response"]
+__all__ = ["MAX_PAYLOAD_BYTES", "FcmRequestBuilder", "parse_response"]
 
 MAX_PAYLOAD_BYTES = 4096
 MAX_TTL_S = 2_419_200
@@ -26,16 +25,6 @@ _RESERVED_DATA_KEYS = ("from", "message_type")
 _RESERVED_DATA_PREFIXES = ("google", "gcm")
 _FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _APNS_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.ApnsError"
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-
-def _fail(reason: str, detail: str) -> Outcome:
-    return Outcome(action=Action.FIX, reason=reason, detail=detail)
 
 
 class FcmRequestBuilder:
@@ -54,21 +43,23 @@ class FcmRequestBuilder:
         try:
             message = codec.loads(row.payload)
         except codec.JSONDecodeError:
-            return _fail("InvalidPayload", "payload is not valid JSON")
+            return Outcome.invalid("InvalidPayload", "payload is not valid JSON")
         if not isinstance(message, dict):
-            return _fail("InvalidPayload", "FCM payload must be a v1 message object")
+            return Outcome.invalid("InvalidPayload", "FCM payload must be a v1 message object")
         problem = _check_message(message)
         if problem is not None:
-            return _fail("InvalidPayload", problem)
+            return Outcome.invalid("InvalidPayload", problem)
         size = _content_size(message)
         if size > MAX_PAYLOAD_BYTES:
-            return _fail("PayloadTooLarge", f"message content is {size} bytes, limit 4096")
+            return Outcome.invalid(
+                "PayloadTooLarge", f"message content is {size} bytes, limit 4096"
+            )
         android = message.get("android")
         if android is None:
             android = {}
             message["android"] = android
         if not isinstance(android, dict):
-            return _fail("InvalidPayload", "message.android must be an object")
+            return Outcome.invalid("InvalidPayload", "message.android must be an object")
         android.setdefault("priority", "HIGH" if row.priority == 10 else "NORMAL")
         if row.collapse_id is not None:
             android.setdefault("collapse_key", row.collapse_id)
