@@ -77,3 +77,21 @@ async def test_refused_streams_are_resent_and_reset_streams_retried(env: dict[st
     # A reset after processing: outcome unknown, retried (at least once: a duplicate).
     assert found[ids[1]].status in ("sent", "failed")
     assert counts[reset] >= 2 or found[ids[1]].attempts >= 2
+
+
+async def test_stream_limit_schedule_down_and_up(env: dict[str, Any]) -> None:
+    sims = env["sims"]
+    sims.apns.patch(
+        {
+            "max_concurrent_streams_schedule": [
+                {"after_requests": 100, "value": 2},
+                {"after_requests": 400, "value": 800},
+            ]
+        }
+    )
+    tokens = [devkit.apns_token("ok", 900 + i) for i in range(1500)]
+    ids = await enqueue(env["dsn"], [apns(t) for t in tokens])
+    async with running_daemon(settings_for(env["config"])):
+        found = await wait_terminal(env["dsn"], ids, timeout_s=60)
+    assert all(o.status == "sent" for o in found.values())
+    assert sims.apns.counters.get("limit_violations", 0) == 0

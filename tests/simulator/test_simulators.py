@@ -259,3 +259,24 @@ def test_device_token_scheme() -> None:
     assert devkit.apns_kind("ab" * 32) == "ok"
     for kind in devkit.FCM_KINDS:
         assert devkit.fcm_kind(devkit.fcm_token(kind, 12)) == kind
+
+
+async def test_token_registry_and_unknown_token_policy(sims: Simulators) -> None:
+    auth = provider_token(sims).header()
+    plain = "ab" * 32
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{sims.control_url}/_sim/tokens", json={"apns": {plain: "Unregistered"}}
+        ) as resp,
+    ):
+        assert resp.status == 200
+    async with apns_pool(sims) as pool:
+        resp = await send(pool, apns_headers(sims, plain, auth), b"{}")
+        assert resp.status == 410
+        sims.apns.patch({"unknown_token_policy": "bad_device_token"})
+        other = devkit.apns_token("ok", 9)
+        resp = await send(pool, apns_headers(sims, other, auth), b"{}")
+        assert json.loads(resp.body)["reason"] == "BadDeviceToken"
+        sims.apns.register({other: "ok"})
+        assert (await send(pool, apns_headers(sims, other, auth), b"{}")).status == 200

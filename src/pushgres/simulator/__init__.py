@@ -228,6 +228,12 @@ class Simulators:
                 self._service(name).script(scripts)
             return web.json_response({"ok": True})
 
+        async def tokens(request: web.Request) -> web.Response:
+            body = await request.json()
+            for name, registered in body.items():
+                self._service(name).register(registered)
+            return web.json_response({"ok": True})
+
         async def clock(request: web.Request) -> web.Response:
             offset = float((await request.json())["offset_s"])
             for name in ("apns", "apns_sandbox", "fcm"):
@@ -267,6 +273,7 @@ class Simulators:
         app.router.add_get("/_sim/state", state)
         app.router.add_post("/_sim/config", config)
         app.router.add_post("/_sim/script", script)
+        app.router.add_post("/_sim/tokens", tokens)
         app.router.add_post("/_sim/clock", clock)
         app.router.add_post("/_sim/goaway", goaway)
         app.router.add_post("/_sim/drop", drop)

@@ -51,7 +51,8 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "goaway_after_streams": 0,  # per connection; graceful, last_stream_id = highest received
     "reset_connection": None,  # {"after_streams": N}: abrupt close without GOAWAY
     "token_format": {"min_hex": 64, "max_hex": 64},
-    "unknown_token_policy": "active",
+    "unknown_token_policy": "active",  # or "bad_device_token": unregistered tokens are rejected
+    "max_concurrent_streams_schedule": [],  # [{"after_requests": N, "value": M}], per connection
     "wedge_on_expired": True,
     "token_update_cooldown_s": 1200,
     "split_body_frames": 0,
@@ -192,8 +193,13 @@ class ApnsSimulator(Service):
         return Reply(200, headers)
 
     def _token_rules(self, token: str, apns_id: bytes) -> Reply | None:
-        kind = apns_kind(token)
+        kind = self.registry.get(token) or apns_kind(token)
         if kind == "ok":
+            if (
+                token not in self.registry
+                and self.knobs["unknown_token_policy"] == "bad_device_token"
+            ):
+                return self._error(400, "BadDeviceToken", apns_id)
             return None
         now_ms = int(self.now() * 1000)
         if kind in ("Unregistered", "ExpiredToken"):

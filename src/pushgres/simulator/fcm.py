@@ -50,6 +50,7 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "reset_connection": None,
     "retry_after": {"mode": "seconds", "value": 1},
     "quota_per_minute": 0,  # 0: unlimited
+    "max_concurrent_streams_schedule": [],  # [{"after_requests": N, "value": M}], per connection
     "split_body_frames": 0,
     "clock_offset_s": 0.0,
 }
@@ -370,7 +371,7 @@ class FcmSimulator(Service):
         return None
 
     def _token_rules(self, token: str) -> Reply | None:
-        kind = fcm_kind(token)
+        kind = self.registry.get(token) or fcm_kind(token)
         if kind == "ok":
             return None
         if kind == "blackhole":

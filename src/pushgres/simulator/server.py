@@ -86,6 +86,12 @@ class Service:
         self.scripts: dict[str, list[str]] = {}
         self.flaky: Counter[str] = Counter()
         self.responses: Counter[str] = Counter()
+        # Registered device tokens: token → kind (what the token answers, as devkit kinds).
+        self.registry: dict[str, str] = {}
+
+    def register(self, tokens: dict[str, str]) -> None:
+        """Give tokens an explicit kind (``"ok"``, ``"Unregistered"``, ``"UNREGISTERED"`` …)."""
+        self.registry.update(tokens)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -120,6 +126,7 @@ class Service:
         self.flaky.clear()
         self.responses.clear()
         self.counters.clear()
+        self.registry.clear()
         self.knobs = dict(self.default_knobs)
 
     def latency_s(self) -> float:
@@ -143,6 +150,9 @@ class Service:
         reset = self.knobs.get("reset_connection")
         if reset and conn.streams_seen >= int(reset.get("after_streams", 0)):
             conn.protocol.abort()
+        for step in self.knobs.get("max_concurrent_streams_schedule") or ():
+            if conn.streams_seen == int(step["after_requests"]):
+                conn.protocol.set_max_streams(int(step["value"]))
 
     def initial_max_streams(self, conn: Connection) -> int:
         return 100
