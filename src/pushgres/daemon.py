@@ -264,16 +264,20 @@ class Daemon:
             pool = app.sender.pool
             free = pool.capacity() - app.in_flight
             wanted = min(daemon.batch_size, free)
-            if app.bucket is not None and wanted > 0:
-                wanted = app.bucket.take(wanted)
-                if wanted == 0:
-                    await self._wait(app.changed, app.bucket.wait_s())
-                    continue
             floor = max(1, min(daemon.batch_size, pool.capacity()) // MIN_CLAIM_FRACTION)
             if wanted < floor or app.batches >= MAX_BATCHES_PER_APP:
                 app.changed.clear()
                 await self._wait(app.changed, daemon.poll_interval_s)
                 continue
+            if app.bucket is not None:
+                # Claim only what the rate limit lets us send now, in worthwhile batches.
+                enough = min(wanted, floor, int(app.bucket.capacity))
+                granted = app.bucket.take(wanted)
+                if granted < enough:
+                    app.bucket.give_back(granted)
+                    await self._wait(self._stopping, app.bucket.wait_s(enough))
+                    continue
+                wanted = granted
             await batch_slots.acquire()
             if self._stopping.is_set():
                 batch_slots.release()
@@ -286,6 +290,8 @@ class Daemon:
                 logger.error("app %s: %s", name, exc, extra={"action": "claim_batch"})
                 await self._wait(app.wake, STORE_RETRY_S)
                 continue
+            if app.bucket is not None and claimed < wanted:
+                app.bucket.give_back(wanted - claimed)
             if claimed < wanted:
                 # The queue is drained for now: wait for a NOTIFY or the polling interval.
                 await self._wait(app.wake, daemon.poll_interval_s)

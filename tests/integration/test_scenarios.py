@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from pushgres.simulator import devkit
 
-from .harness import apns, enqueue, running_daemon, settings_for, wait_terminal, write_config
+from .harness import (
+    apns,
+    enqueue,
+    fcm,
+    running_daemon,
+    settings_for,
+    wait_terminal,
+    write_config,
+)
 
 
 async def test_black_holed_streams_time_out_and_free_their_slots(env: dict[str, Any]) -> None:
@@ -95,3 +104,22 @@ async def test_stream_limit_schedule_down_and_up(env: dict[str, Any]) -> None:
         found = await wait_terminal(env["dsn"], ids, timeout_s=60)
     assert all(o.status == "sent" for o in found.values())
     assert sims.apns.counters.get("limit_violations", 0) == 0
+
+
+async def test_rate_limit_per_app(env: dict[str, Any]) -> None:
+    config = write_config(
+        env["tmp"] / "rate.toml",
+        dsn=env["dsn"],
+        setup=env["setup"],
+        sims=env["sims"],
+        fcm="rate_limit_per_s = 100",
+    )
+    tokens = [devkit.fcm_token("ok", 3000 + i) for i in range(300)]
+    ids = await enqueue(env["dsn"], [fcm(t) for t in tokens])
+    started = time.monotonic()
+    async with running_daemon(settings_for(config)):
+        found = await wait_terminal(env["dsn"], ids, timeout_s=30)
+    elapsed = time.monotonic() - started
+    assert all(o.status == "sent" for o in found.values())
+    # A 100-token burst, then 100 per second: 300 sends cannot take less than 2 s.
+    assert elapsed >= 1.9

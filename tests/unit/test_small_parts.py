@@ -25,6 +25,8 @@ def test_token_bucket_grants_rate_per_second() -> None:
     assert bucket.wait_s() == pytest.approx(0.01)
     now[0] = 0.5
     assert bucket.take(500) == 50
+    bucket.give_back(30)
+    assert bucket.take(500) == 30
 
 
 def test_short_token_hides_most_of_the_token() -> None:

@@ -28,7 +28,11 @@ class TokenBucket:
         self._tokens -= granted
         return granted
 
-    def wait_s(self) -> float:
-        """Seconds until at least one token is available."""
+    def give_back(self, unused: int) -> None:
+        """Return tokens taken for sends that did not happen (the claim found fewer rows)."""
+        self._tokens = min(self.capacity, self._tokens + unused)
+
+    def wait_s(self, tokens: int = 1) -> float:
+        """Seconds until at least ``tokens`` tokens are available."""
         self._refill()
-        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate_per_s
+        return max(0.0, (tokens - self._tokens) / self.rate_per_s)
