@@ -303,3 +303,34 @@ async def test_expired_provider_token_gets_a_new_connection(env: dict[str, Any])
     assert all(o.status == "sent" for o in found.values())
     # The connection that answered ExpiredProviderToken was retired and replaced.
     assert sims.apns.counters["connections_opened"] == 2
+
+
+async def test_sends_past_the_shutdown_deadline_go_back_to_the_queue(env: dict[str, Any]) -> None:
+    sims = env["sims"]
+    config = write_config(
+        env["tmp"] / "deadline.toml",
+        dsn=env["dsn"],
+        setup=env["setup"],
+        sims=sims,
+        daemon="shutdown_timeout_s = 0.5\nrequest_timeout_s = 10",
+    )
+    sims.apns.patch({"latency": {"dist": "fixed", "ms": 4000}})
+    tokens = [devkit.apns_token("ok", 8000 + i) for i in range(50)]
+    ids = await enqueue(env["dsn"], [apns(t) for t in tokens])
+    async with running_daemon(settings_for(config)) as daemon:
+        while sims.apns.counters.get("streams", 0) < 2:
+            await asyncio.sleep(0.02)
+        claimed = daemon.stats.claimed
+    assert claimed > 0
+    conn = await asyncpg.connect(env["dsn"])
+    try:
+        rows = await conn.fetch("SELECT attempts, last_reason FROM pushgres.queue")
+        assert len(rows) == len(ids)  # nothing lost, nothing half-written
+        assert all(r["attempts"] == 0 for r in rows)  # an interrupted send is no attempt
+        assert await conn.fetchval("SELECT count(*) FROM pushgres.results") == 0
+    finally:
+        await conn.close()
+    sims.apns.patch({"latency": None})
+    async with running_daemon(settings_for(config)):
+        found = await wait_terminal(env["dsn"], ids)
+    assert all(o.status == "sent" for o in found.values())
