@@ -32,6 +32,11 @@ async def sims(tmp_path: pathlib.Path) -> AsyncIterator[Simulators]:
         yield running
 
 
+def dev(sims: Simulators) -> devkit.DevSetup:
+    assert sims.setup is not None
+    return sims.setup
+
+
 def apns_headers(
     sims: Simulators, token: str, auth: bytes, **extra: bytes
 ) -> list[tuple[bytes, bytes]]:
@@ -49,7 +54,7 @@ def apns_headers(
 
 
 def provider_token(sims: Simulators) -> ProviderToken:
-    s = sims.setup
+    s = dev(sims)
     return ProviderToken(
         key_file=s.apns_key_file, key_id=s.apns_key_id, team_id=s.apns_team_id, refresh_s=2700
     )
@@ -167,7 +172,7 @@ async def test_changing_token_within_20_minutes_is_refused(sims: Simulators) -> 
 
 
 async def test_oauth_endpoint_issues_and_rejects(sims: Simulators, tmp_path: pathlib.Path) -> None:
-    account = ServiceAccount(sims.setup.service_account_file)
+    account = ServiceAccount(dev(sims).service_account_file)
     ctx = make_ssl_context(ca_file=sims.ca_file)
     source = TokenSource(account, ssl_context=ctx)
     try:
@@ -177,10 +182,10 @@ async def test_oauth_endpoint_issues_and_rejects(sims: Simulators, tmp_path: pat
         assert sims.oauth.issued == 1
     finally:
         await source.aclose()
-    data = json.loads(pathlib.Path(sims.setup.service_account_file).read_text())
+    data = json.loads(pathlib.Path(dev(sims).service_account_file).read_text())
     key = serialization.load_pem_private_key(data["private_key"].encode(), password=None)
     now = int(time.time())
-    cases = {
+    cases: dict[str, dict[str, Any]] = {
         "Invalid JWT: Failed audience check.": {"aud": "https://elsewhere/token"},
         "Invalid grant: account not found": {"iss": "nobody@x.iam.gserviceaccount.com"},
         "Invalid OAuth scope or ID token audience provided.": {"scope": "email"},
@@ -221,7 +226,7 @@ async def test_fcm_rejects_missing_or_unknown_access_tokens(sims: Simulators) ->
     base = [
         (b":method", b"POST"),
         (b":scheme", b"https"),
-        (b":path", f"/v1/projects/{sims.setup.fcm_project}/messages:send".encode()),
+        (b":path", f"/v1/projects/{dev(sims).fcm_project}/messages:send".encode()),
         (b":authority", b"localhost"),
     ]
     body = json.dumps({"message": {"token": devkit.fcm_token("ok", 1)}}).encode()
@@ -249,7 +254,7 @@ async def test_control_api(sims: Simulators) -> None:
         async with session.get(f"{sims.control_url}/_sim/accepted") as resp:
             assert await resp.json() == {"apns": {}, "apns_ids": {}, "fcm": {}}
         async with session.get(f"{sims.control_url}/_sim/metrics") as resp:
-            assert set(await resp.json()) == {"apns", "apns_sandbox", "fcm"}
+            assert set(await resp.json()) == {"apns", "apns_sandbox", "fcm", "oauth"}
 
 
 def test_device_token_scheme() -> None:
@@ -268,9 +273,9 @@ async def test_token_registry_and_unknown_token_policy(sims: Simulators) -> None
         aiohttp.ClientSession() as session,
         session.post(
             f"{sims.control_url}/_sim/tokens", json={"apns": {plain: "Unregistered"}}
-        ) as resp,
+        ) as http_resp,
     ):
-        assert resp.status == 200
+        assert http_resp.status == 200
     async with apns_pool(sims) as pool:
         resp = await send(pool, apns_headers(sims, plain, auth), b"{}")
         assert resp.status == 410

@@ -1,14 +1,39 @@
 """Test and demo credentials, TLS material, and device tokens that trigger each outcome.
 
-Everything is generated locally with ``cryptography``: a CA and a server certificate for
-``localhost``/``127.0.0.1`` (clients trust the CA file; verification stays on), an APNs ES256
-signing key (.p8), and a Google service-account JSON whose ``token_uri`` points at the
-simulator's OAuth endpoint.
+Everything is generated locally with ``cryptography``:
 
-Device tokens: ``apns_token(kind, n)`` is 64 lowercase hex characters — an 8-digit prefix
-naming the kind, then ``n`` in hex; ``fcm_token(kind, n)`` is ``<kind>_<n>:sim``. The
-simulators recognise the prefixes (see ``APNS_KINDS`` / ``FCM_KINDS``); any other token is a
-live one. ``ok`` tokens with different ``n`` are distinct.
+* :func:`generate_ca`: a CA (``ca.pem``) and a server certificate for ``localhost``,
+  ``127.0.0.1``, ``api.push.apple.com``, ``api.sandbox.push.apple.com``,
+  ``fcm.googleapis.com`` and ``oauth2.googleapis.com``. Clients trust the CA file;
+  certificate verification stays on everywhere.
+* :func:`generate_apns_key`: an APNs signing key (``AuthKey_<kid>.p8``, PKCS#8 PEM, EC P-256)
+  and its public key for the simulator.
+* :func:`generate_service_account`: a Google service-account JSON (protocol.md B.2; RSA 2048
+  PKCS#8 key) whose ``token_uri`` points at the simulator's OAuth endpoint.
+* :func:`generate_apns_client_cert`: an APNs provider certificate for certificate auth (subject
+  UID = bundle id, signed by the CA; PEM and password-protected PKCS#12).
+* :func:`make_dev_setup`: all of the above in one folder (reused when present) plus the
+  matching :class:`~pushgres.simulator.config.SimulatorConfig` (``DevSetup.config``).
+
+Device tokens that trigger each outcome, without registering anything:
+
+* ``apns_token(kind, n)``: 64 lowercase hex characters, ``APNS_KINDS[kind]`` (8 hex digits)
+  followed by ``n`` in 56 hex digits. Kinds: ``ok``; ``Unregistered``/``ExpiredToken`` (410
+  with ``timestamp`` one day ago); ``BadDeviceToken``/``DeviceTokenNotForTopic`` (400);
+  ``TooManyRequests`` (429); ``InternalServerError`` (500); ``ServiceUnavailable`` (503);
+  ``Shutdown`` (503, then a graceful GOAWAY); ``flaky`` (503 twice, then 200); ``slow`` (200
+  after ``slow_ms``, default 2 s); ``blackhole`` (never answered); ``refused`` (RST_STREAM
+  REFUSED_STREAM once, then 200); ``reset`` (processed and counted, then RST_STREAM
+  INTERNAL_ERROR).
+* ``fcm_token(kind, n)``: ``<kind>_<n as 16 digits>:sim`` (it passes FCM's token format).
+  Kinds: ``ok``, ``UNREGISTERED`` (404), ``INVALID_ARGUMENT`` (400, token not valid),
+  ``SENDER_ID_MISMATCH`` (403), ``THIRD_PARTY_AUTH_ERROR`` (401 + ``ApnsError`` 403),
+  ``apns_unregistered`` (400 + ``ApnsError`` 410), ``QUOTA_EXCEEDED`` (429 + Retry-After),
+  ``UNAVAILABLE`` (503), ``INTERNAL`` (500), ``flaky`` (503 twice, then 200), ``blackhole``.
+
+``ok`` tokens with different ``n`` are distinct. Any token matching no prefix follows the
+simulator's ``unknown_token_policy`` (default: a live token). Registered tokens
+(``register``/``POST /_sim/tokens``) take precedence over prefixes.
 """
 
 from __future__ import annotations
@@ -20,6 +45,7 @@ import pathlib
 import secrets
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,17 +53,37 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+if TYPE_CHECKING:
+    from .config import SimulatorConfig
+
 __all__ = [
     "APNS_KINDS",
     "FCM_KINDS",
+    "SERVER_HOSTNAMES",
+    "ApnsKey",
+    "CaFiles",
+    "ClientCertificate",
     "DevSetup",
+    "ServiceAccount",
     "apns_kind",
     "apns_token",
     "fcm_kind",
     "fcm_token",
     "free_port",
+    "generate_apns_client_cert",
+    "generate_apns_key",
+    "generate_ca",
+    "generate_service_account",
     "make_dev_setup",
 ]
+
+SERVER_HOSTNAMES = (
+    "localhost",
+    "api.push.apple.com",
+    "api.sandbox.push.apple.com",
+    "fcm.googleapis.com",
+    "oauth2.googleapis.com",
+)
 
 # kind → token prefix (8 hex digits). What each kind does is in apns.py.
 APNS_KINDS: dict[str, str] = {
@@ -77,20 +123,24 @@ _FCM_BY_LENGTH = sorted(FCM_KINDS, key=len, reverse=True)
 
 
 def apns_token(kind: str, n: int) -> str:
+    """A 64-hex-digit APNs device token that triggers ``kind`` (``KeyError`` if unknown)."""
     return APNS_KINDS[kind] + f"{n & (2**224 - 1):056x}"
 
 
 def apns_kind(token: str) -> str:
+    """The kind an APNs token triggers by its prefix (``"ok"`` for any other token)."""
     return _APNS_BY_PREFIX.get(token[:8], "ok")
 
 
 def fcm_token(kind: str, n: int) -> str:
+    """An FCM registration token that triggers ``kind`` (``KeyError`` if unknown)."""
     if kind not in FCM_KINDS:
         raise KeyError(kind)
-    return f"{kind}_{n:012d}:sim"
+    return f"{kind}_{n:016d}:sim"
 
 
 def fcm_kind(token: str) -> str:
+    """The kind an FCM token triggers by its prefix (``"ok"`` for any other token)."""
     for kind in _FCM_BY_LENGTH:
         if token.startswith(kind + "_"):
             return kind
@@ -98,10 +148,54 @@ def fcm_kind(token: str) -> str:
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for listeners whose URL must be known early)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@dataclass(frozen=True, slots=True)
+class CaFiles:
+    """The test CA and the server certificate it signed."""
+
+    ca_file: str
+    ca_key_file: str
+    server_cert_file: str
+    server_key_file: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApnsKey:
+    """An APNs token-auth signing key (.p8) and what the simulator needs to verify it."""
+
+    key_file: str
+    key_id: str
+    team_id: str
+    public_key_pem: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccount:
+    """A service-account JSON file and what the OAuth endpoint needs to verify it."""
+
+    file: str
+    project_id: str
+    client_email: str
+    private_key_id: str
+    public_key_pem: str
+    token_uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """An APNs provider certificate (PEM pair and PKCS#12) and its SHA-256 fingerprint."""
+
+    cert_file: str
+    key_file: str
+    p12_file: str
+    p12_password: str
+    fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +222,47 @@ class DevSetup:
     apns_cert_file: str
     apns_cert_key_file: str
 
+    @property
+    def token_uri(self) -> str:
+        return f"https://127.0.0.1:{self.oauth_port}/token"
+
+    @property
+    def config(self) -> SimulatorConfig:
+        """The simulator configuration that accepts exactly these credentials."""
+        from .config import SimulatorConfig
+
+        return SimulatorConfig(
+            ca_file=self.ca_file,
+            server_cert_file=self.server_cert_file,
+            server_key_file=self.server_key_file,
+            teams={
+                self.apns_team_id: {
+                    "topics": [self.apns_topic],
+                    "keys": {
+                        self.apns_key_id: {
+                            "public_key_pem": self.apns_public_key_pem,
+                            "env": "both",
+                        }
+                    },
+                }
+            },
+            projects={
+                self.fcm_project: {
+                    "number": "123456789012",
+                    "service_accounts": [self.client_email],
+                    "api_enabled": True,
+                }
+            },
+            service_accounts={
+                self.client_email: {
+                    "public_key_pem": self.sa_public_key_pem,
+                    "private_key_id": self.private_key_id,
+                    "disabled": False,
+                }
+            },
+            oauth_port=self.oauth_port,
+        )
+
 
 def _pem_private(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
@@ -137,7 +272,23 @@ def _pem_private(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     )
 
 
-def _write_tls(folder: pathlib.Path) -> None:
+def _pem_public(key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> str:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def _write_secret(path: pathlib.Path, data: bytes) -> None:
+    path.write_bytes(data)
+    path.chmod(0o600)
+
+
+def generate_ca(
+    directory: str | pathlib.Path, hostnames: tuple[str, ...] = SERVER_HOSTNAMES
+) -> CaFiles:
+    """Write ``ca.pem``/``ca.key`` and ``server.pem``/``server.key`` (also valid for 127.0.0.1)."""
+    folder = pathlib.Path(directory).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pushgres simulator CA")])
@@ -164,19 +315,12 @@ def _write_tls(folder: pathlib.Path) -> None:
             ),
             critical=True,
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    names = [
-        x509.DNSName(n)
-        for n in (
-            "localhost",
-            "api.push.apple.com",
-            "api.sandbox.push.apple.com",
-            "fcm.googleapis.com",
-            "oauth2.googleapis.com",
-        )
-    ]
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in hostnames]
+    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
@@ -185,30 +329,92 @@ def _write_tls(folder: pathlib.Path) -> None:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=825))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [*names, x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
         )
         .sign(ca_key, hashes.SHA256())
     )
     (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (folder / "ca.key").write_bytes(_pem_private(ca_key))
-    (folder / "ca.key").chmod(0o600)
+    _write_secret(folder / "ca.key", _pem_private(ca_key))
     (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "server.key").write_bytes(_pem_private(key))
-    (folder / "server.key").chmod(0o600)
+    _write_secret(folder / "server.key", _pem_private(key))
+    return CaFiles(
+        ca_file=str(folder / "ca.pem"),
+        ca_key_file=str(folder / "ca.key"),
+        server_cert_file=str(folder / "server.pem"),
+        server_key_file=str(folder / "server.key"),
+    )
 
 
-def _write_client_certificate(folder: pathlib.Path, topic: str, password: str) -> None:
+def generate_apns_key(directory: str | pathlib.Path, team_id: str, key_id: str) -> ApnsKey:
+    """Write ``AuthKey_<key_id>.p8`` (PKCS#8 PEM, EC P-256), as Apple's portal hands it out."""
+    folder = pathlib.Path(directory).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    p8 = folder / f"AuthKey_{key_id}.p8"
+    _write_secret(p8, _pem_private(key))
+    return ApnsKey(str(p8), key_id, team_id, _pem_public(key.public_key()))
+
+
+def generate_service_account(
+    directory: str | pathlib.Path,
+    project_id: str,
+    client_email: str,
+    token_uri: str,
+    *,
+    file_name: str = "service-account.json",
+) -> ServiceAccount:
+    """Write a Google service-account JSON (protocol.md B.2) with a fresh RSA 2048 key."""
+    folder = pathlib.Path(directory).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_key_id = secrets.token_hex(20)
+    data = {
+        "type": "service_account",
+        "project_id": project_id,
+        "private_key_id": private_key_id,
+        "private_key": _pem_private(key).decode(),
+        "client_email": client_email,
+        "client_id": str(100000000000000000000 + secrets.randbelow(10**19)),
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": token_uri,
+        "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
+        "client_x509_cert_url": "https://www.googleapis.com/robot/v1/metadata/x509/"
+        + client_email.replace("@", "%40"),
+        "universe_domain": "googleapis.com",
+    }
+    file = folder / file_name
+    _write_secret(file, json.dumps(data, indent=2).encode())
+    return ServiceAccount(
+        str(file),
+        project_id,
+        client_email,
+        private_key_id,
+        _pem_public(key.public_key()),
+        token_uri,
+    )
+
+
+def generate_apns_client_cert(
+    directory: str | pathlib.Path,
+    ca: CaFiles,
+    topic: str,
+    password: str,
+    *,
+    name: str = "apns",
+) -> ClientCertificate:
     """An APNs provider certificate (subject UID = bundle id) signed by the test CA."""
-    ca_key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)
-    ca = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    folder = pathlib.Path(directory).resolve()
+    ca_key = serialization.load_pem_private_key(
+        pathlib.Path(ca.ca_key_file).read_bytes(), password=None
+    )
+    ca_cert = x509.load_pem_x509_certificate(pathlib.Path(ca.ca_file).read_bytes())
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the test CA key must be an EC key")
     now = dt.datetime.now(dt.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
@@ -221,7 +427,7 @@ def _write_client_certificate(folder: pathlib.Path, topic: str, password: str) -
                 ]
             )
         )
-        .issuer_name(ca.subject)
+        .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
@@ -231,18 +437,24 @@ def _write_client_certificate(folder: pathlib.Path, topic: str, password: str) -
         )
         .sign(ca_key, hashes.SHA256())
     )
-    (folder / "apns-cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "apns-cert.key").write_bytes(_pem_private(key))
-    (folder / "apns-cert.key").chmod(0o600)
-    p12 = pkcs12.serialize_key_and_certificates(
-        b"apns",
-        key,
-        cert,
-        None,
-        serialization.BestAvailableEncryption(password.encode()),
+    cert_file, key_file, p12_file = (
+        folder / f"{name}-cert.pem",
+        folder / f"{name}-cert.key",
+        folder / f"{name}.p12",
     )
-    (folder / "apns.p12").write_bytes(p12)
-    (folder / "apns.p12").chmod(0o600)
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_secret(key_file, _pem_private(key))
+    p12 = pkcs12.serialize_key_and_certificates(
+        name.encode(), key, cert, None, serialization.BestAvailableEncryption(password.encode())
+    )
+    _write_secret(p12_file, p12)
+    return ClientCertificate(
+        str(cert_file),
+        str(key_file),
+        str(p12_file),
+        password,
+        cert.fingerprint(hashes.SHA256()).hex(),
+    )
 
 
 def make_dev_setup(
@@ -254,75 +466,63 @@ def make_dev_setup(
     key_id: str = "KEY1234567",
     oauth_port: int | None = None,
 ) -> DevSetup:
-    """Generate (or reuse, if present) everything the simulators and a client need."""
+    """Generate (or reuse, if present and matching) everything the simulators and a client need.
+
+    The OAuth endpoint is a separate HTTP/1.1 listener whose URL is written into the
+    service-account JSON, so its port is fixed here: ``oauth_port`` or a free port.
+    """
     folder = pathlib.Path(directory).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     meta_file = folder / "devkit.json"
     if meta_file.exists():
         meta = json.loads(meta_file.read_text())
-        if (oauth_port is None or meta.get("oauth_port") == oauth_port) and set(meta) == set(
-            DevSetup.__dataclass_fields__
+        if (
+            set(meta) == set(DevSetup.__dataclass_fields__)
+            and (oauth_port is None or meta["oauth_port"] == oauth_port)
+            and (meta["apns_topic"], meta["fcm_project"]) == (apns_topic, fcm_project)
+            and (meta["apns_team_id"], meta["apns_key_id"]) == (team_id, key_id)
+            and all(pathlib.Path(meta[k]).exists() for k in meta if k.endswith("_file"))
         ):
             return DevSetup(**meta)
-    if not ((folder / "ca.pem").exists() and (folder / "ca.key").exists()):
-        _write_tls(folder)
-    apns_key = ec.generate_private_key(ec.SECP256R1())
-    p8 = folder / f"AuthKey_{key_id}.p8"
-    p8.write_bytes(_pem_private(apns_key))
-    p8.chmod(0o600)
-    apns_public = apns_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if (folder / "ca.pem").exists() and (folder / "ca.key").exists():
+        ca = CaFiles(
+            str(folder / "ca.pem"),
+            str(folder / "ca.key"),
+            str(folder / "server.pem"),
+            str(folder / "server.key"),
+        )
+    else:
+        ca = generate_ca(folder)
+    apns_key = generate_apns_key(folder, team_id, key_id)
     port = oauth_port or free_port()
-    client_email = f"sender@{fcm_project}.iam.gserviceaccount.com"
-    private_key_id = "sim" + "0" * 37
-    sa = {
-        "type": "service_account",
-        "project_id": fcm_project,
-        "private_key_id": private_key_id,
-        "private_key": _pem_private(sa_key).decode(),
-        "client_email": client_email,
-        "client_id": "100000000000000000001",
-        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-        "token_uri": f"https://127.0.0.1:{port}/token",
-        "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
-        "client_x509_cert_url": "https://www.googleapis.com/robot/v1/metadata/x509/sender",
-        "universe_domain": "googleapis.com",
-    }
-    p12_password = "sim-" + secrets.token_hex(4)
-    _write_client_certificate(folder, apns_topic, p12_password)
-    sa_file = folder / "service-account.json"
-    sa_file.write_text(json.dumps(sa, indent=2))
-    sa_file.chmod(0o600)
+    account = generate_service_account(
+        folder,
+        fcm_project,
+        f"sender@{fcm_project}.iam.gserviceaccount.com",
+        f"https://127.0.0.1:{port}/token",
+    )
+    client_cert = generate_apns_client_cert(folder, ca, apns_topic, "sim-" + secrets.token_hex(4))
     setup = DevSetup(
         directory=str(folder),
-        ca_file=str(folder / "ca.pem"),
-        server_cert_file=str(folder / "server.pem"),
-        server_key_file=str(folder / "server.key"),
-        apns_key_file=str(p8),
+        ca_file=ca.ca_file,
+        server_cert_file=ca.server_cert_file,
+        server_key_file=ca.server_key_file,
+        apns_key_file=apns_key.key_file,
         apns_key_id=key_id,
         apns_team_id=team_id,
         apns_topic=apns_topic,
-        apns_public_key_pem=apns_public.decode(),
-        service_account_file=str(sa_file),
+        apns_public_key_pem=apns_key.public_key_pem,
+        service_account_file=account.file,
         fcm_project=fcm_project,
-        client_email=client_email,
-        private_key_id=private_key_id,
-        sa_public_key_pem=sa_key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode(),
+        client_email=account.client_email,
+        private_key_id=account.private_key_id,
+        sa_public_key_pem=account.public_key_pem,
         oauth_port=port,
-        apns_p12_file=str(folder / "apns.p12"),
-        apns_p12_password=p12_password,
-        apns_cert_file=str(folder / "apns-cert.pem"),
-        apns_cert_key_file=str(folder / "apns-cert.key"),
+        apns_p12_file=client_cert.p12_file,
+        apns_p12_password=client_cert.p12_password,
+        apns_cert_file=client_cert.cert_file,
+        apns_cert_key_file=client_cert.key_file,
     )
-    meta_file.write_text(
-        json.dumps(setup.__dict__ if hasattr(setup, "__dict__") else _asdict(setup))
-    )
+    meta = {name: getattr(setup, name) for name in DevSetup.__dataclass_fields__}
+    _write_secret(meta_file, json.dumps(meta, indent=2).encode())
     return setup
-
-
-def _asdict(setup: DevSetup) -> dict[str, object]:
-    return {name: getattr(setup, name) for name in setup.__dataclass_fields__}
