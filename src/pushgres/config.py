@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .exceptions import ConfigError
+from .http2.codecs import CODECS, DEFAULT_CODEC
 
 __all__ = [
     "ApnsConfig",
@@ -103,6 +104,7 @@ class PoolConfig:
     max_streams_per_connection: int = DEFAULT_MAX_STREAMS
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     max_connection_age_s: float | None = None
+    codec: str = DEFAULT_CODEC
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -288,6 +290,7 @@ def _pool(section: _Section, base_dir: Path, default_endpoint: str, *, fcm: bool
             "max_connection_age_s", DEFAULT_FCM_MAX_CONNECTION_AGE_S if fcm else 0.0, 0, 86400 * 7
         )
         or None,
+        codec=section.choice("codec", tuple(sorted(CODECS)), DEFAULT_CODEC),
     )
 
 

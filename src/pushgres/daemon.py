@@ -34,7 +34,6 @@ from .fcm.protocol import FcmRequestBuilder
 from .http2.pool import Http2Pool, PoolSettings
 from .http2.tls import make_ssl_context
 from .models import Action, ClaimedRow, InvalidToken, Outcome, Requeue, ResultRecord
-from .observability.logging import short_token
 from .pipeline.decide import decide, skip_reason
 from .pipeline.ratelimit import TokenBucket
 from .pipeline.sender import ApnsSender, FcmSender, Sender
@@ -70,6 +69,7 @@ def _pool_settings(pool: PoolConfig) -> PoolSettings:
         max_streams_per_connection=pool.max_streams_per_connection,
         connect_timeout_s=pool.connect_timeout_s,
         max_connection_age_s=pool.max_connection_age_s,
+        codec=pool.codec,
     )
 
 
@@ -427,44 +427,22 @@ class Daemon:
     async def _send_all(
         self, sender: Sender, rows: list[ClaimedRow], now: dt.datetime
     ) -> list[Outcome]:
-        """Send every row concurrently; on the shutdown deadline, cancel what is unfinished."""
+        """Send the batch; past the shutdown deadline (``_abort``) unfinished sends give up."""
         if not rows:
             return []
-        tasks = [asyncio.ensure_future(sender.send(row, now=now)) for row in rows]
-
-        async def cancel_on_abort() -> None:
-            await self._abort.wait()
-            for task in tasks:
-                task.cancel()
-
-        watcher = asyncio.ensure_future(cancel_on_abort())
         try:
-            await asyncio.wait(tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            raise
-        finally:
-            watcher.cancel()
-        interrupted = Outcome(action=Action.CONN, reason="Interrupted")
-        outcomes = []
-        for row, task in zip(rows, tasks, strict=True):
-            if task.cancelled():
-                outcomes.append(interrupted)
-            elif task.exception() is not None:
-                exc = task.exception()
-                logger.error(
-                    "notification %d to %s: send failed unexpectedly: %r",
-                    row.id,
-                    short_token(row.device_token),
-                    exc,
-                    exc_info=exc,
-                    extra={"action": "send"},
-                )
-                outcomes.append(Outcome(action=Action.WAIT, reason="InternalError"))
-            else:
-                outcomes.append(task.result())
-        return outcomes
+            return await sender.send_batch(rows, now=now, abort=self._abort)
+        except Exception as exc:
+            # A bug, not a provider answer: every row of the batch is retried later.
+            logger.error(
+                "app batch of %d notifications (first id %d): send failed unexpectedly: %r",
+                len(rows),
+                rows[0].id,
+                exc,
+                exc_info=exc,
+                extra={"action": "send"},
+            )
+            return [Outcome(action=Action.WAIT, reason="InternalError")] * len(rows)
 
     async def _report(self) -> None:
         """One INFO line a minute: what was done, and each pool's connections."""

@@ -119,6 +119,12 @@ class StreamReset(TransportError):
         self.error_code = error_code
 
 
+class RequestRejected(TransportError):
+    """The request cannot be sent as built (its header block exceeds the peer's limits)."""
+
+    unprocessed = True
+
+
 class PoolClosed(TransportError):
     """The connection pool is closing or closed."""
 

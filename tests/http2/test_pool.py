@@ -23,7 +23,7 @@ from pushgres.exceptions import (
     StreamReset,
 )
 from pushgres.http2.connection import MAX_STREAM_ID
-from pushgres.http2.pool import Http2Pool, PoolSettings, PoolState
+from pushgres.http2.pool import Http2Pool, PoolSettings, PoolState, Response
 from pushgres.http2.tls import make_ssl_context
 
 from .servers import (
@@ -449,3 +449,74 @@ def test_client_certificate_loading(certs: Certs) -> None:
         make_ssl_context(ca_file=None, client_key_pem=certs.client_key_pem)
     with pytest.raises(ConfigError):
         make_ssl_context(ca_file="/nonexistent/ca.pem")
+
+
+async def test_send_batch_reports_every_outcome_in_order(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    def handler(request: Request) -> None:
+        if request.path == b"/refuse-always":
+            request.conn.reset(request.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+        elif request.path == b"/reset":
+            request.conn.reset(request.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        elif request.path == b"/slow":
+            request.conn.respond_later(0.1, request.stream_id, 200, request.body)
+        elif request.path != b"/blackhole":
+            echo(request)
+
+    async with (
+        FaultServer(server_ssl_context(certs), handler=handler, max_concurrent_streams=3) as server,
+        make_pool(server.port, client_ssl, max_connections=1, unprocessed_retries=1) as pool,
+    ):
+        paths = [b"/ok", b"/reset", b"/slow", b"/refuse-always", b"/blackhole"]
+        paths += [b"/ok"] * 20
+        requests = [(headers(server.port, p), b"%d" % i) for i, p in enumerate(paths)]
+        started = time.monotonic()
+        results = await pool.send_batch(requests, timeout_s=0.6)
+        assert 0.5 < time.monotonic() - started < 3  # the blackholed stream holds the batch
+        assert isinstance(results[1], StreamReset)
+        assert isinstance(results[3], StreamRefused)
+        assert isinstance(results[4], RequestTimeout)
+        ok = [r for i, r in enumerate(results) if i not in (1, 3, 4)]
+        assert all(isinstance(r, Response) and r.status == 200 for r in ok)
+        assert [r.body for r in ok if isinstance(r, Response)] == [
+            b"%d" % i for i in range(len(paths)) if i not in (1, 3, 4)
+        ]
+        # 25 requests through 3 slots: the limit held and every slot came back.
+        assert server.connections[0].max_open_seen <= 3
+        assert pool.in_flight() == 0
+        stats = pool.stats()
+        assert stats["refused"] == 2 and stats["resets"] == 1 and stats["timeouts"] == 1
+
+
+async def test_send_batch_abort_resets_unfinished_streams(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    def handler(request: Request) -> None:
+        if request.path != b"/blackhole":
+            echo(request)
+
+    async with (
+        FaultServer(server_ssl_context(certs), handler=handler, max_concurrent_streams=2) as server,
+        make_pool(server.port, client_ssl, max_connections=1) as pool,
+    ):
+        abort = asyncio.Event()
+        paths = [b"/ok", b"/blackhole", b"/blackhole", b"/ok"]
+        requests = [(headers(server.port, p), b"x") for p in paths]
+        task = asyncio.ensure_future(pool.send_batch(requests, timeout_s=30, abort=abort))
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        abort.set()
+        results = await asyncio.wait_for(task, 2)
+        assert isinstance(results[0], Response)
+        # Both slots are held by the blackholed streams: the last request never left.
+        assert [type(r) for r in results[1:]] == [PoolClosed] * 3
+        assert pool.in_flight() == 0
+        await asyncio.sleep(0.05)
+        assert sorted(s for s, _ in server.connections[0].resets) == [3, 5]
+
+
+async def test_send_batch_on_a_closed_pool(certs: Certs, client_ssl: ssl.SSLContext) -> None:
+    pool = make_pool(1, client_ssl)
+    results = await pool.send_batch([(headers(1), b"x")] * 2, timeout_s=1)
+    assert [type(r) for r in results] == [PoolClosed, PoolClosed]

@@ -85,7 +85,7 @@ async def connected(
 async def test_submits_in_one_loop_turn_are_one_write() -> None:
     proto, transport, server, _ = await connected()
     assert proto.state is ConnState.READY
-    futures = [proto.submit(HEADERS, b"{}")[1] for _ in range(10)]
+    futures = [proto.submit_future(HEADERS, b"{}")[1] for _ in range(10)]
     assert transport.writes == []  # nothing until the loop turns
     await asyncio.sleep(0)
     assert len(transport.writes) == 1
@@ -102,7 +102,7 @@ async def test_submits_in_one_loop_turn_are_one_write() -> None:
 
 async def test_goaway_refuses_streams_above_last_and_drains() -> None:
     proto, transport, server, listener = await connected()
-    submitted = [proto.submit(HEADERS, b"{}") for _ in range(3)]
+    submitted = [proto.submit_future(HEADERS, b"{}") for _ in range(3)]
     await asyncio.sleep(0)
     pump(proto, transport, server)
     (first, f1), (_, f2), (_, f3) = submitted
@@ -114,7 +114,7 @@ async def test_goaway_refuses_streams_above_last_and_drains() -> None:
     assert proto.state is ConnState.DRAINING and proto.available_streams == 0
     assert listener.goaways[0].unprocessed == (submitted[1][0], submitted[2][0])
     with pytest.raises(LocalProtocolError):
-        proto.submit(HEADERS, b"{}")
+        proto.submit_future(HEADERS, b"{}")
     server.respond(first, 200, b"done")
     proto.data_received(server.h2.data_to_send())
     assert f1.result().body == b"done"
@@ -123,7 +123,7 @@ async def test_goaway_refuses_streams_above_last_and_drains() -> None:
 
 async def test_resets_and_connection_lost() -> None:
     proto, transport, server, listener = await connected()
-    (a, fa), (b, fb), (_, fc) = [proto.submit(HEADERS, b"{}") for _ in range(3)]
+    (a, fa), (b, fb), (_, fc) = [proto.submit_future(HEADERS, b"{}") for _ in range(3)]
     await asyncio.sleep(0)
     pump(proto, transport, server)
     server.h2.reset_stream(a, h2.errors.ErrorCodes.REFUSED_STREAM)
@@ -142,9 +142,9 @@ async def test_resets_and_connection_lost() -> None:
 
 async def test_cancel_frees_the_slot_and_sends_rst() -> None:
     proto, transport, server, listener = await connected()
-    stream_id, future = proto.submit(HEADERS, b"{}")
+    stream_id, future = proto.submit_future(HEADERS, b"{}")
     proto.cancel(stream_id)
-    assert future.cancelled() and proto.in_flight == 0 and listener.freed == 1
+    assert not future.done() and proto.in_flight == 0 and listener.freed == 1
     await asyncio.sleep(0)
     pump(proto, transport, server)
     assert any(
@@ -155,7 +155,7 @@ async def test_cancel_frees_the_slot_and_sends_rst() -> None:
 
 async def test_protocol_error_drops_the_connection() -> None:
     proto, transport, _, _ = await connected()
-    _, future = proto.submit(HEADERS, b"{}")
+    _, future = proto.submit_future(HEADERS, b"{}")
     proto.data_received(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00")
     assert isinstance(future.exception(), ConnectionLost)
     assert proto.state is ConnState.CLOSED and transport.closed
@@ -172,7 +172,7 @@ async def test_closed_before_settings_is_a_connect_error() -> None:
 
 async def test_error_goaway_loses_the_remaining_streams() -> None:
     proto, transport, server, _ = await connected()
-    (first, future), (_, above) = [proto.submit(HEADERS, b"{}") for _ in range(2)]
+    (first, future), (_, above) = [proto.submit_future(HEADERS, b"{}") for _ in range(2)]
     await asyncio.sleep(0)
     pump(proto, transport, server)
     server.h2.close_connection(

@@ -13,6 +13,7 @@ PURE = [
     "apns/reasons.py",
     "fcm/protocol.py",
     "fcm/reasons.py",
+    "http2/codecs.py",
     "http2/connection.py",
     "http2/events.py",
     "pipeline/decide.py",

@@ -33,12 +33,16 @@ from ..exceptions import (
     ConfigError,
     ConnectError,
     ConnectTimeout,
+    LocalProtocolError,
     PoolClosed,
+    RequestRejected,
     RequestTimeout,
     StreamRefused,
     StreamReset,
+    TransportError,
 )
-from .connection import ConnState, H2ClientConnection
+from .codecs import CODECS, DEFAULT_CODEC, new_connection
+from .connection import ConnState
 from .events import GoAwayReceived, ResponseReceived
 from .transport import Http2Protocol
 
@@ -52,6 +56,7 @@ __all__ = [
     "DEFAULT_RECONNECT_BACKOFF_INITIAL_S",
     "DEFAULT_RECONNECT_BACKOFF_MAX_S",
     "DEFAULT_UNPROCESSED_RETRIES",
+    "BatchResult",
     "Http2Pool",
     "PoolSettings",
     "PoolState",
@@ -85,8 +90,12 @@ class PoolSettings:
     reconnect_backoff_initial_s: float = DEFAULT_RECONNECT_BACKOFF_INITIAL_S
     reconnect_backoff_max_s: float = DEFAULT_RECONNECT_BACKOFF_MAX_S
     unprocessed_retries: int = DEFAULT_UNPROCESSED_RETRIES
+    codec: str = DEFAULT_CODEC
 
     def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            known = ", ".join(sorted(CODECS))
+            raise ConfigError(f"pool.codec must be one of {known}, got {self.codec!r}")
         positive = {
             "max_connections": self.max_connections,
             "max_streams_per_connection": self.max_streams_per_connection,
@@ -117,6 +126,97 @@ class Response:
     headers: dict[bytes, bytes]
     body: bytes
     connection_id: int
+
+
+BatchResult = Response | TransportError
+"""What :meth:`Http2Pool.send_batch` reports per request: the response or why there is none."""
+
+
+class _Batch:
+    """Bookkeeping of one :meth:`Http2Pool.send_batch` call: results by index, open streams."""
+
+    __slots__ = (
+        "attempts",
+        "avoid",
+        "changed",
+        "counters",
+        "pending",
+        "remaining",
+        "results",
+        "retries",
+        "streams",
+    )
+
+    def __init__(self, pool: Http2Pool, size: int) -> None:
+        self.results: list[BatchResult | None] = [None] * size
+        self.streams: list[tuple[Http2Protocol, int] | None] = [None] * size
+        self.pending: deque[int] = deque(range(size))
+        self.remaining = size
+        self.attempts: dict[int, int] = {}
+        self.avoid: dict[int, int] = {}  # index -> connection that refused it
+        self.changed: asyncio.Future[None] | None = None
+        self.counters = pool._counters
+        self.retries = pool._settings.unprocessed_retries
+
+    def wake(self, _: object = None) -> None:
+        changed = self.changed
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    def on_result(
+        self, index: int, result: ResponseReceived | TransportError, conn: Http2Protocol
+    ) -> None:
+        """The :data:`~pushgres.http2.transport.ResultCallback` of every stream of the batch."""
+        self.streams[index] = None
+        if isinstance(result, ResponseReceived):
+            self.results[index] = Response(
+                result.status, dict(result.headers), result.body, conn.connection_id
+            )
+            self.remaining -= 1
+            if not self.remaining:
+                self.wake()
+            return
+        if isinstance(result, StreamRefused):
+            self.counters["refused"] += 1
+            attempts = self.attempts.get(index, 0) + 1
+            if attempts <= self.retries:
+                self.attempts[index] = attempts
+                self.avoid[index] = conn.connection_id
+                self.pending.append(index)
+                self.wake()
+                return
+        elif isinstance(result, StreamReset):
+            self.counters["resets"] += 1
+        self.settle(index, result)
+
+    def settle(self, index: int, result: BatchResult) -> None:
+        self.results[index] = result
+        self.remaining -= 1
+        if not self.remaining:
+            self.wake()
+
+    def fail_pending(self, error: TransportError) -> None:
+        """Requests not yet on a stream end with ``error``."""
+        while self.pending:
+            self.settle(self.pending.popleft(), error)
+
+    def give_up(self, error: TransportError) -> None:
+        """Everything unfinished ends with ``error``; open streams are reset."""
+        self.fail_pending(error)
+        self.cancel_streams()
+        for index, result in enumerate(self.results):
+            if result is None:
+                self.settle(index, error)
+
+    def cancel_streams(self) -> None:
+        """Reset every stream of the batch still open (their callbacks are not called)."""
+        if not any(self.streams):
+            return
+        for index, entry in enumerate(self.streams):
+            if entry is not None:
+                self.streams[index] = None
+                conn, stream_id = entry
+                conn.cancel(stream_id)
 
 
 class PoolState(enum.Enum):
@@ -284,96 +384,121 @@ class Http2Pool:
     async def request(
         self, headers: Sequence[tuple[bytes, bytes]], body: bytes, *, timeout_s: float
     ) -> Response:
-        """Send one request and return its response.
-
-        ``timeout_s`` covers waiting for a stream slot, connecting and the response.
-        Requests the peer did not process are resent (up to ``unprocessed_retries`` times)
-        within the same deadline.
+        """Send one request and return its response (:meth:`send_batch` of one).
 
         Raises
         ------
-        RequestTimeout
-            The deadline passed; the stream, if any, was reset with CANCEL.
-        ConnectError
-            The deadline passed while no connection could be opened.
-        StreamRefused
-            Still refused after the retries.
-        StreamReset, ConnectionLost
-            The outcome is unknown.
-        PoolClosed
-            The pool is not open.
+        RequestTimeout, ConnectError, StreamRefused, StreamReset, ConnectionLost, PoolClosed
+            As described for :meth:`send_batch`.
+        """
+        (result,) = await self.send_batch([(headers, body)], timeout_s=timeout_s)
+        if isinstance(result, TransportError):
+            raise result
+        return result
+
+    async def send_batch(
+        self,
+        requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]],
+        *,
+        timeout_s: float,
+        abort: asyncio.Event | None = None,
+    ) -> list[BatchResult]:
+        """Send every ``(headers, body)`` concurrently; return one result per request, in order.
+
+        The batch is the unit of bookkeeping: one deadline (``timeout_s``, covering waiting
+        for stream slots, connecting and the responses), one wake-up future, and a callback
+        per stream instead of a task and a future per request. Requests fill the free slots
+        of the least busy READY connections and wait, without polling, for slots to free up.
+
+        Results are values, never raised:
+
+        * :class:`Response` for every answered request, whatever its status;
+        * :class:`RequestTimeout` when the deadline passed (the stream was reset with
+          CANCEL), or the connect error when no connection could be opened meanwhile;
+        * :class:`StreamRefused` when the peer refused it more than ``unprocessed_retries``
+          times (refused requests are resent, on another connection when there is one);
+        * :class:`StreamReset`, :class:`ConnectionLost`: the outcome is unknown;
+        * :class:`RequestRejected` when the request cannot be encoded for this peer;
+        * :class:`PoolClosed` for requests not yet sent when the pool closes, and for every
+          unfinished request once ``abort`` is set (its stream is reset).
         """
         if self._state is not PoolState.OPENED:
-            raise PoolClosed(f"pool {self.name} is {self._state.value}")
-        waiting = [True]  # whether the request is waiting for a connection
+            return [PoolClosed(f"pool {self.name} is {self._state.value}")] * len(requests)
+        loop = asyncio.get_running_loop()
+        batch = _Batch(self, len(requests))
+        abort_task = None
+        if abort is not None:
+            abort_task = asyncio.ensure_future(abort.wait())
+            abort_task.add_done_callback(batch.wake)
+        waiter: asyncio.Future[None] | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                return await self._request(headers, body, waiting)
+                while batch.remaining:
+                    if batch.pending and self._state is PoolState.OPENED:
+                        self._fill(batch, requests)
+                    if abort is not None and abort.is_set():
+                        batch.give_up(PoolClosed(f"pool {self.name}: sending aborted"))
+                        break
+                    if self._state is not PoolState.OPENED:
+                        batch.fail_pending(PoolClosed(f"pool {self.name} is closing"))
+                        if not batch.remaining:
+                            break
+                    waiter = loop.create_future()
+                    batch.changed = waiter
+                    if batch.pending:
+                        self._waiters.append(waiter)  # woken when a stream slot frees up
+                        self._maybe_grow()
+                    await waiter
         except TimeoutError:
-            self._counters["timeouts"] += 1
+            self._counters["timeouts"] += batch.remaining
             error = self._last_connect_error
-            if waiting[0] and error is not None and not self._conns:
-                raise type(error)(f"pool {self.name}: {error}") from error
-            raise RequestTimeout(f"no response within {timeout_s}s (pool {self.name})") from None
-
-    async def _request(
-        self, headers: Sequence[tuple[bytes, bytes]], body: bytes, waiting: list[bool]
-    ) -> Response:
-        attempts = 0
-        avoid: int | None = None
-        while True:
-            waiting[0] = True
-            conn = await self._acquire(avoid)
-            waiting[0] = False
-            stream_id, future = conn.submit(headers, body)
-            try:
-                event: ResponseReceived = await future
-            except StreamRefused:
-                self._counters["refused"] += 1
-                attempts += 1
-                if attempts > self._settings.unprocessed_retries:
-                    raise
-                avoid = conn.connection_id
-                continue
-            except StreamReset:
-                self._counters["resets"] += 1
-                raise
-            except (Exception, asyncio.CancelledError):
-                # Deadline or caller cancellation: reset the stream and free its slot.
-                conn.cancel(stream_id)
-                if future.done() and not future.cancelled():
-                    future.exception()  # retrieved: no "never retrieved" noise
-                raise
-            return Response(event.status, dict(event.headers), event.body, conn.connection_id)
-
-    async def _acquire(self, avoid: int | None) -> Http2Protocol:
-        """A READY connection with a free stream slot; waits (FIFO-ish) for one."""
-        loop = asyncio.get_running_loop()
-        requeue = False
-        while True:
-            if self._state is not PoolState.OPENED:
-                raise PoolClosed(f"pool {self.name} is closing")
-            conn = self._pick(avoid)
-            if conn is not None:
-                return conn
-            self._maybe_grow()
-            waiter: asyncio.Future[None] = loop.create_future()
-            if requeue:
-                self._waiters.appendleft(waiter)
-            else:
-                self._waiters.append(waiter)
-            requeue = True
-            try:
-                await waiter
-            except (Exception, asyncio.CancelledError):
-                if waiter.done() and not waiter.cancelled():
+            if batch.pending and error is not None and not self._conns:
+                connect_error = type(error)(f"pool {self.name}: {error}")
+                connect_error.__cause__ = error
+                batch.fail_pending(connect_error)
+            batch.give_up(RequestTimeout(f"no response within {timeout_s}s (pool {self.name})"))
+        finally:
+            # Runs on cancellation too: no stream of this batch stays open.
+            batch.changed = None
+            if waiter is not None:
+                if waiter.done() and not waiter.cancelled() and batch.pending:
                     self._wake(1)  # we were handed a slot we will not use: pass it on
-                else:
-                    try:
-                        self._waiters.remove(waiter)
-                    except ValueError:
-                        pass
-                raise
+                waiter.cancel()
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+            batch.cancel_streams()
+            if abort_task is not None:
+                abort_task.cancel()
+        return batch.results  # type: ignore[return-value]  # every entry is set by now
+
+    def _fill(
+        self, batch: _Batch, requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]]
+    ) -> None:
+        """Open streams for the batch's pending requests on the least busy connections."""
+        pending = batch.pending
+        on_result = batch.on_result
+        streams = batch.streams
+        avoided = batch.avoid
+        while pending:
+            conn = self._pick(avoided.get(pending[0]) if avoided else None)
+            if conn is None:
+                return
+            free = conn.available_streams
+            while free > 0 and pending:
+                index = pending.popleft()
+                headers, body = requests[index]
+                try:
+                    stream_id = conn.submit(headers, body, on_result, index)
+                except LocalProtocolError as exc:
+                    if conn.available_streams <= 0:
+                        pending.appendleft(index)
+                        break  # the limit moved under us: pick again
+                    batch.settle(index, RequestRejected(f"request not sent: {exc}"))
+                    continue
+                streams[index] = (conn, stream_id)
+                free -= 1
 
     def _pick(self, avoid: int | None) -> Http2Protocol | None:
         best: Http2Protocol | None = None
@@ -476,7 +601,9 @@ class Http2Pool:
         loop = asyncio.get_running_loop()
         timeout_s = self._settings.connect_timeout_s
         connection_id = next(self._ids)
-        sans_io = H2ClientConnection(max_streams=self._settings.max_streams_per_connection)
+        sans_io = new_connection(
+            self._settings.codec, max_streams=self._settings.max_streams_per_connection
+        )
 
         def factory() -> Http2Protocol:
             return Http2Protocol(sans_io, connection_id=connection_id, listener=self._listener)

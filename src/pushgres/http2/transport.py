@@ -20,8 +20,8 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Sequence
-from typing import Protocol, cast
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
 from ..exceptions import (
     ConnectError,
@@ -30,6 +30,7 @@ from ..exceptions import (
     ProtocolError,
     StreamRefused,
     StreamReset,
+    TransportError,
 )
 from .connection import ClientConnection, ConnInput, ConnState, next_state
 from .events import (
@@ -42,9 +43,27 @@ from .events import (
 from .events import StreamRefused as StreamRefusedEvent
 from .events import StreamReset as StreamResetEvent
 
-__all__ = ["ConnectionListener", "Http2Protocol"]
+__all__ = ["ConnectionListener", "Http2Protocol", "ResultCallback"]
 
 logger = logging.getLogger(__name__)
+
+ResultCallback = Callable[[Any, "ResponseReceived | TransportError", "Http2Protocol"], None]
+"""Called once per stream, from ``data_received`` or when the socket dies, as
+``callback(token, result, connection)``: the response, or the transport error that ended the
+stream. Not called after :meth:`Http2Protocol.cancel`."""
+
+
+def _resolve_future(
+    future: asyncio.Future[ResponseReceived],
+    result: ResponseReceived | TransportError,
+    conn: Http2Protocol,
+) -> None:
+    if future.done():
+        return
+    if isinstance(result, ResponseReceived):
+        future.set_result(result)
+    else:
+        future.set_exception(result)
 
 
 class ConnectionListener(Protocol):
@@ -84,7 +103,7 @@ class Http2Protocol(asyncio.Protocol):
         self._listener = listener
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._streams: dict[int, asyncio.Future[ResponseReceived]] = {}
+        self._streams: dict[int, tuple[ResultCallback, Any]] = {}
         self._pings: dict[bytes, asyncio.Future[bool]] = {}
         # Results, never exceptions: nobody may be awaiting them when the socket dies.
         self._ready: asyncio.Future[BaseException | None] = self._loop.create_future()
@@ -145,9 +164,13 @@ class Http2Protocol(asyncio.Protocol):
             await asyncio.shield(self._closed)
 
     def submit(
-        self, headers: Sequence[tuple[bytes, bytes]], body: bytes
-    ) -> tuple[int, asyncio.Future[ResponseReceived]]:
-        """Open a stream; return its id and the future of its response.
+        self,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        callback: ResultCallback,
+        token: Any,
+    ) -> int:
+        """Open a stream; ``callback(token, result, self)`` receives its outcome; return its id.
 
         The bytes are written at the end of this loop iteration, together with every other
         submit of the same iteration.
@@ -160,18 +183,26 @@ class Http2Protocol(asyncio.Protocol):
         if self.state is not ConnState.READY:
             raise LocalProtocolError(f"connection {self.connection_id} is {self.state.value}")
         stream_id = self.conn.start_request(headers, body)
+        self._streams[stream_id] = (callback, token)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return stream_id
+
+    def submit_future(
+        self, headers: Sequence[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, asyncio.Future[ResponseReceived]]:
+        """:meth:`submit` with a future for the response (resolved with the transport error)."""
         future: asyncio.Future[ResponseReceived] = self._loop.create_future()
-        self._streams[stream_id] = future
-        self._schedule_flush()
-        return stream_id, future
+        return self.submit(headers, body, _resolve_future, future), future
 
     def cancel(self, stream_id: int) -> None:
-        """Reset ``stream_id`` with CANCEL and free its slot (no-op once it finished)."""
-        future = self._streams.pop(stream_id, None)
-        if future is None:
+        """Reset ``stream_id`` with CANCEL and free its slot (no-op once it finished).
+
+        The stream's callback is not called: the caller gave up on it.
+        """
+        if self._streams.pop(stream_id, None) is None:
             return
-        if not future.done():
-            future.cancel()
         if self.state is not ConnState.CLOSED:
             self.conn.cancel(stream_id)
             self._schedule_flush()
@@ -252,11 +283,10 @@ class Http2Protocol(asyncio.Protocol):
         changed = False
         for event in events:
             if isinstance(event, ResponseReceived):
-                future = self._streams.pop(event.stream_id, None)
-                if future is not None:
+                entry = self._streams.pop(event.stream_id, None)
+                if entry is not None:
                     freed += 1
-                    if not future.done():
-                        future.set_result(event)
+                    entry[0](entry[1], event, self)
             elif isinstance(event, StreamRefusedEvent):
                 freed += self._fail(
                     event.stream_id, StreamRefused(f"stream {event.stream_id} refused by the peer")
@@ -334,12 +364,11 @@ class Http2Protocol(asyncio.Protocol):
         if not self._streams and self.state is ConnState.DRAINING:
             self.close()
 
-    def _fail(self, stream_id: int, exc: BaseException) -> int:
-        future = self._streams.pop(stream_id, None)
-        if future is None:
+    def _fail(self, stream_id: int, exc: TransportError) -> int:
+        entry = self._streams.pop(stream_id, None)
+        if entry is None:
             return 0
-        if not future.done():
-            future.set_exception(exc)
+        entry[0](entry[1], exc, self)
         return 1
 
     def _after_streams_finished(self, count: int) -> None:
@@ -373,11 +402,10 @@ class Http2Protocol(asyncio.Protocol):
             return
         self.state = next_state(self.state, ConnInput.LOST)
         streams, self._streams = self._streams, {}
-        for future in streams.values():
-            if not future.done():
-                error = ConnectionLost(message)
-                error.__cause__ = cause
-                future.set_exception(error)
+        for callback, token in streams.values():
+            error = ConnectionLost(message)
+            error.__cause__ = cause
+            callback(token, error, self)
         pings, self._pings = self._pings, {}
         for ping in pings.values():
             if not ping.done():
