@@ -74,20 +74,6 @@ WHERE q.id = c.id
 RETURNING q.id, q.app, q.platform, q.device_token, q.attempts, q.enqueued_at,
           q.metadata::text AS metadata
 
--- name: write_results
-WITH r AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::smallint[], $7::text[], $8::text[], $9::smallint[],
-                         $10::timestamptz[], $11::text[])
-        AS r(id, app, platform, device_token, status, provider_status, reason, provider_id,
-             attempts, enqueued_at, metadata)
-)
-INSERT INTO pushgres.results (id, app, platform, device_token, status, provider_status, reason,
-                              provider_id, attempts, enqueued_at, metadata)
-SELECT id, app, platform, device_token, status, provider_status, reason, provider_id, attempts,
-       enqueued_at, metadata::jsonb
-FROM r
-
 -- name: invalidate_tokens
 INSERT INTO pushgres.invalid_tokens (app, device_token, reason, provider_timestamp)
 SELECT DISTINCT ON (app, device_token) app, device_token, reason, provider_timestamp
