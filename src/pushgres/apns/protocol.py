@@ -54,15 +54,37 @@ def apns_id_for(notification_id: int) -> str:
 
 
 class ApnsRequestBuilder:
-    """Builds requests for one app; the static header pieces are encoded once."""
+    """Builds requests for one app; the header pieces that repeat are built once and reused.
+
+    Only ``:path`` (the device token), ``apns-id`` and the optional expiration and collapse id
+    are made per notification; the ``apns-push-type``/``apns-topic``/``apns-priority`` trio is
+    cached per combination (a handful per app).
+    """
 
     def __init__(self, *, authority: str, topic: str) -> None:
         self._topic = topic
-        self._static = [
+        self._pseudo = (
             (b":method", b"POST"),
             (b":scheme", b"https"),
-        ]
-        self._authority = (b":authority", authority.encode("ascii"))
+            (b":authority", authority.encode("ascii")),
+        )
+        self._trios: dict[tuple[str, str | None, int], tuple[tuple[bytes, bytes], ...]] = {}
+
+    def _trio(
+        self, push_type: str, topic: str | None, priority: int
+    ) -> tuple[tuple[bytes, bytes], ...]:
+        key = (push_type, topic, priority)
+        trio = self._trios.get(key)
+        if trio is None:
+            if len(self._trios) >= 256:  # per-row topics: keep the cache bounded
+                self._trios.clear()
+            full_topic = topic or (self._topic + TOPIC_SUFFIXES[push_type])
+            trio = self._trios[key] = (
+                (b"apns-push-type", push_type.encode("ascii")),
+                (b"apns-topic", full_topic.encode("ascii")),
+                (b"apns-priority", str(priority).encode("ascii")),
+            )
+        return trio
 
     def build(self, row: ClaimedRow, *, now: dt.datetime) -> Request | Outcome:
         """The request for ``row``, or a FIX outcome naming what is wrong with the row."""
@@ -70,39 +92,38 @@ class ApnsRequestBuilder:
             payload = codec.loads(row.payload)
         except codec.JSONDecodeError:
             return Outcome.invalid("InvalidPayload", "payload is not valid JSON")
-        if not isinstance(payload, dict) or not isinstance(payload.get("aps"), dict):
+        aps = payload.get("aps") if type(payload) is dict else None
+        if type(aps) is not dict:
             return Outcome.invalid(
                 "InvalidPayload", "APNs payload must be an object with an 'aps' object"
             )
-        push_type = row.push_type or _default_push_type(payload["aps"])
+        push_type = row.push_type or _default_push_type(aps)
         if push_type not in TOPIC_SUFFIXES:
             return Outcome.invalid("InvalidPushType", f"unknown push type {push_type!r}")
         priority = row.priority
-        if push_type == "background" and priority == 10:
+        if priority == 10 and push_type == "background":
             priority = 5
         body = codec.dumps(payload)
-        limit = MAX_VOIP_PAYLOAD_BYTES if push_type == "voip" else MAX_PAYLOAD_BYTES
-        if len(body) > limit:
-            return Outcome.invalid(
-                "PayloadTooLarge", f"payload is {len(body)} bytes, limit {limit}"
-            )
-        if row.collapse_id is not None and len(row.collapse_id.encode()) > MAX_COLLAPSE_ID_BYTES:
+        if len(body) > MAX_PAYLOAD_BYTES:
+            limit = MAX_VOIP_PAYLOAD_BYTES if push_type == "voip" else MAX_PAYLOAD_BYTES
+            if len(body) > limit:
+                return Outcome.invalid(
+                    "PayloadTooLarge", f"payload is {len(body)} bytes, limit {limit}"
+                )
+        collapse_id = row.collapse_id
+        if collapse_id is not None and len(collapse_id.encode()) > MAX_COLLAPSE_ID_BYTES:
             return Outcome.invalid("BadCollapseId", "collapse id longer than 64 bytes")
-        topic = row.topic or (self._topic + TOPIC_SUFFIXES[push_type])
         headers = [
-            *self._static,
+            *self._pseudo,
             (b":path", b"/3/device/" + row.device_token.lower().encode("ascii")),
-            self._authority,
             (b"apns-id", apns_id_for(row.id).encode("ascii")),
-            (b"apns-push-type", push_type.encode("ascii")),
-            (b"apns-topic", topic.encode("ascii")),
-            (b"apns-priority", str(priority).encode("ascii")),
+            *self._trio(push_type, row.topic, priority),
         ]
         if row.expires_at is not None:
             expiration = max(1, int(row.expires_at.timestamp()))
             headers.append((b"apns-expiration", str(expiration).encode("ascii")))
-        if row.collapse_id is not None:
-            headers.append((b"apns-collapse-id", row.collapse_id.encode("utf-8")))
+        if collapse_id is not None:
+            headers.append((b"apns-collapse-id", collapse_id.encode("utf-8")))
         return Request(headers=headers, body=body)
 
 
