@@ -1,0 +1,331 @@
+"""End to end: Postgres → ``pushgres run`` → the sink, and what every process costs.
+
+Postgres is an embedded ``pgserver`` in the run's temporary folder (``pushgres demo``'s
+helper), or ``PUSHGRES_BENCH_DSN``. The step migrates with ``pushgres migrate``, enqueues
+``rows`` notifications for one APNs token-auth app through :func:`pushgres.api.enqueue` (COPY,
+timed), runs ``ANALYZE`` and ``CHECKPOINT`` so the load phase's upkeep is not billed to the
+daemon, writes a config that points the app at the sink and starts ``pushgres run``.
+
+The measurement window opens when the first results appear and closes when ``target`` results
+have been written; results are counted cheaply every 0.5 s from ``pg_stat_user_tables`` and
+exactly (by status) at both ends. Within the window: sends/s, and CPU µs per notification of
+the daemon, of all Postgres server processes (the postmaster and every descendant, exited
+backends included) and of the sink. Then the daemon's peak RSS (``VmHWM``, with the rest of
+the queue still waiting), a SIGTERM (the daemon drains), and enqueue→sent p50/p99 over every
+notification sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import uvloop
+
+from pushgres.api import enqueue
+from pushgres.config import load_config
+from pushgres.demo import TIMING_SQL, _start_postgres
+from pushgres.exceptions import ConfigError
+
+from .procs import Child, StepFailed, peak_rss_bytes, run_child, tree_cpu_s
+from .sink import Sink
+from .workload import APP, TOPIC, Credentials, notification
+
+__all__ = ["run_e2e"]
+
+ENQUEUE_CHUNK = 10_000
+POLL_S = 0.5
+MIGRATE_TIMEOUT_S = 120.0
+MIN_ENQUEUE_PER_S = 1_000  # for the deadline only
+INSERTED_SQL = """
+SELECT coalesce(sum(s.n_tup_ins), 0)::bigint
+FROM pg_stat_user_tables s JOIN pg_inherits i ON i.inhrelid = s.relid
+WHERE i.inhparent = 'pushgres.results'::regclass
+"""
+COUNT_SQL = """
+SELECT count(*) FILTER (WHERE status = 'sent') AS sent, count(*) AS total
+FROM pushgres.results WHERE id BETWEEN $1 AND $2
+"""
+OTHER_STATUSES_SQL = """
+SELECT status || coalesce(' ' || reason, '') AS outcome, count(*) AS n
+FROM pushgres.results WHERE id BETWEEN $1 AND $2 AND status <> 'sent'
+GROUP BY 1 ORDER BY 2 DESC LIMIT 5
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    """One instant of the run: clock, CPU seconds of each party, results so far."""
+
+    t: float
+    daemon_cpu_s: float
+    postgres_cpu_s: float | None
+    sink_cpu_s: float
+    sent: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Queue:
+    lo: int
+    hi: int
+    rows: int
+    enqueue_s: float
+    server_version: str
+    postmaster_pid: int | None
+    other_rows: int
+
+
+def run_e2e(
+    sink: Sink,
+    credentials: Credentials,
+    workdir: pathlib.Path,
+    *,
+    rows: int,
+    target: int,
+    codec: str,
+    connections: int,
+    streams: int,
+    batch_size: int,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """The end-to-end figures (see the module docstring); raises :class:`StepFailed`."""
+    state = workdir / "e2e"
+    state.mkdir(parents=True, exist_ok=True)
+    bench_dsn = os.environ.get("PUSHGRES_BENCH_DSN")
+    server: Any = None
+    if bench_dsn:
+        dsn = bench_dsn
+    else:
+        dsn, server = _start_postgres(state)
+    daemon: Child | None = None
+    try:
+        sink.ensure()
+        config = _write_config(
+            state / "bench.toml",
+            dsn,
+            sink,
+            credentials,
+            codec=codec,
+            connections=connections,
+            streams=streams,
+            batch_size=batch_size,
+        )
+        migrated = run_child(
+            [sys.executable, "-m", "pushgres", "migrate", "--dsn", dsn],
+            timeout_s=MIGRATE_TIMEOUT_S,
+        )
+        if migrated.returncode != 0:
+            raise StepFailed(f"pushgres migrate failed: {migrated.stderr.strip()[-300:]}")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            queue = runner.run(asyncio.wait_for(_fill(dsn, rows), 120 + rows / MIN_ENQUEUE_PER_S))
+            if queue.postmaster_pid is None and server is not None:
+                queue = dataclasses.replace(queue, postmaster_pid=server.get_pid())
+            daemon = Child(
+                [sys.executable, "-m", "pushgres", "run", "--config", str(config)],
+                log=state / "daemon.log",
+            )
+            first, last = runner.run(_measure(dsn, queue, target, daemon, sink, timeout_s))
+            peak_rss = peak_rss_bytes(daemon.pid)
+            stopping = time.monotonic()
+            exit_status = daemon.stop()
+            drain_s = time.monotonic() - stopping
+            daemon = None
+            latency, others = runner.run(_outcomes(dsn, queue))
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        if server is not None:
+            server.cleanup()
+    sent = last.sent - first.sent
+    window_s = last.t - first.t
+    if sent <= 0 or window_s <= 0:
+        raise StepFailed(f"nothing was sent within the window ({first}, {last}); raise --queued")
+    where = "PUSHGRES_BENCH_DSN" if bench_dsn else "embedded pgserver"
+    result: dict[str, Any] = {
+        "postgres": f"{queue.server_version} ({where})",
+        "codec": codec,
+        "connections": connections,
+        "streams": streams,
+        "batch_size": batch_size,
+        "queued": queue.rows,
+        "target": target,
+        "enqueue_s": queue.enqueue_s,
+        "enqueue_per_s": queue.rows / queue.enqueue_s,
+        "measured": sent,
+        "window_s": window_s,
+        "per_s": sent / window_s,
+        "daemon_cpu_us": (last.daemon_cpu_s - first.daemon_cpu_s) / sent * 1e6,
+        "postgres_cpu_us": None
+        if last.postgres_cpu_s is None or first.postgres_cpu_s is None
+        else (last.postgres_cpu_s - first.postgres_cpu_s) / sent * 1e6,
+        "sink_cpu_us": (last.sink_cpu_s - first.sink_cpu_s) / sent * 1e6,
+        "peak_rss_bytes": peak_rss,
+        "latency_p50_s": latency["p50"],
+        "latency_p99_s": latency["p99"],
+        "latency_over": latency["n"],
+        "daemon_exit": exit_status,
+        "drain_s": drain_s,
+        "not_sent": others,
+    }
+    if queue.other_rows:
+        result["note"] = f"{queue.other_rows:,} rows of other apps were queued"
+    if others or exit_status != 0:
+        raise StepFailed(
+            f"not every notification was sent ({others}) or the daemon exited {exit_status}",
+            result,
+        )
+    return result
+
+
+async def _fill(dsn: str, rows: int) -> _Queue:
+    """Enqueue ``rows`` notifications (timed), then ANALYZE and CHECKPOINT."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DELETE FROM pushgres.queue WHERE app = $1", APP)  # an aborted run's
+        other_rows = await conn.fetchval("SELECT count(*) FROM pushgres.queue")
+        lo = hi = 0
+        started = time.monotonic()
+        for start in range(0, rows, ENQUEUE_CHUNK):
+            chunk = [notification(n) for n in range(start, min(start + ENQUEUE_CHUNK, rows))]
+            ids = await enqueue(conn, chunk)
+            lo = min(ids) if start == 0 else lo
+            hi = max(ids)
+        enqueue_s = time.monotonic() - started
+        await conn.execute("ANALYZE pushgres.queue")
+        try:
+            await conn.execute("CHECKPOINT")
+        except asyncpg.PostgresError:
+            pass  # a role without pg_checkpoint: the window may then include a checkpoint
+        return _Queue(
+            lo=lo,
+            hi=hi,
+            rows=rows,
+            enqueue_s=enqueue_s,
+            server_version=await conn.fetchval("SHOW server_version"),
+            postmaster_pid=await _postmaster_pid(conn),
+            other_rows=other_rows,
+        )
+    finally:
+        await conn.close()
+
+
+async def _postmaster_pid(conn: asyncpg.Connection) -> int | None:
+    """The postmaster's pid if the server runs on this machine and we may read its folder."""
+    try:
+        data_directory = await conn.fetchval("SHOW data_directory")
+        text = await asyncio.to_thread(pathlib.Path(data_directory, "postmaster.pid").read_text)
+        pid = int(text.split()[0])
+    except (asyncpg.PostgresError, OSError, ValueError, IndexError):
+        return None
+    return pid if tree_cpu_s(pid) is not None else None
+
+
+def _write_config(
+    path: pathlib.Path,
+    dsn: str,
+    sink: Sink,
+    credentials: Credentials,
+    *,
+    codec: str,
+    connections: int,
+    streams: int,
+    batch_size: int,
+) -> pathlib.Path:
+    """The daemon's config: one APNs token-auth app aimed at the sink; validated here."""
+    path.write_text(
+        f"""# Written by `make bench`: one APNs token-auth app against the sink.
+[database]
+dsn = {json.dumps(dsn)}
+
+[daemon]
+batch_size = {batch_size}
+log_level = "warning"
+
+[apps.{APP}]
+platform = "apns"
+environment = "production"
+topic = {json.dumps(TOPIC)}
+auth = "token"
+key_file = {json.dumps(credentials.key_file)}
+key_id = {json.dumps(credentials.key_id)}
+team_id = {json.dumps(credentials.team_id)}
+endpoint = "https://127.0.0.1:{sink.port}"
+tls_server_name = "localhost"
+ca_file = {json.dumps(credentials.ca_file)}
+max_connections = {connections}
+max_streams_per_connection = {streams}
+codec = {json.dumps(codec)}
+""",
+        encoding="utf-8",
+    )
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        raise StepFailed(f"the daemon's config is invalid: {exc}") from exc
+    return path
+
+
+async def _sample(conn: asyncpg.Connection, queue: _Queue, daemon: Child, sink: Sink) -> _Sample:
+    # Counted before the CPU is read: the CPU then covers at least the notifications counted.
+    counts = await conn.fetchrow(COUNT_SQL, queue.lo, queue.hi)
+    postmaster = queue.postmaster_pid
+    return _Sample(
+        t=time.monotonic(),
+        daemon_cpu_s=daemon.cpu_s(),
+        postgres_cpu_s=tree_cpu_s(postmaster) if postmaster is not None else None,
+        sink_cpu_s=sink.cpu_s(),
+        sent=counts["sent"],
+        total=counts["total"],
+    )
+
+
+async def _measure(
+    dsn: str, queue: _Queue, target: int, daemon: Child, sink: Sink, timeout_s: float
+) -> tuple[_Sample, _Sample]:
+    """Poll until ``target`` results exist; the samples that open and close the window."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        baseline = await conn.fetchval(INSERTED_SQL)
+        deadline = time.monotonic() + timeout_s
+        first: _Sample | None = None
+        while True:
+            await asyncio.sleep(POLL_S)
+            if not daemon.alive():
+                raise StepFailed(
+                    f"the daemon exited with status {daemon.proc.returncode}: {daemon.log_tail()}"
+                )
+            written = await conn.fetchval(INSERTED_SQL) - baseline
+            if first is None and written > 0:
+                first = await _sample(conn, queue, daemon, sink)
+            elif first is not None and written >= target:
+                return first, await _sample(conn, queue, daemon, sink)
+            if time.monotonic() > deadline:
+                counts = await conn.fetchrow(COUNT_SQL, queue.lo, queue.hi)
+                raise StepFailed(
+                    f"only {counts['sent']:,} of {target:,} sent within {timeout_s:.0f}s "
+                    f"({counts['total']:,} results)"
+                )
+    finally:
+        await conn.close()
+
+
+async def _outcomes(dsn: str, queue: _Queue) -> tuple[dict[str, Any], dict[str, int]]:
+    """Enqueue→sent percentiles over every sent notification, and what was not sent."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        timing = await conn.fetchrow(TIMING_SQL, queue.lo, queue.hi)
+        counts = await conn.fetchrow(COUNT_SQL, queue.lo, queue.hi)
+        rows = await conn.fetch(OTHER_STATUSES_SQL, queue.lo, queue.hi)
+        others = {r["outcome"]: r["n"] for r in rows}
+        return {"p50": timing["p50"], "p99": timing["p99"], "n": counts["sent"]}, others
+    finally:
+        await conn.close()

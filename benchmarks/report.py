@@ -1,0 +1,262 @@
+"""What a run found: machine facts, ratios, targets, the printed table and the JSON file.
+
+Everything here is computed from the steps' measured figures; nothing is filled in. A figure a
+failed or skipped step could not produce is ``None`` in the JSON and ``n/a`` in the table, and
+every target that depends on it is ``n/a`` rather than a pass or a fail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["machine_facts", "ratios", "render", "targets", "write_json"]
+
+Steps = dict[str, dict[str, Any]]
+PACKAGES = ("pushgres", "uvloop", "h2", "asyncpg", "aioapns")
+MIN_TRANSPORT_VS_CEILING = 0.80
+MIN_E2E_PER_S = 25_000
+MAX_DAEMON_CPU_US = 30.0
+MIN_VS_AIOAPNS = 10.0
+MAX_PEAK_RSS_BYTES = 200 * 1024 * 1024
+RSS_QUEUED = 1_000_000
+SINK_BOUND_CORE = 0.9  # the sink is one thread: at this share of a core it was the limit
+
+
+def _command(argv: list[str], cwd: pathlib.Path | None = None) -> str | None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=cwd)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout or done.stderr).strip() if done.returncode == 0 else None
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def machine_facts(root: pathlib.Path) -> dict[str, Any]:
+    """nproc, CPU model, load, versions, the commit under test and the date."""
+    versions: dict[str, str | None] = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    commit = _command(["git", "rev-parse", "--short", "HEAD"], root)
+    if commit and _command(["git", "status", "--porcelain", "--untracked-files=no"], root):
+        commit += "+dirty"
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "versions": versions,
+        "nghttp2": _command(["nghttpd", "--version"]),
+        "commit": commit,
+    }
+
+
+def _ok(steps: Steps, name: str, key: str) -> float | None:
+    step = steps.get(name, {})
+    value = step.get(key)
+    return float(value) if step.get("status") == "ok" and value is not None else None
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def transport_steps(steps: Steps) -> list[str]:
+    return [name for name in steps if name.startswith("transport ")]
+
+
+def ratios(steps: Steps) -> dict[str, float | None]:
+    """Throughput ratios (pushgres / other) and CPU ratios (aioapns / pushgres): higher is better."""
+    ceiling = _ok(steps, "ceiling", "per_s")
+    aioapns = _ok(steps, "aioapns", "per_s")
+    aioapns_cpu = _ok(steps, "aioapns", "client_cpu_us")
+    found: dict[str, float | None] = {}
+    for name in transport_steps(steps):
+        per_s = _ok(steps, name, "per_s")
+        found[f"{name} / ceiling (req/s)"] = _ratio(per_s, ceiling)
+        found[f"{name} / aioapns (req/s)"] = _ratio(per_s, aioapns)
+        found[f"aioapns / {name} (CPU µs per request)"] = _ratio(
+            aioapns_cpu, _ok(steps, name, "client_cpu_us")
+        )
+    e2e = _ok(steps, "e2e", "per_s")
+    found["e2e / ceiling (req/s)"] = _ratio(e2e, ceiling)
+    found["e2e / aioapns (req/s)"] = _ratio(e2e, aioapns)
+    found["aioapns / e2e daemon (CPU µs per notification)"] = _ratio(
+        aioapns_cpu, _ok(steps, "e2e", "daemon_cpu_us")
+    )
+    return found
+
+
+def targets(steps: Steps) -> list[dict[str, Any]]:
+    """Each target with the measured value and whether it passes (None: not measured)."""
+    found = ratios(steps)
+    queued = _ok(steps, "e2e", "queued") or 0
+    rss_note = "" if queued >= RSS_QUEUED else f" (only {queued:,.0f} queued)"
+    checks: list[tuple[str, float | None, Callable[[float], bool], Callable[[float], str]]] = [
+        (
+            f"{name} >= {MIN_TRANSPORT_VS_CEILING:.0%} of h2load",
+            found[f"{name} / ceiling (req/s)"],
+            lambda v: v >= MIN_TRANSPORT_VS_CEILING,
+            "{:.1%}".format,
+        )
+        for name in transport_steps(steps)
+    ]
+    checks += [
+        (
+            f"e2e >= {MIN_E2E_PER_S:,} sends/s",
+            _ok(steps, "e2e", "per_s"),
+            lambda v: v >= MIN_E2E_PER_S,
+            "{:,.0f}/s".format,
+        ),
+        (
+            f"daemon CPU <= {MAX_DAEMON_CPU_US:.0f} µs/notification",
+            _ok(steps, "e2e", "daemon_cpu_us"),
+            lambda v: v <= MAX_DAEMON_CPU_US,
+            "{:.1f} µs".format,
+        ),
+        (
+            f"e2e throughput >= {MIN_VS_AIOAPNS:.0f}x aioapns",
+            found["e2e / aioapns (req/s)"],
+            lambda v: v >= MIN_VS_AIOAPNS,
+            "{:.1f}x".format,
+        ),
+        (
+            f"aioapns CPU/notification >= {MIN_VS_AIOAPNS:.0f}x daemon's",
+            found["aioapns / e2e daemon (CPU µs per notification)"],
+            lambda v: v >= MIN_VS_AIOAPNS,
+            "{:.1f}x".format,
+        ),
+        (
+            f"peak RSS <= {MAX_PEAK_RSS_BYTES >> 20} MB with {RSS_QUEUED:,} queued",
+            _ok(steps, "e2e", "peak_rss_bytes"),
+            lambda v: v <= MAX_PEAK_RSS_BYTES,
+            lambda v: f"{v / 2**20:.0f} MB{rss_note}",
+        ),
+    ]
+    return [
+        {
+            "target": label,
+            "value": value,
+            "shown": "n/a" if value is None else show(value),
+            "pass": None if value is None else passes(value),
+        }
+        for label, value, passes, show in checks
+    ]
+
+
+def _num(value: Any, spec: str = ",.0f", suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _step_line(label: str, step: dict[str, Any]) -> str:
+    status = step.get("status", "n/a")
+    if status != "ok" and step.get("per_s") is None:
+        return f"  {label:<24} {status:<8} {step.get('reason', '')}"
+    per_s, sink_us = step.get("per_s"), step.get("sink_cpu_us")
+    # The share of one core the sink used: near 100% means the sink, not the client, was the limit.
+    sink_core = None if per_s is None or sink_us is None else per_s * sink_us / 1e6
+    bound = "  sink-bound" if sink_core is not None and sink_core >= SINK_BOUND_CORE else ""
+    return (
+        f"  {label:<24} {status:<8} {_num(per_s):>10} "
+        f"{_num(step.get('client_cpu_us', step.get('daemon_cpu_us')), '.1f'):>13} "
+        f"{_num(sink_us, '.1f'):>11} {_num(sink_core, '.0%'):>9} "
+        f"{_num(step.get('requests', step.get('measured'))):>11}{bound}"
+    )
+
+
+def render(run: dict[str, Any]) -> str:
+    """The human-readable table of a run."""
+    machine = run["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    steps: Steps = run["steps"]
+    lines = [
+        f"pushgres bench, {machine['date']}, {'--quick' if run['quick'] else 'full run'}: "
+        f"{run['command']}",
+        f"machine: {machine['nproc']} CPUs ({machine['cpu_model']}), load {machine['loadavg_at_start']}"
+        f" at start; Python {machine['python']}, {versions}, {machine['nghttp2']}; "
+        f"commit {machine['commit']}",
+        f"sink: {run['sink'].get('description')}",
+        f"      why: {run['sink'].get('why')}",
+        f"shape: {run['shape']}",
+        "",
+        f"  {'step':<24} {'status':<8} {'req/s':>10} {'client µs/req':>13} "
+        f"{'sink µs/req':>11} {'sink core':>9} {'requests':>11}",
+    ]
+    labels = {"ceiling": "ceiling (h2load)", "sink_probe": "sink --echo-upload probe"}
+    for name, step in steps.items():
+        label = labels.get(name, name)
+        if name == "aioapns" and step.get("aioapns"):
+            label = f"aioapns {step['aioapns']}"
+        if name == "e2e":
+            label = f"e2e ({step['codec']}), daemon µs" if "codec" in step else "e2e"
+        lines.append(_step_line(label, step))
+        if name == "e2e" and step.get("per_s") is not None:
+            lines.append(
+                f"  {'':<24} postgres {_num(step['postgres_cpu_us'], '.1f', ' µs')}/notification"
+                f"; {_num(step['measured'])} measured in {step['window_s']:.1f}s of "
+                f"{step['queued']:,} queued; enqueue {_num(step['enqueue_per_s'])} rows/s (COPY)"
+            )
+            lines.append(
+                f"  {'':<24} enqueue->sent p50 {_num(step['latency_p50_s'], '.2f', 's')}, "
+                f"p99 {_num(step['latency_p99_s'], '.2f', 's')}; peak RSS "
+                f"{_num(step['peak_rss_bytes'] and step['peak_rss_bytes'] / 2**20, '.0f', ' MB')}; "
+                f"SIGTERM drain "
+                f"{step['drain_s']:.1f}s, exit {step['daemon_exit']}"
+            )
+            if step.get("status") != "ok":
+                lines.append(f"  {'':<24} failed: {step.get('reason', '')}")
+    lines += ["", "ratios"]
+    for key, value in run["ratios"].items():
+        shown = (
+            "n/a" if value is None else (f"{value:.1%}" if "ceiling" in key else f"{value:.1f}x")
+        )
+        lines.append(f"  {key:<48} {shown:>7}")
+    lines += ["", "targets"]
+    for row in run["targets"]:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a"}[row["pass"]]
+        lines.append(f"  {verdict:<5} {row['target']:<50} {row['shown']}")
+    return "\n".join(lines)
+
+
+def _compact(value: Any) -> Any:
+    """Floats to 4 significant digits, so the JSON stays small and diffs stay readable."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_compact(v) for v in value]
+    return value
+
+
+def write_json(run: dict[str, Any], directory: pathlib.Path) -> pathlib.Path:
+    """Write ``bench-<UTC time>[-quick].json`` atomically; returns its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = directory / f"bench-{stamp}{'-quick' if run['quick'] else ''}.json"
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(_compact(run), indent=1, ensure_ascii=False) + "\n")
+    partial.replace(path)
+    return path

@@ -1,0 +1,233 @@
+"""The command line of ``make bench``: which steps run, with how much load, and the cleanup.
+
+Steps run in order (sink probe, ceiling, transport per codec, aioapns, end to end), each in
+:func:`_step`: a failure is recorded with its reason and the next step still runs. Everything
+lives in one temporary folder, removed at the end (``--keep`` keeps it); only the JSON result
+is written into the repository, under ``benchmarks/results/``. SIGTERM and Ctrl-C unwind
+through the same ``finally`` blocks, so the sink, the daemon and Postgres never outlive a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import pathlib
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from pushgres.http2.codecs import CODECS, DEFAULT_CODEC
+
+from .ceiling import probe_echo_upload, run_ceiling
+from .client import ROOT, run_client
+from .e2e import run_e2e
+from .procs import StepFailed, reap_all
+from .report import machine_facts, ratios, render, targets, write_json
+from .sink import Sink
+from .workload import build_requests, make_credentials
+
+__all__ = ["main"]
+
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+FULL = {
+    "h2load_requests": 1_000_000,
+    "requests": 200_000,
+    "aioapns_requests": 50_000,
+    "rows": 1_000_000,
+    "queued": 500_000,
+    "probe_requests": 20_000,
+}
+QUICK = {
+    "h2load_requests": 100_000,
+    "requests": 20_000,
+    "aioapns_requests": 10_000,
+    "rows": 60_000,
+    "queued": 40_000,
+    "probe_requests": 5_000,
+}
+STEPS = ("probe", "ceiling", "transport", "aioapns", "e2e")
+
+_SINK_WHY = (
+    "it costs a few µs of CPU per request, far below any Python sender, and answers like APNs "
+    "(200, no body); nghttpd --echo-upload spools each body through a temporary file in /tmp "
+    "(see the sink_probe row)"
+)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=(__doc__ or "").split("\n")[0]
+    )
+    add = parser.add_argument
+    add("--quick", action="store_true", help="a ~1-minute smoke run (smaller counts)")
+    add("--rows", type=int, help="end to end: notifications queued before the daemon starts")
+    add("--queued", type=int, help="end to end: results to wait for (the measured drain)")
+    add("--requests", type=int, help="transport: requests per codec")
+    add("--aioapns-requests", type=int, help="aioapns: notifications")
+    add("--h2load-requests", type=int, help="ceiling: h2load requests")
+    add("--probe-requests", type=int, help="--echo-upload sink probe: h2load requests (0: skip)")
+    add("--connections", type=int, default=2, help="HTTP/2 connections (pool, h2load -c)")
+    add("--streams", type=int, default=500, help="streams per connection (pool, h2load -m)")
+    add("--batch", type=int, default=250, help="transport: requests per send_batch call")
+    add("--batch-size", type=int, default=1000, help="end to end: daemon.batch_size")
+    add("--codecs", help="transport: comma-separated codecs (default: every codec, and fast)")
+    add("--e2e-codec", help="end to end: the app's codec (default: fast if registered)")
+    add("--e2e-timeout", type=float, help="end to end: seconds to wait for --queued results")
+    add("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
+    add("--results-dir", default=str(RESULTS_DIR), help="where the JSON result goes")
+    add("--keep", action="store_true", help="keep the temporary folder (logs, configs)")
+    return parser
+
+
+def _options(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = _parser().parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ("h2load_requests", "requests", "aioapns_requests", "rows", "queued"):
+        if getattr(args, key) < 1:
+            _parser().error(f"--{key.replace('_', '-')} must be at least 1")
+    if args.queued > args.rows:
+        _parser().error("--queued cannot exceed --rows")
+    args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    unknown = set(args.steps) - set(STEPS)
+    if unknown:
+        _parser().error(f"unknown step(s): {', '.join(sorted(unknown))}")
+    default_codecs = sorted(set(CODECS) | {"fast"})
+    args.codecs = args.codecs.split(",") if args.codecs else default_codecs
+    args.e2e_codec = args.e2e_codec or ("fast" if "fast" in CODECS else DEFAULT_CODEC)
+    args.e2e_timeout = args.e2e_timeout or 120 + args.queued / 1000
+    return args
+
+
+def _step(
+    steps: dict[str, dict[str, Any]], name: str, measure: Callable[[], dict[str, Any]]
+) -> None:
+    """Run one step; record its figures, or why it has none. Never raises (but for signals)."""
+    _log(f"[bench] {name} ...")
+    started = time.monotonic()
+    try:
+        result = {"status": "ok", **measure()}
+    except StepFailed as exc:
+        result = {**(exc.partial or {}), "status": "failed", "reason": str(exc)}
+    except Exception as exc:  # a broken step is a row of the report, not the end of the run
+        traceback.print_exc()
+        result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    result["step_s"] = time.monotonic() - started
+    steps[name] = result
+    _log(f"[bench] {name}: {result['status']} {result.get('reason', '')}".rstrip())
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _options(argv)
+    # The daemon must use the benchmark's database: its config yields to PUSHGRES_DSN.
+    os.environ.pop("PUSHGRES_DSN", None)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="pushgres-bench-"))
+    steps: dict[str, dict[str, Any]] = {}
+    run: dict[str, Any] = {
+        "quick": args.quick,
+        "command": "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_facts(ROOT),
+        "shape": f"{args.connections} connections x {args.streams} streams everywhere "
+        f"(h2load -c {args.connections} -m {args.streams}; pool; aioapns gather chunks of "
+        f"{args.connections * args.streams}); the sink announces {args.streams} streams",
+        "load": {key: getattr(args, key) for key in (*FULL, "batch", "batch_size", "e2e_codec")},
+        "sink": {},
+        "steps": steps,
+    }
+    shape = {"connections": args.connections, "streams": args.streams}
+    try:
+        credentials = make_credentials(workdir / "tls")
+        request = build_requests("localhost", 1, credentials.authorization())[0]
+        with Sink(workdir, credentials, max_streams=args.streams) as sink:
+            run["sink"].update(description=sink.description, why=_SINK_WHY)
+            client = functools.partial(run_client, sink=sink, credentials=credentials, **shape)
+            if "probe" in args.steps and args.probe_requests:
+                _step(
+                    steps,
+                    "sink_probe",
+                    lambda: probe_echo_upload(
+                        workdir, credentials, request, requests=args.probe_requests, **shape
+                    ),
+                )
+            if "ceiling" in args.steps:
+                _step(
+                    steps,
+                    "ceiling",
+                    lambda: run_ceiling(
+                        sink, workdir, request, requests=args.h2load_requests, **shape
+                    ),
+                )
+            for codec in args.codecs if "transport" in args.steps else ():
+                if codec not in CODECS:
+                    steps[f"transport {codec}"] = {
+                        "status": "skipped",
+                        "reason": f"codec {codec!r} is not registered in CODECS "
+                        f"({', '.join(sorted(CODECS))})",
+                    }
+                    continue
+                _step(
+                    steps,
+                    f"transport {codec}",
+                    functools.partial(
+                        client,
+                        "transport",
+                        requests=args.requests,
+                        codec=codec,
+                        batch=args.batch,
+                    ),
+                )
+            if "aioapns" in args.steps:
+                _step(
+                    steps,
+                    "aioapns",
+                    functools.partial(client, "baseline", requests=args.aioapns_requests),
+                )
+            if "e2e" in args.steps:
+                _step(
+                    steps,
+                    "e2e",
+                    lambda: run_e2e(
+                        sink,
+                        credentials,
+                        workdir,
+                        rows=args.rows,
+                        target=args.queued,
+                        codec=args.e2e_codec,
+                        batch_size=args.batch_size,
+                        timeout_s=args.e2e_timeout,
+                        **shape,
+                    ),
+                )
+            run["sink"]["restarts"] = max(0, sink.restarts)
+    except BaseException:
+        _log("[bench] stopped early; ending its processes and removing its files")
+        raise
+    finally:
+        reap_all()
+        if args.keep:
+            _log(f"[bench] kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    run["ratios"] = ratios(steps)
+    run["targets"] = targets(steps)
+    path = write_json(run, pathlib.Path(args.results_dir))
+    print(render(run))
+    print(f"\nwritten: {os.path.relpath(path)}")
+    return 1 if any(step["status"] == "failed" for step in steps.values()) else 0
