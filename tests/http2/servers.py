@@ -19,6 +19,8 @@ import h2.errors
 import h2.events
 import h2.settings
 
+from pushgres.http2.connection import MAX_STREAM_ID, ClientConnection, H2ClientConnection
+from pushgres.http2.fastconn import FastClientConnection
 from pushgres.simulator import devkit
 
 
@@ -236,3 +238,12 @@ def start_nghttpd(binary: str, certs: Certs, workdir: Path) -> tuple[subprocess.
         stderr=subprocess.DEVNULL,
     )
     return process, port
+
+
+def exhaust_stream_ids(client: ClientConnection) -> None:
+    """Make the next stream id of ``client`` (either codec) fall past 2^31-1."""
+    if isinstance(client, H2ClientConnection):
+        client._h2.highest_outbound_stream_id = MAX_STREAM_ID
+    else:
+        assert isinstance(client, FastClientConnection)
+        client._next_id = MAX_STREAM_ID + 2

@@ -22,7 +22,7 @@ from pushgres.exceptions import (
     StreamRefused,
     StreamReset,
 )
-from pushgres.http2.connection import MAX_STREAM_ID
+from pushgres.http2.codecs import CODECS
 from pushgres.http2.pool import Http2Pool, PoolSettings, PoolState, Response
 from pushgres.http2.tls import make_ssl_context
 
@@ -32,6 +32,7 @@ from .servers import (
     Request,
     ServerConnection,
     echo,
+    exhaust_stream_ids,
     free_port,
     server_ssl_context,
 )
@@ -65,7 +66,18 @@ def headers(port: int, path: bytes = b"/3/device/abc") -> list[tuple[bytes, byte
     ]
 
 
+_CODEC = ["fast"]
+
+
+@pytest.fixture(autouse=True, params=sorted(CODECS))
+def codec(request: pytest.FixtureRequest) -> str:
+    """Every pool test runs once per HTTP/2 codec."""
+    _CODEC[0] = request.param
+    return _CODEC[0]
+
+
 def make_pool(port: int, context: ssl.SSLContext, **settings: object) -> Http2Pool:
+    settings.setdefault("codec", _CODEC[0])
     return Http2Pool(
         "test",
         "127.0.0.1",
@@ -322,8 +334,7 @@ async def test_exhausted_stream_ids_move_to_a_new_connection(
         make_pool(server.port, client_ssl, max_connections=1) as pool,
     ):
         first = await pool.request(headers(server.port), b"x", timeout_s=2)
-        sans_io = pool._conns[first.connection_id].conn
-        sans_io._h2.highest_outbound_stream_id = MAX_STREAM_ID  # type: ignore[attr-defined]
+        exhaust_stream_ids(pool._conns[first.connection_id].conn)
         second = await pool.request(headers(server.port), b"y", timeout_s=2)
         assert second.connection_id != first.connection_id
         assert pool.stats()["closed"] == 1 and pool.stats()["connections"] == 1

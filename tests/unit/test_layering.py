@@ -16,6 +16,7 @@ PURE = [
     "http2/codecs.py",
     "http2/connection.py",
     "http2/events.py",
+    "http2/fastconn.py",
     "pipeline/decide.py",
     "models.py",
     "retry.py",

@@ -13,13 +13,15 @@ from typing import Final
 
 from ..exceptions import ConfigError
 from .connection import ClientConnection, H2ClientConnection
+from .fastconn import FastClientConnection
 
 __all__ = ["CODECS", "DEFAULT_CODEC", "new_connection"]
 
 CODECS: Final[dict[str, Callable[..., ClientConnection]]] = {
+    "fast": FastClientConnection,
     "h2": H2ClientConnection,
 }
-DEFAULT_CODEC: Final = "h2"
+DEFAULT_CODEC: Final = "fast"
 
 
 def new_connection(codec: str, *, max_streams: int) -> ClientConnection:

@@ -28,6 +28,7 @@ not in it.
 
 from __future__ import annotations
 
+import abc
 import enum
 import logging
 from collections.abc import Sequence
@@ -64,6 +65,7 @@ __all__ = [
     "ConnInput",
     "ConnState",
     "H2ClientConnection",
+    "StreamBookkeeping",
     "next_state",
 ]
 
@@ -201,6 +203,105 @@ class ClientConnection(Protocol):
         ...
 
 
+class StreamBookkeeping(abc.ABC):
+    """What every codec tracks the same way: open streams, blocked bodies, readiness, closing.
+
+    Subclasses own the wire format; they fill ``_streams`` (objects with a ``pending``
+    attribute holding body bytes not yet sent) and implement :meth:`_send_pending`,
+    :meth:`_connection_window_empty` and :attr:`next_stream_id_exhausted`.
+    """
+
+    def __init__(self, max_streams: int) -> None:
+        if max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
+        self._cap = max_streams
+        self._streams: dict[int, Any] = {}
+        self._blocked: dict[int, None] = {}  # ordered set of streams with a pending body
+        self._is_ready = False
+        self._limit = 0  # min(server MAX_CONCURRENT_STREAMS, cap), refreshed on SETTINGS
+        self._goaway_received = False
+        self._goaway_sent = False
+        self._terminated = False
+
+    def _check_can_open(self) -> None:
+        """Raise :class:`LocalProtocolError` unless a new stream may be opened now."""
+        if not self._is_ready:
+            raise LocalProtocolError("no stream may be opened before the server's SETTINGS")
+        if self.is_closing:
+            raise LocalProtocolError("the connection is closing")
+        if len(self._streams) >= self._limit:
+            raise LocalProtocolError(
+                f"stream limit reached ({len(self._streams)} of {self._limit})"
+            )
+        if self.next_stream_id_exhausted:
+            raise LocalProtocolError("stream ids exhausted")
+
+    def _goaway(self, last: int, code: int, debug: bytes, out: list[Event]) -> None:
+        """The peer sent GOAWAY: forget streams above ``last``, report, maybe terminate."""
+        self._goaway_received = True
+        unprocessed = tuple(sid for sid in self._streams if sid > last)
+        for sid in unprocessed:
+            del self._streams[sid]
+            self._blocked.pop(sid, None)
+            self._dropped(sid)
+        out.append(GoAwayReceived(last, code, debug, unprocessed))
+        if code != _NO_ERROR:
+            # RFC 9113 5.4.1: the peer closes the socket after an error GOAWAY.
+            self._terminated = True
+            reason = debug.decode("utf-8", "replace") or f"GOAWAY error code {code}"
+            out.append(ConnectionClosed(code, reason))
+
+    def _dropped(self, stream_id: int) -> None:  # noqa: B027 - an optional hook
+        """Called for each stream forgotten because of GOAWAY."""
+
+    @abc.abstractmethod
+    def _send_pending(self, stream_id: int, stream: Any) -> None:
+        """Send as much of ``stream.pending`` as the windows allow; track it in ``_blocked``."""
+
+    @abc.abstractmethod
+    def _connection_window_empty(self) -> bool:
+        """Whether the connection's send window is used up."""
+
+    def _resume_blocked(self) -> None:
+        if not self._blocked or self._goaway_sent or self._terminated:
+            return
+        for stream_id in list(self._blocked):
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                self._blocked.pop(stream_id, None)
+                continue
+            self._send_pending(stream_id, stream)
+            if stream.pending and self._connection_window_empty():
+                break  # the connection window is empty: later streams cannot move either
+
+    @property
+    def is_ready(self) -> bool:
+        return self._is_ready
+
+    @property
+    def max_concurrent_streams(self) -> int:
+        return self._limit
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    @property
+    def available_streams(self) -> int:
+        if not self._is_ready or self.is_closing or self.next_stream_id_exhausted:
+            return 0
+        return max(0, self._limit - len(self._streams))
+
+    @property
+    def is_closing(self) -> bool:
+        return self._goaway_received or self._goaway_sent or self._terminated
+
+    @property
+    @abc.abstractmethod
+    def next_stream_id_exhausted(self) -> bool:
+        """Whether the stream id space is used up (a new connection is needed)."""
+
+
 class _H2Connection(h2.connection.H2Connection):
     """``h2``'s state machine with two client-side adjustments.
 
@@ -246,7 +347,7 @@ def _null_logger() -> logging.Logger:
     return null
 
 
-class H2ClientConnection:
+class H2ClientConnection(StreamBookkeeping):
     """:class:`ClientConnection` on top of ``h2``.
 
     Parameters
@@ -271,8 +372,7 @@ class H2ClientConnection:
         connection_window_bytes: int = DEFAULT_CONNECTION_WINDOW_BYTES,
         log: logging.Logger | None = None,
     ) -> None:
-        if max_streams < 1:
-            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
+        super().__init__(max_streams)
         # Outbound validation re-checks every header of every request (a large share of
         # h2's per-request cost, protocol.md E); our request builders emit valid headers.
         # Inbound validation stays on: the peer is not trusted.
@@ -280,17 +380,9 @@ class H2ClientConnection:
             client_side=True, header_encoding=None, validate_outbound_headers=False
         )
         self._h2 = _H2Connection(config=config)
-        self._cap = max_streams
         self._initial_window = initial_window_bytes
         self._connection_window = connection_window_bytes
         self._log = log if log is not None else _null_logger()
-        self._streams: dict[int, _Stream] = {}
-        self._blocked: dict[int, None] = {}  # ordered set of streams with a pending body
-        self._is_ready = False
-        self._limit = 0  # min(server MAX_CONCURRENT_STREAMS, cap), refreshed on SETTINGS
-        self._goaway_received = False
-        self._goaway_sent = False
-        self._terminated = False
 
     # -- commands -------------------------------------------------------------------------
 
@@ -310,16 +402,7 @@ class H2ClientConnection:
             h2c.increment_flow_control_window(increment)
 
     def start_request(self, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> int:
-        if not self._is_ready:
-            raise LocalProtocolError("no stream may be opened before the server's SETTINGS")
-        if self.is_closing:
-            raise LocalProtocolError("the connection is closing")
-        if len(self._streams) >= self.max_concurrent_streams:
-            raise LocalProtocolError(
-                f"stream limit reached ({len(self._streams)} of {self.max_concurrent_streams})"
-            )
-        if self.next_stream_id_exhausted:
-            raise LocalProtocolError("stream ids exhausted")
+        self._check_can_open()
         h2c = self._h2
         encoded = [
             NeverIndexedHeaderTuple(name, value) if name in NEVER_INDEXED_HEADERS else (name, value)
@@ -467,22 +550,16 @@ class H2ClientConnection:
         self._forget(stream_id)
 
     def _on_goaway(self, event: Any, out: list[Event]) -> None:
-        self._goaway_received = True
-        last = int(event.last_stream_id)
-        unprocessed = tuple(sid for sid in self._streams if sid > last)
-        for sid in unprocessed:
-            del self._streams[sid]
-            self._blocked.pop(sid, None)
-            self._forget(sid)
+        self._goaway(
+            int(event.last_stream_id),
+            int(event.error_code),
+            bytes(event.additional_data or b""),
+            out,
+        )
         self._h2.open_count = len(self._streams)
-        code = int(event.error_code)
-        debug = bytes(event.additional_data or b"")
-        out.append(GoAwayReceived(last, code, debug, unprocessed))
-        if code != _NO_ERROR:
-            # RFC 9113 5.4.1: the peer closes the socket after an error GOAWAY.
-            self._terminated = True
-            reason = debug.decode("utf-8", "replace") or f"GOAWAY error code {code}"
-            out.append(ConnectionClosed(code, reason))
+
+    def _dropped(self, stream_id: int) -> None:
+        self._forget(stream_id)
 
     # -- flow control ---------------------------------------------------------------------
 
@@ -505,17 +582,9 @@ class H2ClientConnection:
         else:
             self._blocked.pop(stream_id, None)
 
-    def _resume_blocked(self) -> None:
-        if not self._blocked or self._goaway_sent or self._terminated:
-            return
-        for stream_id in list(self._blocked):
-            stream = self._streams.get(stream_id)
-            if stream is None:
-                self._blocked.pop(stream_id, None)
-                continue
-            self._send_pending(stream_id, stream)
-            if stream.pending and self._h2.outbound_flow_control_window <= 0:
-                break  # the connection window is empty: later streams cannot move either
+    def _connection_window_empty(self) -> bool:
+        window: int = self._h2.outbound_flow_control_window
+        return window <= 0
 
     def _forget(self, stream_id: int) -> None:
         """Drop a closed stream from h2's table (it no longer scans for closed streams)."""
@@ -524,30 +593,6 @@ class H2ClientConnection:
         if stream is not None and stream.closed:
             del h2c.streams[stream_id]
             h2c._closed_streams[stream_id] = stream.closed_by
-
-    # -- properties -----------------------------------------------------------------------
-
-    @property
-    def is_ready(self) -> bool:
-        return self._is_ready
-
-    @property
-    def max_concurrent_streams(self) -> int:
-        return self._limit
-
-    @property
-    def open_streams(self) -> int:
-        return len(self._streams)
-
-    @property
-    def available_streams(self) -> int:
-        if not self._is_ready or self.is_closing or self.next_stream_id_exhausted:
-            return 0
-        return max(0, self.max_concurrent_streams - len(self._streams))
-
-    @property
-    def is_closing(self) -> bool:
-        return self._goaway_received or self._goaway_sent or self._terminated
 
     @property
     def next_stream_id_exhausted(self) -> bool:
