@@ -403,3 +403,21 @@ def test_hpack_integers_round_trip(value: int, prefix: int) -> None:
     encoded = encode_integer(value, prefix, 0)
     decoded, consumed = hpack.hpack.decode_integer(encoded, prefix)
     assert (decoded, consumed) == (value, len(encoded))
+
+
+def test_repeated_blocks_follow_the_dynamic_table() -> None:
+    """A block referring to the dynamic table is re-decoded once the table changes."""
+    client = ready_client()
+
+    def insert(value: bytes) -> bytes:  # :status 200, then x: value with incremental indexing
+        return b"\x88\x40\x01x" + bytes((len(value),)) + value
+
+    refer = b"\x88\xbe"  # :status 200, then dynamic entry 62 (the newest)
+    expected = []
+    data = b""
+    for value in (b"1", b"2"):
+        for block in (insert(value), refer, refer):
+            sid = client.start_request(HEADERS, b"")
+            data += frame(1, 5, sid, block)
+            expected.append(ResponseReceived(sid, 200, ((b"x", value),), b""))
+    assert client.receive_data(data) == expected

@@ -9,7 +9,8 @@ cost per request (protocol.md E, issue 3):
   (``:method``, ``:authority``, ``apns-topic``, ``authorization``…) is encoded once; values
   that change per request are written as literals. The encoder never inserts into the
   dynamic table and never Huffman-codes, so encoding keeps no state;
-* response header blocks are decoded by the ``hpack`` library's decoder;
+* response header blocks are decoded by the ``hpack`` library's decoder, and a block that
+  leaves the dynamic table as it was is decoded once while the table stays the same;
 * frames are parsed straight from the receive buffer, with no frame objects.
 
 It is a complete HTTP/2 client per RFC 9113: connection and stream flow control in both
@@ -75,6 +76,7 @@ MAX_FRAME_SIZE_LIMIT: Final = (1 << 24) - 1
 MAX_HEADER_LIST_BYTES: Final = 65_536  # what we advertise, as the h2 codec does
 MAX_HEADER_BLOCK_BYTES: Final = 2 * MAX_HEADER_LIST_BYTES  # bound on a CONTINUATION run
 _CACHE_LIMIT: Final = 512
+_DECODED_LIMIT: Final = 64
 
 _FRAME = struct.Struct(">HBBBL")  # length (high 16 bits, low 8 bits), type, flags, stream id
 _U32 = struct.Struct(">L")
@@ -166,6 +168,7 @@ class FastClientConnection(StreamBookkeeping):
         self._decoder = hpack.Decoder()
         self._decoder.max_header_list_size = MAX_HEADER_LIST_BYTES
         self._cache: dict[tuple[bytes, bytes], bytes] = {}
+        self._decoded: dict[bytes, tuple[int, tuple[tuple[bytes, bytes], ...]]] = {}
         self._table_size_update = b""  # prefix for the next header block, after a change
         # Peer settings.
         self._peer_max_streams = MAX_WINDOW  # unlimited until the server says otherwise
@@ -398,28 +401,58 @@ class FastClientConnection(StreamBookkeeping):
             self._cont_block = [payload]
             self._cont_size = len(payload)
 
-    def _header_block(self, stream_id: int, flags: int, block: bytes, out: list[Event]) -> None:
+    def _decode(self, block: bytes) -> tuple[int, tuple[tuple[bytes, bytes], ...]]:
+        """``(status, headers)`` of a response header block; status -1 when malformed.
+
+        Blocks that leave the HPACK dynamic table untouched decode the same way until the
+        table next changes, so their result is kept, keyed by the block's bytes: a server
+        answering with the same indexed headers costs one dictionary lookup per response.
+        Any block that changes the table empties the cache.
+        """
+        cached = self._decoded.get(block)
+        if cached is not None:
+            return cached
+        table = self._decoder.header_table
+        entries = table.dynamic_entries
+        first = entries[0] if entries else None
+        count, maxsize = len(entries), table.maxsize
         try:
             fields = self._decoder.decode(block, raw=True)
         except hpack.OversizedHeaderListError as exc:
             raise _ConnectionError(PROTOCOL_ERROR, f"header list too large: {exc}") from None
         except hpack.HPACKError as exc:
             raise _ConnectionError(COMPRESSION_ERROR, f"HPACK: {exc}") from None
+        status = 0
+        headers: list[tuple[bytes, bytes]] = []
+        for name, value in fields:
+            if name == b":status":
+                status = int(value) if len(value) == 3 and value.isdigit() else -1
+            elif name[:1] == b":":
+                status = -1
+                break
+            else:
+                headers.append((bytes(name), bytes(value)))
+        result = (status if status >= 100 else -1, tuple(headers))
+        unchanged = (
+            len(entries) == count
+            and table.maxsize == maxsize
+            and (entries[0] if entries else None) is first
+        )
+        if not unchanged:
+            self._decoded.clear()
+        else:
+            if len(self._decoded) >= _DECODED_LIMIT:
+                self._decoded.clear()
+            self._decoded[block] = result
+        return result
+
+    def _header_block(self, stream_id: int, flags: int, block: bytes, out: list[Event]) -> None:
+        status, headers = self._decode(block)  # always: the decoder must see every block
         stream = self._streams.get(stream_id)
         if stream is None:
             return  # a stream we cancelled or that ended: the block only fed the decoder
         if not stream.status:
-            status = 0
-            headers: list[tuple[bytes, bytes]] = []
-            for name, value in fields:
-                if name == b":status":
-                    status = int(value) if value.isdigit() and len(value) == 3 else -1
-                elif name[:1] == b":":
-                    status = -1
-                    break
-                else:
-                    headers.append((bytes(name), bytes(value)))
-            if status < 100:
+            if status < 0:
                 self._stream_error(stream_id, PROTOCOL_ERROR, out)  # malformed (8.1.1)
                 return
             if status < 200:
@@ -427,7 +460,7 @@ class FastClientConnection(StreamBookkeeping):
                     self._stream_error(stream_id, PROTOCOL_ERROR, out)
                 return  # informational: the final response follows
             stream.status = status
-            stream.headers = tuple(headers)
+            stream.headers = headers
         elif not flags & END_STREAM:
             self._stream_error(stream_id, PROTOCOL_ERROR, out)  # trailers must end the stream
             return
