@@ -122,9 +122,13 @@ def _parse_time(value: str, key: str) -> dt.datetime:
     return parsed
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class ClaimedRow:
-    """A queue row claimed by the daemon for one send attempt."""
+    """A queue row claimed by the daemon for one send attempt.
+
+    The fields are in the order of ``claim_batch``'s RETURNING list, so a claimed record
+    becomes a row positionally (``ClaimedRow(*record)``).
+    """
 
     id: int
     app: str

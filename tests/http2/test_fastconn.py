@@ -421,3 +421,18 @@ def test_repeated_blocks_follow_the_dynamic_table() -> None:
             data += frame(1, 5, sid, block)
             expected.append(ResponseReceived(sid, 200, ((b"x", value),), b""))
     assert client.receive_data(data) == expected
+
+
+@pytest.mark.parametrize("size", [0, 1, 126, 127, 128, 300, 20_000])
+def test_per_message_values_of_every_length_decode(size: int) -> None:
+    client = ready_client()
+    fields = [*HEADERS[:3], (b":path", b"/" + b"p" * size), (b"apns-id", b"i" * size)]
+    fields += [(b"apns-collapse-id", b"c" * size), (b"x-other", b"o" * size)]
+    client.start_request(fields, b"")
+    blocks = [p for t, _, _, p in frames_of(client.data_to_send()) if t in (1, 9)]
+    decoded = hpack.Decoder()
+    decoded.max_header_list_size = 1 << 20
+    result = decoded.decode(b"".join(blocks), raw=True)
+    assert result == fields
+    never = {h[0] for h in result if isinstance(h, hpack.NeverIndexedHeaderTuple)}
+    assert never == {b":path", b"apns-id", b"apns-collapse-id"}

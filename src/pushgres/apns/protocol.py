@@ -44,13 +44,17 @@ TOPIC_SUFFIXES: dict[str, str] = {
     "widgets": ".push-type.widgets",
 }
 
-_ID_PREFIX = "70757368-6772-6573"  # "pushgres" in hex
+_ID_PREFIX = b"70757368-6772-6573-"  # "pushgres" in hex
 
 
 def apns_id_for(notification_id: int) -> str:
     """A canonical lowercase UUID that carries the notification id in its last 16 hex digits."""
-    tail = f"{notification_id & 0xFFFFFFFFFFFFFFFF:016x}"
-    return f"{_ID_PREFIX}-{tail[:4]}-{tail[4:]}"
+    return _apns_id(notification_id).decode("ascii")
+
+
+def _apns_id(notification_id: int) -> bytes:
+    n = notification_id & 0xFFFFFFFFFFFFFFFF
+    return _ID_PREFIX + b"%04x-%012x" % (n >> 48, n & 0xFFFFFFFFFFFF)
 
 
 class ApnsRequestBuilder:
@@ -116,7 +120,7 @@ class ApnsRequestBuilder:
         headers = [
             *self._pseudo,
             (b":path", b"/3/device/" + row.device_token.lower().encode("ascii")),
-            (b"apns-id", apns_id_for(row.id).encode("ascii")),
+            (b"apns-id", _apns_id(row.id)),
             *self._trio(push_type, row.topic, priority),
         ]
         if row.expires_at is not None:

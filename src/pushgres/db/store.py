@@ -135,7 +135,7 @@ def _requeue_columns(requeues: Sequence[Requeue]) -> list[list[Any]]:
 
 
 def _claimed(record: asyncpg.Record) -> ClaimedRow:
-    return ClaimedRow(**dict(record.items()))
+    return ClaimedRow(*record)  # columns in field order (tests/unit/test_queries.py)
 
 
 class Store:

@@ -120,6 +120,12 @@ def _literal(name: bytes, value: bytes, never_indexed: bool) -> bytes:
     return head + encode_integer(len(value), 7, 0) + value
 
 
+_NEVER_INDEXED_PREFIXES: Final = {
+    name: _literal(name, b"", True)[:-1] for name in NEVER_INDEXED_HEADERS
+}  # the representation up to the value's length
+_LENGTHS: Final = [bytes((n,)) for n in range(127)]
+
+
 class _Stream:
     __slots__ = ("chunks", "headers", "pending", "recv_window", "send_window", "status")
 
@@ -211,8 +217,14 @@ class FastClientConnection(StreamBookkeeping):
             piece = cache.get(pair)
             if piece is None:
                 name, value = pair
-                if name in NEVER_INDEXED_HEADERS:
-                    parts.append(_literal(name, value, True))
+                prefix = _NEVER_INDEXED_PREFIXES.get(name)
+                if prefix is not None:
+                    # Per-message values: the name piece is ready, the value goes out raw.
+                    size = len(value)
+                    if size < 127:
+                        parts.append(prefix + _LENGTHS[size] + value)
+                    else:
+                        parts.append(prefix + encode_integer(size, 7, 0) + value)
                     continue
                 index = _STATIC_FIELDS.get(pair)
                 piece = (
