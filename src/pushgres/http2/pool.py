@@ -118,7 +118,7 @@ class PoolSettings:
             )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: a plain record, cheaper than frozen
 class Response:
     """A complete HTTP/2 response; ``connection_id`` names the connection that carried it."""
 

@@ -25,7 +25,7 @@ CFG_MIN_DELAY_S = 30.0
 QUOTA_REASONS = frozenset({"QUOTA_EXCEEDED", "RESOURCE_EXHAUSTED"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per notification: a plain record, cheaper than frozen
 class Decision:
     result: ResultRecord | None = None
     requeue: Requeue | None = None
@@ -57,11 +57,11 @@ def decide(
     rng: random.Random,
 ) -> Decision:
     attempts = row.attempts + 1
-    reason = _reason_text(outcome)
     if outcome.action is Action.SENT:
         return Decision(
             result=ResultRecord(row, Status.SENT, 200, None, outcome.provider_id, attempts)
         )
+    reason = _reason_text(outcome)
     if outcome.action is Action.DEAD:
         return Decision(
             result=ResultRecord(
