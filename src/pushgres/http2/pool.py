@@ -431,6 +431,7 @@ class Http2Pool:
             abort_task = asyncio.ensure_future(abort.wait())
             abort_task.add_done_callback(batch.wake)
         waiter: asyncio.Future[None] | None = None
+        queued = False  # whether ``waiter`` is among the pool's slot waiters
         try:
             async with asyncio.timeout(timeout_s):
                 while batch.remaining:
@@ -445,7 +446,8 @@ class Http2Pool:
                             break
                     waiter = loop.create_future()
                     batch.changed = waiter
-                    if batch.pending:
+                    queued = bool(batch.pending)
+                    if queued:
                         self._waiters.append(waiter)  # woken when a stream slot frees up
                         self._maybe_grow()
                     await waiter
@@ -460,7 +462,7 @@ class Http2Pool:
         finally:
             # Runs on cancellation too: no stream of this batch stays open.
             batch.changed = None
-            if waiter is not None:
+            if waiter is not None and queued:
                 if waiter.done() and not waiter.cancelled() and batch.pending:
                     self._wake(1)  # we were handed a slot we will not use: pass it on
                 waiter.cancel()
