@@ -119,6 +119,31 @@ async def test_nghttpd_large_body_and_404(nghttpd_port: int, client_ssl: ssl.SSL
         assert response.status == 404
 
 
+async def test_nghttpd_same_responses_through_every_codec(
+    nghttpd_port: int, client_ssl: ssl.SSLContext, codec: str
+) -> None:
+    """Differential: one mixed batch through each codec gives identical responses."""
+    if codec != min(CODECS):
+        pytest.skip("runs every codec itself, once")
+    get = [(b":method", b"GET"), *headers(nghttpd_port, b"/missing")[1:4]]
+    requests: list[tuple[list[tuple[bytes, bytes]], bytes]] = []
+    for i in range(300):
+        if i % 50 == 7:
+            requests.append((get, b""))
+        else:
+            requests.append((headers(nghttpd_port), b"x" * (i * 997 % 70_000)))
+    seen = {}
+    for name in sorted(CODECS):
+        async with make_pool(nghttpd_port, client_ssl, codec=name) as pool:
+            results = await pool.send_batch(requests, timeout_s=20)
+        seen[name] = [
+            (r.status, r.body) if isinstance(r, Response) else type(r).__name__ for r in results
+        ]
+    first, *others = seen.values()
+    assert all(other == first for other in others)
+    assert {status for status, _ in first} == {200, 404}
+
+
 # -- fault cases against the scripted server ---------------------------------------------
 
 
