@@ -32,7 +32,7 @@ import uvloop
 
 from pushgres.api import enqueue
 from pushgres.config import load_config
-from pushgres.demo import TIMING_SQL, _start_postgres
+from pushgres.demo import TIMING_SQL, start_postgres
 from pushgres.exceptions import ConfigError
 
 from .procs import Child, StepFailed, peak_rss_bytes, run_child, tree_cpu_s
@@ -105,7 +105,7 @@ def run_e2e(
     if bench_dsn:
         dsn = bench_dsn
     else:
-        dsn, server = _start_postgres(state)
+        dsn, server = start_postgres(state)
     daemon: Child | None = None
     try:
         sink.ensure()

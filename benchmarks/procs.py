@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pushgres.demo import _stop
+from pushgres.demo import stop_process
 
 __all__ = [
     "Child",
@@ -151,9 +151,9 @@ class Child:
         return " | ".join(text.strip().splitlines()[-lines:])
 
     def stop(self) -> int | None:
-        """SIGTERM, up to 60 s to exit, then SIGKILL (``pushgres demo``'s ``_stop``)."""
+        """SIGTERM, up to 60 s to exit, then SIGKILL (``pushgres.demo.stop_process``)."""
         try:
-            return _stop(self.proc)
+            return stop_process(self.proc)
         finally:
             _LIVE.discard(self)
 

@@ -34,7 +34,7 @@ from .db.migrate import migrate
 from .models import Notification
 from .simulator.devkit import apns_token, fcm_token
 
-__all__ = ["main"]
+__all__ = ["TIMING_SQL", "main", "start_postgres", "stop_process"]
 
 APNS_APP = "demo-ios"
 FCM_APP = "demo-android"
@@ -66,7 +66,7 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
-def _start_postgres(state: pathlib.Path) -> tuple[str, Any]:
+def start_postgres(state: pathlib.Path) -> tuple[str, Any]:
     given = env_flag("PUSHGRES_DSN")
     if given:
         return given, None
@@ -230,7 +230,7 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _stop(proc: subprocess.Popen[bytes] | None) -> int | None:
+def stop_process(proc: subprocess.Popen[bytes] | None) -> int | None:
     if proc is None:
         return None
     if proc.poll() is None:
@@ -246,7 +246,7 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> int | None:
 def _demo(args: argparse.Namespace, runner: asyncio.Runner) -> int:
     state = pathlib.Path(args.state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
-    dsn, server = _start_postgres(state)
+    dsn, server = start_postgres(state)
     where = "PUSHGRES_DSN" if server is None else f"embedded, {state / 'pgdata'}"
     _log(f"postgres: {where}")
     sim_dir = state / "sim"
@@ -278,11 +278,11 @@ def _demo(args: argparse.Namespace, runner: asyncio.Runner) -> int:
                     _log(
                         f"{name} CPU: {cpu_s:.1f}s, {cpu_s / total * 1e6:,.0f} µs per notification"
                     )
-            daemon_rc = _stop(daemon_proc)
+            daemon_rc = stop_process(daemon_proc)
             return runner.run(_summary(dsn, sim, lo, hi, total, daemon_rc or 0))
         finally:
-            _stop(daemon_proc)
-            _stop(sim_proc)
+            stop_process(daemon_proc)
+            stop_process(sim_proc)
             if server is not None:
                 server.cleanup()
 
