@@ -59,6 +59,7 @@ END_STREAM = ACK = 0x1
 END_HEADERS = 0x4
 PADDED = 0x8
 PRIORITY_FLAG = 0x20
+_PLAIN_HEADERS_MASK = END_HEADERS | PADDED | PRIORITY_FLAG
 
 # Error codes (RFC 9113 section 7).
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
@@ -250,17 +251,31 @@ class FastClientConnection(StreamBookkeeping):
         self._next_id = stream_id + 2
         flags = END_HEADERS if body else END_HEADERS | END_STREAM
         max_frame = self._peer_max_frame
+        stream = _Stream(self._peer_initial_window, self._local_initial_window)
+        self._streams[stream_id] = stream
+        size = len(body)
         if len(block) <= max_frame:
             n = len(block)
-            self._out.append(_FRAME.pack(n >> 8, n & 0xFF, HEADERS, flags, stream_id) + block)
+            frames = _FRAME.pack(n >> 8, n & 0xFF, HEADERS, flags, stream_id) + block
+            if (
+                0 < size <= max_frame
+                and size <= stream.send_window
+                and size <= self._send_conn_window
+            ):
+                # The common case: the whole body fits the windows, one DATA frame.
+                stream.send_window -= size
+                self._send_conn_window -= size
+                self._out.append(
+                    frames + _FRAME.pack(size >> 8, size & 0xFF, DATA, END_STREAM, stream_id) + body
+                )
+                return stream_id
+            self._out.append(frames)
         else:
             self._out.append(_frame(HEADERS, flags & END_STREAM, stream_id, block[:max_frame]))
             for start in range(max_frame, len(block), max_frame):
                 chunk = block[start : start + max_frame]
                 last = start + max_frame >= len(block)
                 self._out.append(_frame(CONTINUATION, END_HEADERS if last else 0, stream_id, chunk))
-        stream = _Stream(self._peer_initial_window, self._local_initial_window)
-        self._streams[stream_id] = stream
         if body:
             stream.pending = body
             self._send_pending(stream_id, stream)
@@ -304,6 +319,7 @@ class FastClientConnection(StreamBookkeeping):
         buf = self._buf
         buf += data
         events: list[Event] = []
+        streams = self._streams
         pos = 0
         end = len(buf)
         try:
@@ -320,6 +336,16 @@ class FastClientConnection(StreamBookkeeping):
                 stream_id = _U32.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
                 payload = bytes(buf[pos + 9 : pos + 9 + length])
                 pos += 9 + length
+                if (
+                    ftype == HEADERS
+                    and flags & _PLAIN_HEADERS_MASK == END_HEADERS
+                    and not self._cont_stream
+                    and stream_id in streams
+                ):
+                    # The common case (a response to an open stream, no padding, priority
+                    # or CONTINUATION): every check of _frame_received holds already.
+                    self._header_block(stream_id, flags, payload, events)
+                    continue
                 self._frame_received(ftype, flags, stream_id, payload, events)
                 if self._terminated:
                     break
