@@ -78,6 +78,7 @@ MAX_HEADER_LIST_BYTES: Final = 65_536  # what we advertise, as the h2 codec does
 MAX_HEADER_BLOCK_BYTES: Final = 2 * MAX_HEADER_LIST_BYTES  # bound on a CONTINUATION run
 _CACHE_LIMIT: Final = 512
 _DECODED_LIMIT: Final = 64
+_DECODED_MAX_BLOCK: Final = 1024  # bytes: the cache stays under 64 KiB
 
 _FRAME = struct.Struct(">HBBBL")  # length (high 16 bits, low 8 bits), type, flags, stream id
 _U32 = struct.Struct(">L")
@@ -478,7 +479,7 @@ class FastClientConnection(StreamBookkeeping):
         )
         if not unchanged:
             self._decoded.clear()
-        else:
+        elif len(block) <= _DECODED_MAX_BLOCK:
             if len(self._decoded) >= _DECODED_LIMIT:
                 self._decoded.clear()
             self._decoded[block] = result
