@@ -3,8 +3,10 @@
 ``Daemon.run()`` opens one TaskGroup holding, by name, a claimer per app, the LISTEN task, the
 maintenance task, the unknown-app sweeper and every in-flight batch. A claimer waits for send
 capacity (HTTP/2 stream credit summed over the app's pool, and the app's rate limit) *before*
-claiming, and claims no more rows than that capacity. Each batch holds its claim transaction
-while its rows are sent, then writes the outcomes and commits (see ``db/store.py``).
+claiming, and claims no more rows than that capacity plus one batch of look-ahead (claimed
+while the previous batch is on the wire, it takes the stream slots that batch's responses free
+up, so claims never leave the connections idle). Each batch holds its claim transaction while
+its rows are sent, then writes the outcomes and commits (see ``db/store.py``).
 
 ``stop()`` (SIGTERM/SIGINT) stops claiming; in-flight batches get ``shutdown_timeout_s`` to
 finish, after which their unfinished sends are cancelled and those rows go back to the queue
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 MIN_CLAIM_FRACTION = 4  # wait for at least batch_size / 4 free slots before claiming
 MAX_BATCHES_PER_APP = 8
+LOOKAHEAD_BATCHES = 1  # batches claimed beyond the pool's stream capacity
 MAINTENANCE_INTERVAL_S = 600.0
 UNKNOWN_APP_SWEEP_S = 10.0
 UNKNOWN_APP_SWEEP_LIMIT = 1000
@@ -262,9 +265,12 @@ class Daemon:
         name = app.config.name
         while not self._stopping.is_set():
             pool = app.sender.pool
-            free = pool.capacity() - app.in_flight
+            capacity = pool.capacity()
+            # One batch of look-ahead: the next batch is claimed while the current one is on
+            # the wire, and takes the stream slots its responses free up.
+            free = capacity + min(daemon.batch_size, capacity) * LOOKAHEAD_BATCHES - app.in_flight
             wanted = min(daemon.batch_size, free)
-            floor = max(1, min(daemon.batch_size, pool.capacity()) // MIN_CLAIM_FRACTION)
+            floor = max(1, min(daemon.batch_size, capacity) // MIN_CLAIM_FRACTION)
             if wanted < floor or app.batches >= MAX_BATCHES_PER_APP:
                 app.changed.clear()
                 await self._wait(app.changed, daemon.poll_interval_s)
