@@ -460,3 +460,16 @@ def test_every_state_input_pair(state: ConnState, event: ConnInput) -> None:
 
 def test_table_has_no_extra_entries() -> None:
     assert len(TRANSITIONS) == sum(len(v) for v in EXPECTED.values())
+
+
+def test_settings_and_ping_after_a_goaway_before_any_stream() -> None:
+    """RFC 9113 6.8: after GOAWAY the connection still carries SETTINGS and PING."""
+    client, server = connected()
+    _server_goaway(server, last_stream_id=0)
+    events = exchange(client, server)
+    assert any(isinstance(e, GoAwayReceived) for e in events)
+    server.h2.update_settings({SC.MAX_CONCURRENT_STREAMS: 7})
+    server.h2.ping(b"87654321")
+    events = exchange(client, server)  # no RemoteProtocolError
+    assert SettingsChanged(7) in events
+    assert client.is_closing and client.available_streams == 0

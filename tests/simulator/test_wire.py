@@ -127,11 +127,13 @@ async def test_connection_limits(sims: Simulators) -> None:
 
 
 async def test_goaway_after_seconds_graceful_with_in_flight(sims: Simulators) -> None:
-    sims.fcm.patch({"goaway_after_s": 0.1, "latency": {"dist": "fixed", "ms": 300}})
+    # The token and body are ready before connecting: the stream opens right after the
+    # handshake, well before the GOAWAY, even on a loaded machine.
+    access_token = await oauth_token(sims)
+    body = json.dumps({"message": {"token": devkit.fcm_token("ok", 1)}}).encode()
+    sims.fcm.patch({"goaway_after_s": 0.5, "latency": {"dist": "fixed", "ms": 1000}})
     client = await H2Client.connect(sims.fcm_port, sims.ca_file)
     try:
-        access_token = await oauth_token(sims)
-        body = json.dumps({"message": {"token": devkit.fcm_token("ok", 1)}}).encode()
         sid = client.start(fcm_headers("demo-project", access_token), body)
         await asyncio.wait_for(client.closed.wait(), 5)
         assert client.goaway is not None and client.goaway.last_stream_id == sid

@@ -323,7 +323,10 @@ class _H2Connection(h2.connection.H2Connection):
     def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
         before = self.state_machine.state
         result: tuple[list[Any], list[Any]] = super()._receive_goaway_frame(frame)
-        if before is h2.connection.ConnectionState.CLIENT_OPEN:
+        if before in (
+            h2.connection.ConnectionState.CLIENT_OPEN,
+            h2.connection.ConnectionState.IDLE,  # GOAWAY before our first stream
+        ):
             self.state_machine.state = before
         return result
 

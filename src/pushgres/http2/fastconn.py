@@ -355,7 +355,10 @@ class FastClientConnection(StreamBookkeeping):
             self._terminated = True
             self._out.append(_frame(GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(exc.code)))
             raise RemoteProtocolError(f"peer violated HTTP/2: {exc}", error_code=exc.code) from None
-        del buf[:pos]
+        if self._terminated:
+            del buf[:]  # after an error GOAWAY nothing more will be read
+        else:
+            del buf[:pos]
         return events
 
     def _frame_received(
