@@ -436,11 +436,3 @@ def test_per_message_values_of_every_length_decode(size: int) -> None:
     assert result == fields
     never = {h[0] for h in result if isinstance(h, hpack.NeverIndexedHeaderTuple)}
     assert never == {b":path", b"apns-id", b"apns-collapse-id"}
-
-
-def test_the_buffer_is_released_after_an_error_goaway() -> None:
-    client = ready_client()
-    tail = frame(0, 0, 1, b"x" * 100)[:50]  # the start of a frame that will never be read
-    events = client.receive_data(frame(7, 0, 0, struct.pack(">II", 0, 2)) + tail)
-    assert [type(e).__name__ for e in events] == ["GoAwayReceived", "ConnectionClosed"]
-    assert len(client._buf) == 0
