@@ -156,7 +156,7 @@ class Daemon:
         self._settings = settings
         self._rng = rng or random.Random()
         self._stopping = asyncio.Event()
-        self._abort = asyncio.Event()
+        self._abort: asyncio.Future[None] | None = None  # done at the shutdown deadline
         self._batch_done = asyncio.Event()
         self._apps: list[_AppRuntime] = []
         self._store: Store | None = None
@@ -177,6 +177,7 @@ class Daemon:
 
     async def run(self) -> None:
         settings = self._settings
+        self._abort = asyncio.get_running_loop().create_future()
         senders = [build_sender(app, settings.daemon.request_timeout_s) for app in settings.apps]
         self._apps = [
             _AppRuntime(app, sender) for app, sender in zip(settings.apps, senders, strict=True)
@@ -247,7 +248,8 @@ class Daemon:
                 logger.warning(
                     "shutdown deadline reached: cancelling unfinished sends, their rows stay queued"
                 )
-                self._abort.set()
+                if self._abort is not None and not self._abort.done():
+                    self._abort.set_result(None)
                 return
             self._batch_done.clear()
             with contextlib.suppress(TimeoutError):

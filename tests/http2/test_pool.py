@@ -536,13 +536,13 @@ async def test_send_batch_abort_resets_unfinished_streams(
         FaultServer(server_ssl_context(certs), handler=handler, max_concurrent_streams=2) as server,
         make_pool(server.port, client_ssl, max_connections=1) as pool,
     ):
-        abort = asyncio.Event()
+        abort: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         paths = [b"/ok", b"/blackhole", b"/blackhole", b"/ok"]
         requests = [(headers(server.port, p), b"x") for p in paths]
         task = asyncio.ensure_future(pool.send_batch(requests, timeout_s=30, abort=abort))
         await asyncio.sleep(0.2)
         assert not task.done()
-        abort.set()
+        abort.set_result(None)
         results = await asyncio.wait_for(task, 2)
         assert isinstance(results[0], Response)
         # Both slots are held by the blackholed streams: the last request never left.

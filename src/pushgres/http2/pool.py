@@ -401,7 +401,7 @@ class Http2Pool:
         requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]],
         *,
         timeout_s: float,
-        abort: asyncio.Event | None = None,
+        abort: asyncio.Future[None] | None = None,
     ) -> list[BatchResult]:
         """Send every ``(headers, body)`` concurrently; return one result per request, in order.
 
@@ -420,16 +420,14 @@ class Http2Pool:
         * :class:`StreamReset`, :class:`ConnectionLost`: the outcome is unknown;
         * :class:`RequestRejected` when the request cannot be encoded for this peer;
         * :class:`PoolClosed` for requests not yet sent when the pool closes, and for every
-          unfinished request once ``abort`` is set (its stream is reset).
+          unfinished request once ``abort`` is done (its stream is reset).
         """
         if self._state is not PoolState.OPENED:
             return [PoolClosed(f"pool {self.name} is {self._state.value}")] * len(requests)
         loop = asyncio.get_running_loop()
         batch = _Batch(self, len(requests))
-        abort_task = None
         if abort is not None:
-            abort_task = asyncio.ensure_future(abort.wait())
-            abort_task.add_done_callback(batch.wake)
+            abort.add_done_callback(batch.wake)
         waiter: asyncio.Future[None] | None = None
         queued = False  # whether ``waiter`` is among the pool's slot waiters
         try:
@@ -437,7 +435,7 @@ class Http2Pool:
                 while batch.remaining:
                     if batch.pending and self._state is PoolState.OPENED:
                         self._fill(batch, requests)
-                    if abort is not None and abort.is_set():
+                    if abort is not None and abort.done():
                         batch.give_up(PoolClosed(f"pool {self.name}: sending aborted"))
                         break
                     if self._state is not PoolState.OPENED:
@@ -471,8 +469,8 @@ class Http2Pool:
                 except ValueError:
                     pass
             batch.cancel_streams()
-            if abort_task is not None:
-                abort_task.cancel()
+            if abort is not None:
+                abort.remove_done_callback(batch.wake)
         return batch.results  # type: ignore[return-value]  # every entry is set by now
 
     def _fill(
