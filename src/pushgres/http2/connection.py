@@ -76,6 +76,7 @@ DEFAULT_INITIAL_WINDOW_BYTES: Final = 1 << 20  # per stream, advertised in our S
 DEFAULT_CONNECTION_WINDOW_BYTES: Final = 1 << 24  # whole connection, via WINDOW_UPDATE
 MAX_STREAM_ID: Final = (1 << 31) - 1
 _DEFAULT_WINDOW_BYTES: Final = 65_535  # RFC 9113 initial connection window
+_MAX_WINDOW_BYTES: Final = (1 << 31) - 1  # RFC 9113 6.9.1
 _MAX_HEADER_LIST_BYTES: Final = 65_536  # h2's own default, kept when we replace the settings
 
 # Values that change with every message: never-indexed keeps them out of the peer's small
@@ -211,10 +212,18 @@ class StreamBookkeeping(abc.ABC):
     :meth:`_connection_window_empty` and :attr:`next_stream_id_exhausted`.
     """
 
-    def __init__(self, max_streams: int) -> None:
+    def __init__(
+        self, max_streams: int, initial_window_bytes: int, connection_window_bytes: int
+    ) -> None:
         if max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {max_streams}")
+        if not 0 <= initial_window_bytes <= _MAX_WINDOW_BYTES:
+            raise ValueError(f"initial_window_bytes out of range: {initial_window_bytes}")
+        if not _DEFAULT_WINDOW_BYTES <= connection_window_bytes <= _MAX_WINDOW_BYTES:
+            raise ValueError(f"connection_window_bytes out of range: {connection_window_bytes}")
         self._cap = max_streams
+        self._initial_window = initial_window_bytes  # advertised per stream
+        self._connection_window = connection_window_bytes  # the connection's receive window
         self._streams: dict[int, Any] = {}
         self._blocked: dict[int, None] = {}  # ordered set of streams with a pending body
         self._is_ready = False
@@ -375,7 +384,7 @@ class H2ClientConnection(StreamBookkeeping):
         connection_window_bytes: int = DEFAULT_CONNECTION_WINDOW_BYTES,
         log: logging.Logger | None = None,
     ) -> None:
-        super().__init__(max_streams)
+        super().__init__(max_streams, initial_window_bytes, connection_window_bytes)
         # Outbound validation re-checks every header of every request (a large share of
         # h2's per-request cost, protocol.md E); our request builders emit valid headers.
         # Inbound validation stays on: the peer is not trusted.
@@ -383,8 +392,6 @@ class H2ClientConnection(StreamBookkeeping):
             client_side=True, header_encoding=None, validate_outbound_headers=False
         )
         self._h2 = _H2Connection(config=config)
-        self._initial_window = initial_window_bytes
-        self._connection_window = connection_window_bytes
         self._log = log if log is not None else _null_logger()
 
     # -- commands -------------------------------------------------------------------------

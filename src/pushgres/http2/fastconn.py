@@ -162,13 +162,8 @@ class FastClientConnection(StreamBookkeeping):
         connection_window_bytes: int = DEFAULT_CONNECTION_WINDOW_BYTES,
         log: logging.Logger | None = None,
     ) -> None:
-        super().__init__(max_streams)
-        if not 0 <= initial_window_bytes <= MAX_WINDOW:
-            raise ValueError(f"initial_window_bytes out of range: {initial_window_bytes}")
-        if not DEFAULT_WINDOW <= connection_window_bytes <= MAX_WINDOW:
-            raise ValueError(f"connection_window_bytes out of range: {connection_window_bytes}")
-        self._local_initial_window = initial_window_bytes
-        self._local_conn_window = connection_window_bytes
+        super().__init__(max_streams, initial_window_bytes, connection_window_bytes)
+        del log  # accepted for the shared signature: nothing here is worth logging
         self._out: list[bytes] = []
         self._buf = bytearray()
         self._streams: dict[int, _Stream] = {}
@@ -201,12 +196,12 @@ class FastClientConnection(StreamBookkeeping):
             _SETTING.pack(key, value)
             for key, value in (
                 (S_ENABLE_PUSH, 0),
-                (S_INITIAL_WINDOW_SIZE, self._local_initial_window),
+                (S_INITIAL_WINDOW_SIZE, self._initial_window),
                 (S_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_BYTES),
             )
         )
         self._out.append(PREFACE + _frame(SETTINGS, 0, 0, settings))
-        increment = self._local_conn_window - DEFAULT_WINDOW
+        increment = self._connection_window - DEFAULT_WINDOW
         if increment > 0:
             self._recv_conn_window += increment
             self._out.append(_frame(WINDOW_UPDATE, 0, 0, _U32.pack(increment)))
@@ -252,7 +247,7 @@ class FastClientConnection(StreamBookkeeping):
         self._next_id = stream_id + 2
         flags = END_HEADERS if body else END_HEADERS | END_STREAM
         max_frame = self._peer_max_frame
-        stream = _Stream(self._peer_initial_window, self._local_initial_window)
+        stream = _Stream(self._peer_initial_window, self._initial_window)
         self._streams[stream_id] = stream
         size = len(body)
         if len(block) <= max_frame:
@@ -518,7 +513,7 @@ class FastClientConnection(StreamBookkeeping):
         # Connection credit goes back in halves of the window, every byte of it: an unread
         # error body or a cancelled stream never shrinks the window (protocol.md A.3).
         self._recv_conn_unacked += length
-        if self._recv_conn_unacked >= self._local_conn_window >> 1:
+        if self._recv_conn_unacked >= self._connection_window >> 1:
             self._out.append(_frame(WINDOW_UPDATE, 0, 0, _U32.pack(self._recv_conn_unacked)))
             self._recv_conn_window += self._recv_conn_unacked
             self._recv_conn_unacked = 0

@@ -41,7 +41,11 @@ class Sender(Protocol):
     pool: Http2Pool
 
     async def send_batch(
-        self, rows: Sequence[ClaimedRow], *, now: dt.datetime, abort: asyncio.Future[None] | None = None
+        self,
+        rows: Sequence[ClaimedRow],
+        *,
+        now: dt.datetime,
+        abort: asyncio.Future[None] | None = None,
     ) -> list[Outcome]:
         """One outcome per row, in order; never raises for a provider or transport failure."""
         ...
@@ -90,7 +94,11 @@ class _BatchSender(abc.ABC):
         return outcome
 
     async def send_batch(
-        self, rows: Sequence[ClaimedRow], *, now: dt.datetime, abort: asyncio.Future[None] | None = None
+        self,
+        rows: Sequence[ClaimedRow],
+        *,
+        now: dt.datetime,
+        abort: asyncio.Future[None] | None = None,
     ) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(rows)
         built: list[tuple[int, Request]] = []
