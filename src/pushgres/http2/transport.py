@@ -184,9 +184,7 @@ class Http2Protocol(asyncio.Protocol):
             raise LocalProtocolError(f"connection {self.connection_id} is {self.state.value}")
         stream_id = self.conn.start_request(headers, body)
         self._streams[stream_id] = (callback, token)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._schedule_flush()
         return stream_id
 
     def submit_future(
