@@ -134,6 +134,22 @@ async def wait_terminal(
         await conn.close()
 
 
+async def assert_each_row_queued_or_done(dsn: str, ids: Sequence[int]) -> None:
+    """Nothing is lost: every id is in exactly one of the queue and the results."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT i.id, (SELECT count(*) FROM pushgres.queue q WHERE q.id = i.id) AS queued,"
+            " (SELECT count(*) FROM pushgres.results r WHERE r.id = i.id) AS done"
+            " FROM unnest($1::bigint[]) AS i(id)",
+            list(ids),
+        )
+    finally:
+        await conn.close()
+    wrong = [(r["id"], r["queued"], r["done"]) for r in rows if r["queued"] + r["done"] != 1]
+    assert not wrong, f"{len(wrong)} rows not exactly once in queue or results: {wrong[:10]}"
+
+
 @contextlib.asynccontextmanager
 async def running_daemon(settings: Settings) -> AsyncIterator[Daemon]:
     """A daemon running in this event loop; stopped (drained) when the block exits."""

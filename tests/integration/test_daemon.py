@@ -15,6 +15,7 @@ from pushgres.simulator import devkit
 
 from .harness import (
     apns,
+    assert_each_row_queued_or_done,
     enqueue,
     fcm,
     running_daemon,
@@ -305,7 +306,12 @@ async def test_expired_provider_token_gets_a_new_connection(env: dict[str, Any])
     assert sims.apns.counters["connections_opened"] == 2
 
 
-async def test_sends_past_the_shutdown_deadline_go_back_to_the_queue(env: dict[str, Any]) -> None:
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "dedupe-keys"])
+async def test_sends_past_the_shutdown_deadline_go_back_to_the_queue(
+    env: dict[str, Any], keyed: bool
+) -> None:
+    # With dedupe keys: the re-inserted row holds its own key and must not be taken for a
+    # duplicate of itself (it used to vanish: no queue row, no result).
     sims = env["sims"]
     config = write_config(
         env["tmp"] / "deadline.toml",
@@ -316,7 +322,8 @@ async def test_sends_past_the_shutdown_deadline_go_back_to_the_queue(env: dict[s
     )
     sims.apns.patch({"latency": {"dist": "fixed", "ms": 4000}})
     tokens = [devkit.apns_token("ok", 8000 + i) for i in range(50)]
-    ids = await enqueue(env["dsn"], [apns(t) for t in tokens])
+    extra = [{"dedupe_key": f"k-{i}"} if keyed else {} for i in range(len(tokens))]
+    ids = await enqueue(env["dsn"], [apns(t, **e) for t, e in zip(tokens, extra, strict=True)])
     async with running_daemon(settings_for(config)) as daemon:
         while sims.apns.counters.get("streams", 0) < 2:
             await asyncio.sleep(0.02)
@@ -326,6 +333,7 @@ async def test_sends_past_the_shutdown_deadline_go_back_to_the_queue(env: dict[s
     try:
         rows = await conn.fetch("SELECT attempts, last_reason FROM pushgres.queue")
         assert len(rows) == len(ids)  # nothing lost, nothing half-written
+        await assert_each_row_queued_or_done(env["dsn"], ids)
         assert all(r["attempts"] == 0 for r in rows)  # an interrupted send is no attempt
         assert await conn.fetchval("SELECT count(*) FROM pushgres.results") == 0
     finally:

@@ -15,6 +15,7 @@ from pushgres.simulator import devkit
 
 from .harness import (
     apns,
+    assert_each_row_queued_or_done,
     enqueue,
     fcm,
     start_daemon_process,
@@ -51,7 +52,8 @@ async def test_sigkill_mid_batch_loses_nothing(env: dict[str, Any]) -> None:
     tokens = [devkit.apns_token("ok", 20_000 + i) for i in range(2000)] + [
         devkit.fcm_token("ok", 20_000 + i) for i in range(2000)
     ]
-    items = [apns(t) if i < 2000 else fcm(t) for i, t in enumerate(tokens)]
+    # Half the rows carry dedupe keys: a rolled-back claim must bring them back as they were.
+    items = [apns(t, dedupe_key=f"kill-{i}") if i < 2000 else fcm(t) for i, t in enumerate(tokens)]
     ids = await enqueue(env["dsn"], items)
     conn = await asyncpg.connect(env["dsn"])
     try:
@@ -62,6 +64,7 @@ async def test_sigkill_mid_batch_loses_nothing(env: dict[str, Any]) -> None:
             await asyncio.sleep(0.05)
         stop_process(first, signal.SIGKILL)
         killed_at = dt.datetime.now(dt.UTC)
+        await assert_each_row_queued_or_done(env["dsn"], ids)
         committed = {r["id"] for r in await conn.fetch("SELECT id FROM pushgres.results")}
         second = start_daemon_process(env["config"], env["tmp"] / "daemon2.log")
         try:
@@ -90,7 +93,7 @@ async def test_second_signal_exits_at_once_and_loses_nothing(env: dict[str, Any]
     sims = env["sims"]
     sims.apns.patch({"latency": {"dist": "fixed", "ms": 3000}})
     tokens = [devkit.apns_token("ok", 30_000 + i) for i in range(300)]
-    ids = await enqueue(env["dsn"], [apns(t) for t in tokens])
+    ids = await enqueue(env["dsn"], [apns(t, dedupe_key=f"sig-{t}") for t in tokens])
     proc = start_daemon_process(env["config"], env["tmp"] / "daemon1.log")
     deadline = time.monotonic() + 30
     while sims.apns.counters.get("streams", 0) < 50:
@@ -102,6 +105,7 @@ async def test_second_signal_exits_at_once_and_loses_nothing(env: dict[str, Any]
     proc.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(proc.wait, 10)
     assert code != 0 and time.monotonic() - started < 2.5  # did not wait for the 3 s sends
+    await assert_each_row_queued_or_done(env["dsn"], ids)
     sims.apns.patch({"latency": None})
     second = start_daemon_process(env["config"], env["tmp"] / "daemon2.log")
     try:
