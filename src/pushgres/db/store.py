@@ -158,6 +158,8 @@ class Store:
         statement_ms = str(int(statement_timeout_s * 1000))
 
         async def setup(conn: asyncpg.Connection) -> None:
+            # On every acquire, not once per connection: the pool's release runs RESET ALL,
+            # which would leave every later use unmarked and without timeouts.
             await conn.execute(QUERIES["session_setup"], idle_ms, statement_ms)
 
         with map_db_errors("connecting to PostgreSQL"):
@@ -165,7 +167,7 @@ class Store:
                 dsn,
                 min_size=1,
                 max_size=max_size,
-                init=setup,
+                setup=setup,
                 timeout=connect_timeout_s,
                 command_timeout=statement_timeout_s + 5,
             )
