@@ -23,7 +23,7 @@ from pushgres.exceptions import (
     StreamReset,
 )
 from pushgres.http2.codecs import CODECS
-from pushgres.http2.pool import Http2Pool, PoolSettings, PoolState, Response
+from pushgres.http2.pool import Http2Pool, PoolSettings, PoolState, Response, Stragglers
 from pushgres.http2.tls import make_ssl_context
 
 from .servers import (
@@ -556,3 +556,76 @@ async def test_send_batch_on_a_closed_pool(certs: Certs, client_ssl: ssl.SSLCont
     pool = make_pool(1, client_ssl)
     results = await pool.send_batch([(headers(1), b"x")] * 2, timeout_s=1)
     assert [type(r) for r in results] == [PoolClosed, PoolClosed]
+
+
+async def test_stragglers_do_not_hold_back_the_batch(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    def handler(request: Request) -> None:
+        if request.path == b"/late":
+            request.conn.respond_later(0.4, request.stream_id, 200, b"late")
+        elif request.path != b"/blackhole":
+            echo(request)
+
+    async with (
+        FaultServer(server_ssl_context(certs), handler=handler) as server,
+        make_pool(server.port, client_ssl, max_connections=1) as pool,
+    ):
+        paths = [b"/ok"] * 100
+        paths[10], paths[50], paths[90] = b"/blackhole", b"/late", b"/blackhole"
+        requests = [(headers(server.port, p), b"%d" % i) for i, p in enumerate(paths)]
+        late: dict[int, list[object]] = {}
+        arrived = asyncio.Event()
+
+        def on_late(index: int, result: object) -> None:
+            late.setdefault(index, []).append(result)
+            if len(late) == 3:
+                arrived.set()
+
+        started = time.monotonic()
+        results = await pool.send_batch(
+            requests, timeout_s=1.5, stragglers=Stragglers(on_late=on_late, min_wait_s=0.05)
+        )
+        assert time.monotonic() - started < 0.35  # neither the late nor the dead ones waited
+        assert [i for i, r in enumerate(results) if r is None] == [10, 50, 90]
+        assert all(isinstance(r, Response) and r.status == 200 for r in results if r is not None)
+        assert pool.in_flight() == 3  # the stragglers keep their streams
+        await asyncio.wait_for(arrived.wait(), 3)
+        assert time.monotonic() - started >= 1.4  # the dead ones ran to the batch deadline
+        assert isinstance(late[50][0], Response) and late[50][0].body == b"late"
+        assert isinstance(late[10][0], RequestTimeout) and isinstance(late[90][0], RequestTimeout)
+        await asyncio.sleep(0.1)
+        assert all(len(v) == 1 for v in late.values())  # each exactly once
+        assert pool.in_flight() == 0 and pool.stats()["timeouts"] == 2
+        assert sorted(s for s, _ in server.connections[0].resets) == [21, 181]
+
+
+async def test_detached_stragglers_end_when_sending_is_aborted(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    def handler(request: Request) -> None:
+        if request.path != b"/blackhole":
+            echo(request)
+
+    async with (
+        FaultServer(server_ssl_context(certs), handler=handler) as server,
+        make_pool(server.port, client_ssl, max_connections=1) as pool,
+    ):
+        abort: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        paths = [b"/ok"] * 30 + [b"/blackhole"]
+        requests = [(headers(server.port, p), b"x") for p in paths]
+        late: list[tuple[int, object]] = []
+        results = await pool.send_batch(
+            requests,
+            timeout_s=30,
+            abort=abort,
+            stragglers=Stragglers(on_late=lambda i, r: late.append((i, r)), min_wait_s=0.01),
+        )
+        assert results[-1] is None and late == []
+        abort.set_result(None)
+        await asyncio.sleep(0.01)  # the abort's callbacks run soon, not at once
+        assert len(late) == 1 and late[0][0] == 30 and isinstance(late[0][1], PoolClosed)
+        assert pool.in_flight() == 0
+        # Without a straggler policy, a batch never returns early.
+        results2 = await pool.send_batch(requests[:2], timeout_s=5)
+        assert all(isinstance(r, Response) for r in results2)

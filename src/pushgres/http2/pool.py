@@ -24,10 +24,10 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, overload
 
 from ..exceptions import (
     ConfigError,
@@ -61,6 +61,7 @@ __all__ = [
     "PoolSettings",
     "PoolState",
     "Response",
+    "Stragglers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,23 +132,48 @@ class Response:
 BatchResult = Response | TransportError
 """What :meth:`Http2Pool.send_batch` reports per request: the response or why there is none."""
 
+LateResult = Callable[[int, BatchResult], None]
+"""Called once per straggler, with its index in the batch, when its result comes."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stragglers:
+    """When :meth:`Http2Pool.send_batch` may return before its slowest requests are answered.
+
+    Once every request is on a stream and at most ``max_fraction`` of the batch (at least one
+    request) is still unanswered, the batch waits as long again as it took to get there (at
+    least ``min_wait_s``), then returns with ``None`` in the stragglers' places. Their streams
+    stay open under the same deadline, and ``on_late`` receives each one's result — response,
+    timeout, reset, abort — exactly once. One unanswered stream then never holds back the rest
+    of its batch.
+    """
+
+    on_late: LateResult
+    max_fraction: float = 0.05
+    min_wait_s: float = 0.05
+
 
 class _Batch:
     """Bookkeeping of one :meth:`Http2Pool.send_batch` call: results by index, open streams."""
 
     __slots__ = (
+        "abort",
         "attempts",
         "avoid",
         "changed",
         "counters",
+        "expiry",
+        "late",
         "pending",
+        "quorum",
+        "quorum_at",
         "remaining",
         "results",
         "retries",
         "streams",
     )
 
-    def __init__(self, pool: Http2Pool, size: int) -> None:
+    def __init__(self, pool: Http2Pool, size: int, stragglers: Stragglers | None) -> None:
         self.results: list[BatchResult | None] = [None] * size
         self.streams: list[tuple[Http2Protocol, int] | None] = [None] * size
         self.pending: deque[int] = deque(range(size))
@@ -157,6 +183,13 @@ class _Batch:
         self.changed: asyncio.Future[None] | None = None
         self.counters = pool._counters
         self.retries = pool._settings.unprocessed_retries
+        # Stragglers: ``quorum`` unanswered requests or fewer let the batch return early;
+        # ``late`` is set once it has, and then receives every result still to come.
+        self.quorum = max(1, int(size * stragglers.max_fraction)) if stragglers else -1
+        self.quorum_at: float | None = None
+        self.late: LateResult | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+        self.abort: asyncio.Future[None] | None = None
 
     def wake(self, _: object = None) -> None:
         changed = self.changed
@@ -169,17 +202,15 @@ class _Batch:
         """The :data:`~pushgres.http2.transport.ResultCallback` of every stream of the batch."""
         self.streams[index] = None
         if isinstance(result, ResponseReceived):
-            self.results[index] = Response(
-                result.status, dict(result.headers), result.body, conn.connection_id
+            self.settle(
+                index,
+                Response(result.status, dict(result.headers), result.body, conn.connection_id),
             )
-            self.remaining -= 1
-            if not self.remaining:
-                self.wake()
             return
         if isinstance(result, StreamRefused):
             self.counters["refused"] += 1
             attempts = self.attempts.get(index, 0) + 1
-            if attempts <= self.retries:
+            if attempts <= self.retries and self.late is None:
                 self.attempts[index] = attempts
                 self.avoid[index] = conn.connection_id
                 self.pending.append(index)
@@ -190,10 +221,40 @@ class _Batch:
         self.settle(index, result)
 
     def settle(self, index: int, result: BatchResult) -> None:
-        self.results[index] = result
         self.remaining -= 1
-        if not self.remaining:
+        late = self.late
+        if late is not None:
+            if not self.remaining:
+                self.finish_late()
+            late(index, result)
+            return
+        self.results[index] = result
+        if not self.remaining or self.remaining == self.quorum:
             self.wake()
+
+    def detach(self, on_late: LateResult, deadline: float) -> None:
+        """Return now; the stragglers' results go to ``on_late`` (see :class:`Stragglers`)."""
+        self.late = on_late
+        self.changed = None
+        self.expiry = asyncio.get_running_loop().call_at(deadline, self.expire)
+        if self.abort is not None:
+            self.abort.add_done_callback(self.aborted)
+
+    def expire(self) -> None:
+        """The deadline of a detached batch: its stragglers time out (streams reset)."""
+        self.expiry = None
+        self.counters["timeouts"] += self.remaining
+        self.give_up(RequestTimeout("no response before the batch deadline"))
+
+    def aborted(self, _: object = None) -> None:
+        self.give_up(PoolClosed("sending aborted"))
+
+    def finish_late(self) -> None:
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        if self.abort is not None:
+            self.abort.remove_done_callback(self.aborted)
 
     def fail_pending(self, error: TransportError) -> None:
         """Requests not yet on a stream end with ``error``."""
@@ -203,6 +264,13 @@ class _Batch:
     def give_up(self, error: TransportError) -> None:
         """Everything unfinished ends with ``error``; open streams are reset."""
         self.fail_pending(error)
+        if self.late is not None:
+            for index, entry in enumerate(self.streams):
+                if entry is not None:
+                    self.streams[index] = None
+                    entry[0].cancel(entry[1])
+                    self.settle(index, error)
+            return
         self.cancel_streams()
         for index, result in enumerate(self.results):
             if result is None:
@@ -396,13 +464,34 @@ class Http2Pool:
             raise result
         return result
 
+    @overload
     async def send_batch(
         self,
         requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]],
         *,
         timeout_s: float,
         abort: asyncio.Future[None] | None = None,
-    ) -> list[BatchResult]:
+        stragglers: None = None,
+    ) -> list[BatchResult]: ...
+
+    @overload
+    async def send_batch(
+        self,
+        requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]],
+        *,
+        timeout_s: float,
+        abort: asyncio.Future[None] | None = None,
+        stragglers: Stragglers,
+    ) -> list[BatchResult | None]: ...
+
+    async def send_batch(
+        self,
+        requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]],
+        *,
+        timeout_s: float,
+        abort: asyncio.Future[None] | None = None,
+        stragglers: Stragglers | None = None,
+    ) -> list[BatchResult] | list[BatchResult | None]:
         """Send every ``(headers, body)`` concurrently; return one result per request, in order.
 
         The batch is the unit of bookkeeping: one deadline (``timeout_s``, covering waiting
@@ -421,17 +510,26 @@ class Http2Pool:
         * :class:`RequestRejected` when the request cannot be encoded for this peer;
         * :class:`PoolClosed` for requests not yet sent when the pool closes, and for every
           unfinished request once ``abort`` is done (its stream is reset).
+
+        With ``stragglers``, the call may return early with ``None`` in the places of a few
+        unanswered requests, whose results then reach ``stragglers.on_late``.
         """
         if self._state is not PoolState.OPENED:
-            return [PoolClosed(f"pool {self.name} is {self._state.value}")] * len(requests)
+            closed: list[BatchResult] = [PoolClosed(f"pool {self.name} is {self._state.value}")]
+            return closed * len(requests)
         loop = asyncio.get_running_loop()
-        batch = _Batch(self, len(requests))
+        started = loop.time()
+        deadline = started + timeout_s
+        batch = _Batch(self, len(requests), stragglers)
+        batch.abort = abort
         if abort is not None:
             abort.add_done_callback(batch.wake)
         waiter: asyncio.Future[None] | None = None
         queued = False  # whether ``waiter`` is among the pool's slot waiters
+        detach_at = math.inf
+        detach_timer: asyncio.TimerHandle | None = None
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout_at(deadline):
                 while batch.remaining:
                     if batch.pending and self._state is PoolState.OPENED:
                         self._fill(batch, requests)
@@ -441,6 +539,15 @@ class Http2Pool:
                     if self._state is not PoolState.OPENED:
                         batch.fail_pending(PoolClosed(f"pool {self.name} is closing"))
                         if not batch.remaining:
+                            break
+                    if stragglers is not None and not batch.pending:
+                        now = loop.time()
+                        if batch.quorum_at is None and batch.remaining <= batch.quorum:
+                            batch.quorum_at = now
+                            detach_at = now + max(stragglers.min_wait_s, now - started)
+                            detach_timer = loop.call_at(detach_at, batch.wake)
+                        elif now >= detach_at:
+                            batch.detach(stragglers.on_late, deadline)
                             break
                     waiter = loop.create_future()
                     batch.changed = waiter
@@ -458,8 +565,11 @@ class Http2Pool:
                 batch.fail_pending(connect_error)
             batch.give_up(RequestTimeout(f"no response within {timeout_s}s (pool {self.name})"))
         finally:
-            # Runs on cancellation too: no stream of this batch stays open.
+            # Runs on cancellation too: no stream of this batch stays open, but for the
+            # stragglers of a detached batch, which its deadline timer owns now.
             batch.changed = None
+            if detach_timer is not None:
+                detach_timer.cancel()
             if waiter is not None and queued:
                 if waiter.done() and not waiter.cancelled() and batch.pending:
                     self._wake(1)  # we were handed a slot we will not use: pass it on
@@ -468,10 +578,11 @@ class Http2Pool:
                     self._waiters.remove(waiter)
                 except ValueError:
                     pass
-            batch.cancel_streams()
+            if batch.late is None:
+                batch.cancel_streams()
             if abort is not None:
                 abort.remove_done_callback(batch.wake)
-        return batch.results  # type: ignore[return-value]  # every entry is set by now
+        return batch.results  # every entry is set by now, but for detached stragglers
 
     def _fill(
         self, batch: _Batch, requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]]
