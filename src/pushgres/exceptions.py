@@ -63,7 +63,15 @@ class SchemaError(PushgresError):
 
 
 class StoreError(PushgresError):
-    """A database operation failed; the work it belonged to is retried later."""
+    """A database operation failed; the work it belonged to is retried later.
+
+    ``unavailable`` is true when the database could not be reached at all (connection lost or
+    refused, server shutting down): the store logs that once per outage, not per failure.
+    """
+
+    def __init__(self, message: str, *, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
 
 
 class EnqueueError(PushgresError):

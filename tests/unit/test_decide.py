@@ -7,7 +7,8 @@ import random
 
 from pushgres.config import RetryConfig
 from pushgres.models import Action, Outcome, Status
-from pushgres.pipeline.decide import decide, skip_reason
+from pushgres.pipeline.decide import decide
+from pushgres.pipeline.stages import NotSendable
 from pushgres.retry import backoff_s, parse_retry_after
 
 from .test_apns_protocol import NOW, row
@@ -73,12 +74,24 @@ def test_local_failure_reason_carries_detail() -> None:
     assert d.result is not None and d.result.reason == "PayloadTooLarge: payload is 5000 bytes"
 
 
-def test_skip_reasons() -> None:
-    assert skip_reason(row()) is None
-    expired = skip_reason(row(is_expired=True))
-    assert expired is not None and expired.status == Status.EXPIRED
-    invalid = skip_reason(row(is_token_invalid=True))
-    assert invalid is not None and invalid.status == Status.TOKEN_INVALID
+def test_the_first_stage_settles_rows_that_must_not_be_sent() -> None:
+    rows = [
+        row(id=1),
+        row(id=2, is_expired=True),
+        row(id=3, is_token_invalid=True),
+        # A straggler's lease ran out on its last attempt.
+        row(id=4, attempts=3, max_attempts=3, last_reason="RequestTimeout: no response"),
+    ]
+    keep, settled = NotSendable().sift(rows, NOW)
+    assert [r.id for r in keep] == [1]
+    results = [d.result for d in settled]
+    assert [(r.row.id, r.status) for r in results if r is not None] == [
+        (2, Status.EXPIRED),
+        (3, Status.TOKEN_INVALID),
+        (4, Status.FAILED),
+    ]
+    assert results[2] is not None and results[2].reason == "RequestTimeout: no response"
+    assert all(d.requeue is None for d in settled)
 
 
 def test_backoff_is_bounded_full_jitter() -> None:

@@ -1,13 +1,13 @@
-"""The claim query returns its columns in :class:`ClaimedRow`'s field order (rows are built
-positionally from claimed records)."""
+"""The SQL statements name exactly the columns of ``db/columns.py``, in the same order."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 
+from pushgres.db.columns import CLAIM_FLAGS, QUEUE_COLUMNS, REQUEUE_COLUMNS, RESULT_COLUMNS
 from pushgres.db.queries import QUERIES
-from pushgres.models import ClaimedRow
+from pushgres.models import ClaimedRow, ResultRecord
 
 
 def _returning_names(sql: str) -> list[str]:
@@ -28,6 +28,21 @@ def _returning_names(sql: str) -> list[str]:
     return out
 
 
-def test_claim_batch_returns_the_fields_in_order() -> None:
+def test_claims_return_the_claimed_row_fields_in_order() -> None:
     fields = [f.name for f in dataclasses.fields(ClaimedRow)]
+    assert fields == [*QUEUE_COLUMNS, *CLAIM_FLAGS]
     assert _returning_names(QUERIES["claim_batch"]) == fields
+    assert _returning_names(QUERIES["claim_unknown_app"]) == fields
+
+
+def test_requeue_takes_its_arrays_in_column_order() -> None:
+    alias = re.search(r"AS t\(([^)]*)\)", QUERIES["requeue"])
+    assert alias is not None
+    assert [c.strip() for c in alias.group(1).split(",")] == list(REQUEUE_COLUMNS)
+    assert REQUEUE_COLUMNS == tuple("delay_s" if c == "send_at" else c for c in QUEUE_COLUMNS)
+
+
+def test_result_columns_are_the_row_then_the_outcome() -> None:
+    outcome = [f.name for f in dataclasses.fields(ResultRecord) if f.name != "row"]
+    assert list(RESULT_COLUMNS[-len(outcome) :]) == outcome
+    assert set(RESULT_COLUMNS[: -len(outcome)]) <= set(QUEUE_COLUMNS)

@@ -63,6 +63,7 @@ WITH RECURSIVE apps AS (
 SELECT app FROM apps WHERE app IS NOT NULL
 
 -- name: claim_unknown_app
+-- Rows of an app no live daemon serves, once they are older than the grace period.
 WITH c AS MATERIALIZED (
     SELECT id FROM pushgres.queue
     WHERE app = $1 AND enqueued_at <= now() - make_interval(secs => $2)
@@ -71,8 +72,10 @@ WITH c AS MATERIALIZED (
 )
 DELETE FROM pushgres.queue q USING c
 WHERE q.id = c.id
-RETURNING q.id, q.app, q.platform, q.device_token, q.attempts, q.enqueued_at,
-          q.metadata::text AS metadata
+RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q.priority,
+          q.push_type, q.collapse_id, q.expires_at, q.topic, q.send_at, q.dedupe_key,
+          q.max_attempts, q.metadata::text AS metadata, q.attempts, q.last_reason, q.enqueued_at,
+          false AS is_expired, false AS is_token_invalid
 
 -- name: invalidate_tokens
 INSERT INTO pushgres.invalid_tokens (app, device_token, reason, provider_timestamp)
@@ -85,6 +88,7 @@ SET reason = excluded.reason,
     invalidated_at = now()
 
 -- name: requeue
+-- The arrays in pushgres.db.columns.REQUEUE_COLUMNS order.
 INSERT INTO pushgres.queue (id, app, platform, device_token, payload, priority, push_type,
                             collapse_id, expires_at, topic, send_at, dedupe_key, max_attempts,
                             metadata, attempts, last_reason, enqueued_at)
@@ -96,6 +100,21 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::sm
             $13::smallint[], $14::text[], $15::smallint[], $16::text[], $17::timestamptz[])
     AS t(id, app, platform, device_token, payload, priority, push_type, collapse_id, expires_at,
          topic, delay_s, dedupe_key, max_attempts, metadata, attempts, last_reason, enqueued_at)
+
+-- name: take_back_stragglers
+-- Rows whose send outlived their batch wait in the queue under a lease (send_at past their
+-- deadline). When a straggler's answer comes, its row is taken back — unless the lease ran
+-- out and another claim holds it now (SKIP LOCKED): then that claim decides it.
+-- The attempts must match the lease too: a row that was claimed and put back since is not ours.
+WITH c AS MATERIALIZED (
+    SELECT q.id FROM pushgres.queue q
+    JOIN unnest($1::bigint[], $2::smallint[]) AS t(id, attempts)
+        ON q.id = t.id AND q.attempts = t.attempts
+    FOR UPDATE OF q SKIP LOCKED
+)
+DELETE FROM pushgres.queue q USING c
+WHERE q.id = c.id
+RETURNING q.id
 
 -- name: enqueue_rows
 INSERT INTO pushgres.queue (id, app, platform, device_token, payload, priority, push_type,
@@ -160,3 +179,22 @@ WHERE ctid = ANY (ARRAY(
 
 -- name: maintenance_lock
 SELECT pg_try_advisory_xact_lock(hashtext('pushgres.maintenance'))
+
+-- name: ping
+SELECT 1
+
+-- name: heartbeat
+INSERT INTO pushgres.daemons AS d (id, host, pid, apps)
+VALUES ($1, $2, $3, $4::text[])
+ON CONFLICT (id) DO UPDATE SET apps = excluded.apps, heartbeat_at = now()
+
+-- name: forget_daemon
+DELETE FROM pushgres.daemons WHERE id = $1
+
+-- name: prune_daemons
+DELETE FROM pushgres.daemons WHERE heartbeat_at < now() - interval '1 day'
+
+-- name: served_apps
+-- The apps some live daemon serves (heartbeat within $1 seconds).
+SELECT DISTINCT unnest(apps) AS app FROM pushgres.daemons
+WHERE heartbeat_at > now() - make_interval(secs => $1)

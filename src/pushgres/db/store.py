@@ -1,50 +1,170 @@
-"""The daemon's access to PostgreSQL: claim a batch, write its outcomes back, maintenance.
+"""The one place pushgres runs SQL for the daemon: claims, write-back, leases, maintenance.
 
 A batch is claimed by ``DELETE … FOR UPDATE SKIP LOCKED … RETURNING`` inside a transaction that
-stays open while the batch is sent (queue-design.md §12.3, "held" mode). The outcomes, the
-retries and the invalid tokens are written in the same transaction, one statement each per
-batch, and the commit makes the batch's fate durable at once. A crash, a kill or a dropped
-connection rolls the transaction back and the rows are claimable again: nothing is lost, and
-only notifications that were in flight can be sent twice.
+stays open while the batch is sent ("held" mode). The outcomes, the retries and the invalid
+tokens are written in the same transaction, one statement each per batch, and the commit makes
+the batch's fate durable at once. A crash, a kill or a dropped connection rolls the transaction
+back and the rows are claimable again: nothing is lost, and only notifications that were in
+flight can be sent twice.
+
+A batch whose last few sends are still unanswered does not wait for them: it commits, and puts
+those rows back into the queue under a *lease* (``send_at`` past their deadline, the attempt
+counted). When a straggler's answer comes, :meth:`Store.take_back` removes its leased row and
+records the answer in one transaction; when none comes, the lease runs out and the row is
+claimed again. Either way the row is in the queue or in the results at every moment.
+
+The store also watches the database's availability: an outage is logged once when it starts
+and once when it ends, whatever number of operations fail in between, and the LISTEN
+connection that wakes the daemon reconnects by itself (:class:`Listener`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from operator import attrgetter
+from typing import Any, Final
 
 import asyncpg
 
 from ..exceptions import StoreError
 from ..models import ClaimedRow, InvalidToken, Requeue, ResultRecord
+from .columns import REQUEUE_COLUMNS, RESULT_COLUMNS, ROW_RESULT_COLUMNS
 from .migrate import check_schema
 from .queries import QUERIES
 
-__all__ = [
-    "Claim",
-    "Store",
-    "map_db_errors",
-]
+__all__ = ["Claim", "Listener", "Store", "is_unavailable"]
 
 logger = logging.getLogger(__name__)
 
+NOTIFY_CHANNEL: Final = "pushgres_enqueued"
+LISTEN_CONNECT_TIMEOUT_S: Final = 5.0
+LISTEN_RETRY_INITIAL_S: Final = 0.1
+LISTEN_RETRY_MAX_S: Final = 1.0  # the database back → NOTIFY works again within a second
+LISTEN_KEEPALIVE_S: Final = 10.0  # a silent network loss is found by a ping this often
+LISTEN_PING_TIMEOUT_S: Final = 5.0
+CLOSE_TIMEOUT_S: Final = 5.0
+
+# Errors that say the database cannot be reached, not that a statement was wrong.
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
+    asyncpg.exceptions.PostgresConnectionError,
+)
+_row_result_fields = attrgetter(*ROW_RESULT_COLUMNS)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database could not be reached (rather than refused a query)."""
+    return isinstance(exc, _UNAVAILABLE)
+
+
+class _Availability:
+    """Logs an outage once when it starts and once when it ends."""
+
+    def __init__(self) -> None:
+        self.is_up = True
+
+    def failed(self, exc: BaseException) -> None:
+        if self.is_up:
+            self.is_up = False
+            logger.warning(
+                "PostgreSQL is unavailable (%s); retrying until it is back, nothing is lost",
+                type(exc).__name__,
+                extra={"action": "db_unavailable"},
+            )
+
+    def succeeded(self) -> None:
+        if not self.is_up:
+            self.is_up = True
+            logger.warning("PostgreSQL is available again", extra={"action": "db_available"})
+
+
+_NO_AVAILABILITY = _Availability()
+
 
 @contextlib.contextmanager
-def map_db_errors(action: str) -> Iterator[None]:
+def map_db_errors(action: str, availability: _Availability = _NO_AVAILABILITY) -> Iterator[None]:
     """Turn asyncpg and socket errors into :class:`StoreError`, keeping the cause."""
     try:
         yield
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        if is_unavailable(exc):
+            availability.failed(exc)
+            raise StoreError(
+                f"{action} failed: the database connection was lost or refused "
+                f"({type(exc).__name__})",
+                unavailable=True,
+            ) from exc
         raise StoreError(f"{action} failed: {type(exc).__name__}: {exc}") from exc
+    availability.succeeded()
+
+
+def _result_records(results: Sequence[ResultRecord]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            *_row_result_fields(r.row),
+            r.status,
+            r.provider_status,
+            r.reason,
+            r.provider_id,
+            r.attempts,
+        )
+        for r in results
+    ]
+
+
+def _requeue_arrays(requeues: Sequence[Requeue]) -> list[list[Any]]:
+    own = {"delay_s": "delay_s", "attempts": "attempts", "last_reason": "reason"}
+    arrays = []
+    for column in REQUEUE_COLUMNS:
+        if column in own:
+            arrays.append([getattr(q, own[column]) for q in requeues])
+        else:
+            arrays.append([getattr(q.row, column) for q in requeues])
+    return arrays
+
+
+async def _write(
+    conn: asyncpg.Connection,
+    results: Sequence[ResultRecord],
+    requeues: Sequence[Requeue],
+    invalid_tokens: Sequence[InvalidToken],
+) -> None:
+    """Write outcomes, retries and dead tokens: one statement per kind, never one per row."""
+    if results:
+        # One binary COPY: half the client CPU of an ``unnest`` insert.
+        await conn.copy_records_to_table(
+            "results",
+            schema_name="pushgres",
+            columns=RESULT_COLUMNS,
+            records=_result_records(results),
+        )
+    if invalid_tokens:
+        await conn.execute(
+            QUERIES["invalidate_tokens"],
+            [t.app for t in invalid_tokens],
+            [t.device_token for t in invalid_tokens],
+            [t.reason for t in invalid_tokens],
+            [t.provider_timestamp for t in invalid_tokens],
+        )
+    if requeues:
+        await conn.execute(QUERIES["requeue"], *_requeue_arrays(requeues))
 
 
 class Claim:
     """One claimed batch inside its open transaction."""
 
-    def __init__(self, conn: asyncpg.Connection, rows: list[ClaimedRow]) -> None:
+    def __init__(
+        self, conn: asyncpg.Connection, rows: list[ClaimedRow], availability: _Availability
+    ) -> None:
         self._conn = conn
+        self._availability = availability
         self.rows = rows
         self.is_written = False
 
@@ -54,95 +174,19 @@ class Claim:
         requeues: Sequence[Requeue],
         invalid_tokens: Sequence[InvalidToken],
     ) -> None:
-        """Write the batch's outcomes: one statement per kind, never one per row."""
-        with map_db_errors("writing batch results"):
-            if results:
-                await _write_results(self._conn, results)
-            if invalid_tokens:
-                await self._conn.execute(
-                    QUERIES["invalidate_tokens"],
-                    [t.app for t in invalid_tokens],
-                    [t.device_token for t in invalid_tokens],
-                    [t.reason for t in invalid_tokens],
-                    [t.provider_timestamp for t in invalid_tokens],
-                )
-            if requeues:
-                await self._conn.execute(QUERIES["requeue"], *_requeue_columns(requeues))
+        """Write the batch's outcomes; they become durable when the claim block exits."""
+        with map_db_errors("writing batch results", self._availability):
+            await _write(self._conn, results, requeues, invalid_tokens)
         self.is_written = True
-
-
-RESULT_COLUMNS = (
-    "id",
-    "app",
-    "platform",
-    "device_token",
-    "status",
-    "provider_status",
-    "reason",
-    "provider_id",
-    "attempts",
-    "enqueued_at",
-    "metadata",
-)
-
-
-async def _write_results(conn: asyncpg.Connection, results: Sequence[ResultRecord]) -> None:
-    """Insert outcomes with one binary COPY (half the client CPU of an ``unnest`` insert)."""
-    await conn.copy_records_to_table(
-        "results",
-        schema_name="pushgres",
-        columns=RESULT_COLUMNS,
-        records=[
-            (
-                r.row.id,
-                r.row.app,
-                r.row.platform,
-                r.row.device_token,
-                r.status,
-                r.provider_status,
-                r.reason,
-                r.provider_id,
-                r.attempts,
-                r.row.enqueued_at,
-                r.row.metadata,
-            )
-            for r in results
-        ],
-    )
-
-
-def _requeue_columns(requeues: Sequence[Requeue]) -> list[list[Any]]:
-    rows = [q.row for q in requeues]
-    return [
-        [r.id for r in rows],
-        [r.app for r in rows],
-        [r.platform for r in rows],
-        [r.device_token for r in rows],
-        [r.payload for r in rows],
-        [r.priority for r in rows],
-        [r.push_type for r in rows],
-        [r.collapse_id for r in rows],
-        [r.expires_at for r in rows],
-        [r.topic for r in rows],
-        [q.delay_s for q in requeues],
-        [r.dedupe_key for r in rows],
-        [r.max_attempts for r in rows],
-        [r.metadata for r in rows],
-        [q.attempts for q in requeues],
-        [q.reason for q in requeues],
-        [r.enqueued_at for r in rows],
-    ]
-
-
-def _claimed(record: asyncpg.Record) -> ClaimedRow:
-    return ClaimedRow(*record)  # columns in field order (tests/unit/test_queries.py)
 
 
 class Store:
     """A pool of daemon sessions on one database."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
+        self._dsn = dsn
+        self._availability = _Availability()
 
     @classmethod
     async def open(
@@ -165,22 +209,36 @@ class Store:
         with map_db_errors("connecting to PostgreSQL"):
             pool = await asyncpg.create_pool(
                 dsn,
-                min_size=1,
+                # No standing connection: the pool would otherwise keep reconnecting it
+                # during an outage and log a traceback for each failed attempt.
+                min_size=0,
                 max_size=max_size,
                 setup=setup,
                 timeout=connect_timeout_s,
                 command_timeout=statement_timeout_s + 5,
             )
-        return cls(pool)
+        return cls(pool, dsn)
+
+    @property
+    def is_available(self) -> bool:
+        """False from the first failure of an outage until the next success."""
+        return self._availability.is_up
 
     async def close(self) -> None:
-        await self._pool.close()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._pool.close()
+        except TimeoutError:
+            self._pool.terminate()
 
     def terminate(self) -> None:
         self._pool.terminate()
 
+    def _guard(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return map_db_errors(action, self._availability)
+
     async def check_schema(self) -> int:
-        with map_db_errors("checking the schema"):
+        with self._guard("checking the schema"):
             async with self._pool.acquire() as conn:
                 return await check_schema(conn)
 
@@ -191,101 +249,190 @@ class Store:
         The transaction commits when the block exits normally (after :meth:`Claim.write`)
         and rolls back on any exception or cancellation, putting the rows back.
         """
-        with map_db_errors("claiming a batch"):
+        with self._guard("claiming a batch"):
             conn = await self._pool.acquire()
         try:
             tx = conn.transaction()
-            with map_db_errors("claiming a batch"):
+            with self._guard("claiming a batch"):
                 await tx.start()
             try:
-                with map_db_errors("claiming a batch"):
+                with self._guard("claiming a batch"):
                     records = await conn.fetch(QUERIES["claim_batch"], app, limit)
-                claim = Claim(conn, [_claimed(r) for r in records])
-                yield claim
+                yield Claim(conn, [ClaimedRow(*r) for r in records], self._availability)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await tx.rollback()
                 raise
             else:
-                with map_db_errors("committing a batch"):
+                with self._guard("committing a batch"):
                     await tx.commit()
         finally:
-            await self._pool.release(conn)
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
 
-    async def fail_unknown_apps(
-        self, known_apps: Sequence[str], grace_s: float, limit: int
-    ) -> list[dict[str, Any]]:
-        """Fail rows naming an app no daemon knows, once they are older than ``grace_s``."""
-        with map_db_errors("failing rows of unknown apps"):
+    async def take_back(
+        self,
+        leased: Sequence[ClaimedRow],
+        results: Sequence[ResultRecord],
+        requeues: Sequence[Requeue],
+        invalid_tokens: Sequence[InvalidToken],
+    ) -> set[int]:
+        """Record late answers of leased rows; returns the ids that were still ours.
+
+        ``leased`` are the rows as they were claimed (their lease holds one more attempt).
+        Outcomes of rows whose lease was claimed by someone else meanwhile are dropped: that
+        claim sends and records them.
+        """
+        with self._guard("recording late answers"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                records = await conn.fetch(
+                    QUERIES["take_back_stragglers"],
+                    [r.id for r in leased],
+                    [r.attempts + 1 for r in leased],
+                )
+                ours = {r[0] for r in records}
+                if len(ours) < len(leased):
+                    results = [r for r in results if r.row.id in ours]
+                    requeues = [q for q in requeues if q.row.id in ours]
+                    owned = {(r.app, r.device_token) for r in leased if r.id in ours}
+                    invalid_tokens = [t for t in invalid_tokens if (t.app, t.device_token) in owned]
+                await _write(conn, results, requeues, invalid_tokens)
+        return ours
+
+    async def heartbeat(self, daemon_id: str, host: str, pid: int, apps: Sequence[str]) -> None:
+        """Record that this daemon is alive and serves ``apps``."""
+        with self._guard("recording the daemon heartbeat"):
+            async with self._pool.acquire() as conn:
+                await conn.execute(QUERIES["heartbeat"], daemon_id, host, pid, list(apps))
+
+    async def forget_daemon(self, daemon_id: str) -> None:
+        with self._guard("removing the daemon heartbeat"):
+            async with self._pool.acquire() as conn:
+                await conn.execute(QUERIES["forget_daemon"], daemon_id)
+
+    async def fail_unserved_apps(
+        self, served: Sequence[str], live_s: float, grace_s: float, limit: int
+    ) -> list[ResultRecord]:
+        """Fail rows of apps that neither ``served`` nor any daemon alive within ``live_s`` serves.
+
+        Only rows older than ``grace_s`` are failed, so a daemon starting up with a new app
+        has time to record its heartbeat.
+        """
+        with self._guard("failing rows of unknown apps"):
             async with self._pool.acquire() as conn:
                 present = {r["app"] for r in await conn.fetch(QUERIES["queue_apps"])}
-            unknown = sorted(present - set(known_apps))
-            failed: list[dict[str, Any]] = []
-            for app in unknown:
+                if not present - set(served):
+                    return []
+                alive = {r["app"] for r in await conn.fetch(QUERIES["served_apps"], live_s)}
+            failed: list[ResultRecord] = []
+            for app in sorted(present - set(served) - alive):
                 failed += await self._fail_app(app, grace_s, limit)
             return failed
 
-    async def _fail_app(self, app: str, grace_s: float, limit: int) -> list[dict[str, Any]]:
-        with map_db_errors("failing rows of unknown apps"):
-            async with self._pool.acquire() as conn, conn.transaction():
-                records = await conn.fetch(QUERIES["claim_unknown_app"], app, grace_s, limit)
-                if not records:
-                    return []
-                rows = [
-                    ClaimedRow(
-                        id=r["id"],
-                        app=r["app"],
-                        platform=r["platform"],
-                        device_token=r["device_token"],
-                        payload="{}",
-                        priority=10,
-                        push_type=None,
-                        collapse_id=None,
-                        expires_at=None,
-                        topic=None,
-                        send_at=r["enqueued_at"],
-                        dedupe_key=None,
-                        max_attempts=1,
-                        metadata=r["metadata"],
-                        attempts=r["attempts"],
-                        last_reason=None,
-                        enqueued_at=r["enqueued_at"],
-                    )
-                    for r in records
-                ]
-                results = [
-                    ResultRecord(
-                        row=row,
-                        status="failed",
-                        provider_status=None,
-                        reason=f"UnknownApp: no app named {row.app!r} in the configuration",
-                        provider_id=None,
-                        attempts=row.attempts,
-                    )
-                    for row in rows
-                ]
-                await _write_results(conn, results)
-                return [{"id": row.id, "app": row.app} for row in rows]
+    async def _fail_app(self, app: str, grace_s: float, limit: int) -> list[ResultRecord]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            records = await conn.fetch(QUERIES["claim_unknown_app"], app, grace_s, limit)
+            results = [
+                ResultRecord(
+                    row=row,
+                    status="failed",
+                    provider_status=None,
+                    reason=f"UnknownApp: no running daemon serves an app named {row.app!r}",
+                    provider_id=None,
+                    attempts=row.attempts,
+                )
+                for row in (ClaimedRow(*r) for r in records)
+            ]
+            await _write(conn, results, (), ())
+            return results
 
     async def maintenance(self, *, retention_days: int, dedupe_retention_days: int) -> None:
-        """Create upcoming result partitions, drop expired ones, prune old dedupe keys."""
-        with map_db_errors("maintenance"):
+        """Create upcoming result partitions, drop expired ones, prune old keys and daemons."""
+        with self._guard("maintenance"):
             async with self._pool.acquire() as conn, conn.transaction():
                 if not await conn.fetchval(QUERIES["maintenance_lock"]):
                     return
                 await conn.execute(QUERIES["ensure_partitions"], 2)
                 dropped = await conn.fetchval(QUERIES["drop_partitions"], retention_days)
                 await conn.execute(QUERIES["prune_dedupe_keys"], dedupe_retention_days)
+                await conn.execute(QUERIES["prune_daemons"])
         if dropped:
             logger.info("dropped %d old result partitions", dropped, extra={"action": "maintain"})
 
-    async def listen(self, dsn: str, on_notify: Callable[[], None]) -> asyncpg.Connection:
-        """A dedicated connection listening for enqueue hints; the caller closes it."""
-        with map_db_errors("listening for enqueue notifications"):
-            conn = await asyncpg.connect(dsn, timeout=10)
+    def listener(self, on_notify: Callable[[], None]) -> Listener:
+        """The LISTEN connection that wakes the daemon on enqueues (run it as a task)."""
+        return Listener(self._dsn, on_notify)
 
-            def callback(*_: object) -> None:
-                on_notify()
 
-            await conn.add_listener("pushgres_enqueued", callback)
-        return conn
+class Listener:
+    """A dedicated connection listening for enqueue hints, reconnecting by itself.
+
+    :meth:`run` holds the connection until cancelled. When the connection is lost (the
+    database restarts, the network drops — found by a ping every ``LISTEN_KEEPALIVE_S`` when
+    nothing else happens) it logs that once, reconnects with a backoff capped at one second,
+    logs once that it is back, and wakes the daemon, since enqueues may have come meanwhile.
+    """
+
+    def __init__(self, dsn: str, on_notify: Callable[[], None]) -> None:
+        self._dsn = dsn
+        self._on_notify = on_notify
+        self.is_listening = False
+        self.reconnects = 0
+
+    async def run(self) -> None:
+        delay = LISTEN_RETRY_INITIAL_S
+        lost = False
+        while True:
+            try:
+                async with asyncio.timeout(LISTEN_CONNECT_TIMEOUT_S):
+                    conn = await asyncpg.connect(self._dsn)
+            except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
+                if not lost:
+                    lost = True
+                    self._log_lost(exc)
+                await asyncio.sleep(delay)
+                delay = min(LISTEN_RETRY_MAX_S, delay * 2)
+                continue
+            try:
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _, closed=closed: closed.set())
+                await conn.add_listener(NOTIFY_CHANNEL, self._callback)
+                self.is_listening = True
+                delay = LISTEN_RETRY_INITIAL_S
+                if lost:
+                    lost = False
+                    self.reconnects += 1
+                    logger.warning(
+                        "LISTEN connection to PostgreSQL is back; enqueues wake the daemon again",
+                        extra={"action": "listen_restored"},
+                    )
+                self._on_notify()  # enqueues may have come while it was down
+                await self._hold(conn, closed)
+            except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
+                lost = True
+                self._log_lost(exc)
+            finally:
+                self.is_listening = False
+                conn.terminate()
+
+    async def _hold(self, conn: asyncpg.Connection, closed: asyncio.Event) -> None:
+        """Return (or raise) once the connection is gone."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LISTEN_KEEPALIVE_S):
+                    await closed.wait()
+            if closed.is_set():
+                raise ConnectionError("the connection closed")
+            async with asyncio.timeout(LISTEN_PING_TIMEOUT_S):
+                await conn.execute(QUERIES["ping"])
+
+    def _callback(self, *_: object) -> None:
+        self._on_notify()
+
+    @staticmethod
+    def _log_lost(exc: BaseException) -> None:
+        logger.warning(
+            "LISTEN connection to PostgreSQL lost (%s); reconnecting, the daemon polls meanwhile",
+            type(exc).__name__,
+            extra={"action": "listen_lost"},
+        )

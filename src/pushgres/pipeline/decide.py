@@ -19,7 +19,7 @@ from ..config import RetryConfig
 from ..models import Action, ClaimedRow, InvalidToken, Outcome, Requeue, ResultRecord, Status
 from ..retry import backoff_s
 
-__all__ = ["Decision", "decide", "skip_reason"]
+__all__ = ["Decision", "decide"]
 
 CFG_MIN_DELAY_S = 30.0
 QUOTA_REASONS = frozenset({"QUOTA_EXCEEDED", "RESOURCE_EXHAUSTED"})
@@ -30,15 +30,6 @@ class Decision:
     result: ResultRecord | None = None
     requeue: Requeue | None = None
     invalid_token: InvalidToken | None = None
-
-
-def skip_reason(row: ClaimedRow) -> ResultRecord | None:
-    """A terminal result for a row that must not be sent at all (expired, token invalid)."""
-    if row.is_expired:
-        return ResultRecord(row, Status.EXPIRED, None, "Expired", None, row.attempts)
-    if row.is_token_invalid:
-        return ResultRecord(row, Status.TOKEN_INVALID, None, "TokenInvalidated", None, row.attempts)
-    return None
 
 
 def _reason_text(outcome: Outcome) -> str:

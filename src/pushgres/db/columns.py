@@ -1,0 +1,59 @@
+"""The queue's and the results' columns, named once, in the order the SQL lists them.
+
+``queries.sql`` spells out every column list (SQL is never built by concatenation); these
+tuples are the Python side of the same lists: the claimed row's fields, the arrays a requeue
+passes, the records a results ``COPY`` writes. ``tests/unit/test_queries.py`` checks that each
+statement names exactly these columns in this order.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "CLAIM_FLAGS",
+    "QUEUE_COLUMNS",
+    "REQUEUE_COLUMNS",
+    "RESULT_COLUMNS",
+    "ROW_RESULT_COLUMNS",
+]
+
+QUEUE_COLUMNS: Final = (
+    "id",
+    "app",
+    "platform",
+    "device_token",
+    "payload",
+    "priority",
+    "push_type",
+    "collapse_id",
+    "expires_at",
+    "topic",
+    "send_at",
+    "dedupe_key",
+    "max_attempts",
+    "metadata",
+    "attempts",
+    "last_reason",
+    "enqueued_at",
+)
+"""A queue row as the claim returns it (and :class:`~pushgres.models.ClaimedRow` holds it)."""
+
+CLAIM_FLAGS: Final = ("is_expired", "is_token_invalid")
+"""Computed by the claim after the queue columns: facts about the row at claim time."""
+
+REQUEUE_COLUMNS: Final = tuple("delay_s" if c == "send_at" else c for c in QUEUE_COLUMNS)
+"""The arrays of a requeue: the row's columns, ``send_at`` as a delay from the server's now."""
+
+ROW_RESULT_COLUMNS: Final = ("id", "app", "platform", "device_token", "enqueued_at", "metadata")
+"""The result columns copied from the claimed row; the others come from the outcome."""
+
+RESULT_COLUMNS: Final = (
+    *ROW_RESULT_COLUMNS,
+    "status",
+    "provider_status",
+    "reason",
+    "provider_id",
+    "attempts",
+)
+"""A row of ``pushgres.results`` as the daemon's ``COPY`` writes it (``finished_at``: now)."""

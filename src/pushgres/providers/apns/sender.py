@@ -1,0 +1,114 @@
+"""The APNs sender: one app's batches to Apple over HTTP/2, with token or certificate auth.
+
+:func:`build_sender` reads the app's credentials once (the p8 key for provider tokens, or the
+client certificate for mutual TLS) and returns an :class:`ApnsSender` over its own pool. The
+shared loop is :class:`~pushgres.providers.base.BatchSender`; this module adds the provider
+token header and Apple's rules for when a connection must be replaced.
+
+Apple: "Establishing a token-based connection to APNs" and "Handling notification responses
+from APNs" (developer.apple.com/documentation/usernotifications).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from ...apns.auth import ProviderToken, load_client_certificate
+from ...apns.protocol import ApnsRequestBuilder
+from ...apns.protocol import parse_response as parse_apns
+from ...config import AppConfig
+from ...http2.pool import Http2Pool, Response
+from ...http2.tls import make_ssl_context
+from ...models import ClaimedRow, Outcome, Request
+from ..base import BatchSender
+from ..pools import authority, new_pool
+
+__all__ = ["ApnsSender", "build_sender"]
+
+logger = logging.getLogger(__name__)
+
+# APNs reasons after which the connection is no longer usable for this credential.
+_RETIRE_CONNECTION = frozenset(
+    {"ExpiredProviderToken", "TooManyProviderTokenUpdates", "UnrelatedKeyIdInToken", "Shutdown"}
+)
+
+
+class ApnsSender(BatchSender):
+    """Sends one app's notifications to APNs (token or certificate auth)."""
+
+    def __init__(
+        self,
+        *,
+        pool: Http2Pool,
+        builder: ApnsRequestBuilder,
+        token: ProviderToken | None,
+        request_timeout_s: float,
+    ) -> None:
+        self.pool = pool
+        self._builder = builder
+        self._token = token
+        self._timeout_s = request_timeout_s
+        self._generation = token.generation if token else 0
+
+    def _build(self, row: ClaimedRow, now: dt.datetime) -> Request | Outcome:
+        return self._builder.build(row, now=now)
+
+    def _parse(self, response: Response) -> Outcome:
+        return parse_apns(response.status, response.headers, response.body)
+
+    async def _authorization(self) -> list[tuple[bytes, bytes]]:
+        if self._token is None:
+            return []
+        value = self._token.header()
+        if self._token.generation != self._generation:
+            # A new provider token: connections that used the old one are retired so no
+            # connection ever sees two tokens within Apple's 20-minute window.
+            self._generation = self._token.generation
+            self.pool.retire_all()
+        return [(b"authorization", value)]
+
+    def _after_failure(self, outcome: Outcome, response: Response, authorization: bytes) -> None:
+        if outcome.reason in _RETIRE_CONNECTION:
+            self.pool.retire(response.connection_id)
+        if outcome.reason == "ExpiredProviderToken" and self._token is not None:
+            if self._token.age_s > 60:
+                self._token.force_refresh()
+            logger.warning(
+                "APNs answered ExpiredProviderToken; minted a new provider token",
+                extra={"action": "apns_auth", "pool": self.pool.name},
+            )
+
+
+def build_sender(app: AppConfig, *, request_timeout_s: float) -> ApnsSender:
+    """The app's sender and pool, from its config (keys and certificates are read here, once)."""
+    apns = app.apns
+    assert apns is not None
+    cert = None
+    token = None
+    if apns.auth == "certificate":
+        cert = load_client_certificate(
+            p12_file=apns.p12_file,
+            p12_password=apns.p12_password,
+            cert_file=apns.cert_file,
+            cert_key_file=apns.cert_key_file,
+        )
+    else:
+        assert apns.key_file and apns.key_id and apns.team_id
+        token = ProviderToken(
+            key_file=apns.key_file,
+            key_id=apns.key_id,
+            team_id=apns.team_id,
+            refresh_s=apns.token_refresh_s,
+        )
+    ssl_context = make_ssl_context(
+        ca_file=app.pool.ca_file,
+        client_cert_pem=cert.cert_pem if cert else None,
+        client_key_pem=cert.key_pem if cert else None,
+    )
+    return ApnsSender(
+        pool=new_pool(app, ssl_context),
+        builder=ApnsRequestBuilder(authority=authority(app.pool), topic=apns.topic),
+        token=token,
+        request_timeout_s=request_timeout_s,
+    )

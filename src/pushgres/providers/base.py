@@ -1,0 +1,214 @@
+"""What every provider is made of, and the batch-sending loop they share.
+
+A provider (``providers/<name>/``) owns everything about one push service: its config
+section, enqueue validation, request building and response parsing, reason table,
+credentials and :class:`Sender`. :class:`Provider` is the face the rest of pushgres sees;
+``providers/__init__.py`` registers one per platform, and adding a provider is one new folder
+and one registry line.
+
+:class:`BatchSender` is the loop both HTTP/2 providers share: a batch of claimed rows in, one
+:class:`~pushgres.models.Outcome` per row out. It adds credentials (one authorization header
+per batch), the batch deadline, the one inline retry the providers ask for (fresh credentials
+or a new connection), and turns transport failures into outcome values. A whole batch goes to
+:meth:`Http2Pool.send_batch` at once: no task or future per notification. Nothing here raises
+for a provider answer.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from ..config import AppConfig
+from ..exceptions import PoolClosed, RequestRejected, TransportError
+from ..http2.pool import BatchResult, Http2Pool, Response, Stragglers
+from ..models import Action, ClaimedRow, Outcome, Request
+
+__all__ = ["BatchSender", "LateOutcome", "Provider", "Sender", "transport_outcome"]
+
+logger = logging.getLogger(__name__)
+
+LateOutcome = Callable[[int, Outcome], None]
+"""Receives a straggler's outcome, with its row's index in the batch."""
+
+
+class Sender(Protocol):
+    """One app's way to a provider: owns its connections and credentials (``async with``)."""
+
+    async def __aenter__(self) -> Sender: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    def capacity(self) -> int:
+        """How many requests could be in flight at once right now."""
+        ...
+
+    def describe(self) -> str:
+        """A short state line for the report (connections, streams in flight)."""
+        ...
+
+    async def send_batch(
+        self,
+        rows: Sequence[ClaimedRow],
+        *,
+        now: dt.datetime,
+        abort: asyncio.Future[None] | None = None,
+        on_late: LateOutcome | None = None,
+    ) -> list[Outcome | None]:
+        """One outcome per row, in order; never raises for a provider or transport failure.
+
+        With ``on_late``, the call may return before a few slow requests are answered: their
+        places hold ``None`` and their outcomes reach ``on_late`` later, exactly once each.
+        """
+        ...
+
+
+def transport_outcome(exc: TransportError) -> Outcome:
+    """A transport failure as an outcome: resend at once if unprocessed, else after backoff."""
+    name = type(exc).__name__
+    if isinstance(exc, PoolClosed):
+        return Outcome(action=Action.CONN, reason="Interrupted", detail=str(exc))
+    if isinstance(exc, RequestRejected):
+        return Outcome.invalid("RequestRejected", str(exc))
+    action = Action.CONN if exc.unprocessed else Action.WAIT
+    return Outcome(action=action, reason=name, detail=str(exc))
+
+
+class BatchSender(abc.ABC):
+    """The batch loop shared by both providers: build, send, parse, one inline retry.
+
+    Subclasses supply the credential header (:meth:`_authorization`), the response parser
+    and what to do after an AUTH/CONN answer (:meth:`_after_failure`).
+    """
+
+    pool: Http2Pool
+    _timeout_s: float
+    _RETRY_ACTIONS: frozenset[Action] = frozenset({Action.AUTH, Action.CONN})
+
+    @abc.abstractmethod
+    def _build(self, row: ClaimedRow, now: dt.datetime) -> Request | Outcome: ...
+
+    @abc.abstractmethod
+    async def _authorization(self) -> list[tuple[bytes, bytes]] | Outcome: ...
+
+    @abc.abstractmethod
+    def _parse(self, response: Response) -> Outcome: ...
+
+    @abc.abstractmethod
+    def _after_failure(
+        self, outcome: Outcome, response: Response, authorization: bytes
+    ) -> None: ...
+
+    def _exhausted(self, outcome: Outcome) -> Outcome:
+        """The outcome of a request still failing after the inline retry."""
+        return outcome
+
+    async def __aenter__(self) -> BatchSender:
+        await self.pool.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.pool.aclose()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release the credentials' resources (the pool is closed by ``__aexit__``)."""
+        return None
+
+    def capacity(self) -> int:
+        return self.pool.capacity()
+
+    def describe(self) -> str:
+        stats = self.pool.stats()
+        return f"conns={stats['connections']},streams={stats['in_flight']}"
+
+    def _outcome(self, result: BatchResult, authorization: bytes) -> Outcome:
+        if isinstance(result, TransportError):
+            return transport_outcome(result)
+        outcome = self._parse(result)
+        if outcome.action in self._RETRY_ACTIONS:
+            self._after_failure(outcome, result, authorization)
+        return outcome
+
+    async def send_batch(
+        self,
+        rows: Sequence[ClaimedRow],
+        *,
+        now: dt.datetime,
+        abort: asyncio.Future[None] | None = None,
+        on_late: LateOutcome | None = None,
+    ) -> list[Outcome | None]:
+        outcomes: list[Outcome | None] = [None] * len(rows)
+        built: list[tuple[int, Request]] = []
+        for index, row in enumerate(rows):
+            request = self._build(row, now)
+            if isinstance(request, Outcome):
+                outcomes[index] = request
+            else:
+                built.append((index, request))
+        for attempt in range(2):  # one inline retry after an AUTH/CONN answer
+            if not built:
+                break
+            auth = await self._authorization()
+            if isinstance(auth, Outcome):
+                for index, _ in built:
+                    outcomes[index] = auth
+                break
+            authorization = auth[0][1] if auth else b""
+            requests = [
+                (request.headers + auth if auth else request.headers, request.body)
+                for _, request in built
+            ]
+            if on_late is None:
+                results: list[BatchResult | None] = list(
+                    await self.pool.send_batch(requests, timeout_s=self._timeout_s, abort=abort)
+                )
+            else:
+                results = await self.pool.send_batch(
+                    requests,
+                    timeout_s=self._timeout_s,
+                    abort=abort,
+                    stragglers=Stragglers(
+                        on_late=self._late_handler(built, authorization, on_late)
+                    ),
+                )
+            again: list[tuple[int, Request]] = []
+            for (index, request), result in zip(built, results, strict=True):
+                if result is None:
+                    continue  # a straggler: its outcome goes to on_late
+                outcome = self._outcome(result, authorization)
+                if outcome.action in self._RETRY_ACTIONS and not isinstance(result, TransportError):
+                    if attempt == 0:
+                        again.append((index, request))
+                        continue
+                    outcome = self._exhausted(outcome)
+                outcomes[index] = outcome
+            built = again
+        return outcomes
+
+    def _late_handler(
+        self, built: list[tuple[int, Request]], authorization: bytes, on_late: LateOutcome
+    ) -> Callable[[int, BatchResult], None]:
+        """A straggler's result as its row's outcome (no inline retry: it is decided as is)."""
+
+        def late(position: int, result: BatchResult) -> None:
+            on_late(built[position][0], self._outcome(result, authorization))
+
+        return late
+
+
+class Provider(Protocol):
+    """One push service, as the daemon, the config and the enqueue API see it."""
+
+    platform: str
+    """The ``platform`` value of its apps and notifications (``apns``, ``fcm``)."""
+
+    def sender(self, app: AppConfig, *, request_timeout_s: float) -> Sender:
+        """The app's sender, from its config (credentials are read here, once)."""
+        ...

@@ -1,0 +1,87 @@
+"""The FCM sender: one app's messages to FCM HTTP v1 over HTTP/2, with an OAuth2 access token.
+
+:func:`build_sender` reads the service account once and returns an :class:`FcmSender` over its
+own pool; the access token comes from :class:`~pushgres.fcm.auth.TokenSource`. On 401 the
+token is refreshed once and the request retried once, as Google's FCM documentation asks
+("Authorize send requests", firebase.google.com/docs/cloud-messaging/auth-server).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ...config import AppConfig
+from ...exceptions import ProviderAuthError
+from ...fcm.auth import ServiceAccount, TokenSource
+from ...fcm.protocol import FcmRequestBuilder
+from ...fcm.protocol import parse_response as parse_fcm
+from ...http2.pool import Http2Pool, Response
+from ...http2.tls import make_ssl_context
+from ...models import Action, ClaimedRow, Outcome, Request
+from ..base import BatchSender
+from ..pools import authority, new_pool
+
+__all__ = ["FcmSender", "build_sender"]
+
+
+class FcmSender(BatchSender):
+    """Sends one app's messages to FCM HTTP v1 with an OAuth2 access token."""
+
+    _RETRY_ACTIONS = frozenset({Action.AUTH})
+
+    def __init__(
+        self,
+        *,
+        pool: Http2Pool,
+        builder: FcmRequestBuilder,
+        tokens: TokenSource,
+        request_timeout_s: float,
+    ) -> None:
+        self.pool = pool
+        self._builder = builder
+        self._tokens = tokens
+        self._timeout_s = request_timeout_s
+
+    async def aclose(self) -> None:
+        await self._tokens.aclose()
+
+    def _build(self, row: ClaimedRow, now: dt.datetime) -> Request | Outcome:
+        return self._builder.build(row, now=now)
+
+    def _parse(self, response: Response) -> Outcome:
+        return parse_fcm(response.status, response.headers, response.body)
+
+    async def _authorization(self) -> list[tuple[bytes, bytes]] | Outcome:
+        try:
+            return [(b"authorization", await self._tokens.header())]
+        except ProviderAuthError as exc:
+            action = Action.CFG if exc.permanent else Action.WAIT
+            return Outcome(action=action, reason="OAuthError", detail=str(exc))
+
+    def _after_failure(self, outcome: Outcome, response: Response, authorization: bytes) -> None:
+        # FCM: on 401 the access token is refreshed once and the request retried once.
+        self._tokens.invalidate(authorization)
+
+    def _exhausted(self, outcome: Outcome) -> Outcome:
+        return Outcome(
+            action=Action.CFG,
+            provider_status=outcome.provider_status,
+            reason=outcome.reason,
+            detail="FCM rejected a freshly refreshed access token",
+        )
+
+
+def build_sender(app: AppConfig, *, request_timeout_s: float) -> FcmSender:
+    """The app's sender and pool, from its config (the service account is read here, once)."""
+    fcm = app.fcm
+    assert fcm is not None
+    account = ServiceAccount(fcm.service_account_file, token_uri=fcm.token_uri)
+    return FcmSender(
+        pool=new_pool(app, make_ssl_context(ca_file=app.pool.ca_file)),
+        builder=FcmRequestBuilder(
+            authority=authority(app.pool), project_id=fcm.project_id or account.project_id
+        ),
+        # The token endpoint gets its own HTTP/1.1 TLS context (TokenSource builds it).
+        tokens=TokenSource(account, ca_file=app.pool.ca_file),
+        request_timeout_s=request_timeout_s,
+    )
