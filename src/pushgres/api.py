@@ -1,19 +1,27 @@
 """The Python API for other services: ``enqueue`` notifications and read their ``outcome``.
 
-``await enqueue(conn_or_pool, notifications)`` validates every notification (errors name its
-index and the field), inserts them in one statement — or with ``COPY`` for large lists — inside
-one transaction, and returns their ids in input order. A notification whose ``dedupe_key`` was
-enqueued before for the same app is not inserted again; the id of the first one is returned.
-The database wakes the daemon with one NOTIFY per statement.
+``await enqueue_detailed(conn_or_pool, notifications)`` validates every notification (errors
+name its index and the field), inserts them in one statement — or with ``COPY`` for large
+lists — inside one transaction, and returns one :class:`Enqueued` per notification in input
+order: its ``id`` and whether it was a ``duplicate``. A notification whose ``(app,
+dedupe_key)`` was enqueued before — or earlier in the same call — is not inserted again: it
+gets the id of the notification holding the key and ``duplicate=True``, so the caller can
+still read that notification's outcome. ``await enqueue(...)`` is the same and returns just the
+ids. The database wakes the daemon with one NOTIFY per statement.
 
-``await outcome(conn, ids)`` returns each id's current :class:`NotificationOutcome`.
+``await outcome(conn, ids)`` returns each id's current :class:`NotificationOutcome`, in the
+order of ``ids``.
+
+Both raise :class:`~pushgres.exceptions.SchemaError` on a database without the pushgres
+schema, and :class:`~pushgres.exceptions.EnqueueError` for a notification that is invalid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,15 +29,25 @@ import asyncpg
 
 from . import codec
 from .db.queries import QUERIES
-from .exceptions import EnqueueError
+from .exceptions import EnqueueError, SchemaError
 from .models import PUSH_TYPES, Notification
 
-__all__ = ["COPY_THRESHOLD", "NotificationOutcome", "enqueue", "outcome", "validate"]
+__all__ = [
+    "COPY_THRESHOLD",
+    "Enqueued",
+    "NotificationOutcome",
+    "as_notification",
+    "enqueue",
+    "enqueue_detailed",
+    "outcome",
+    "validate",
+]
 
 COPY_THRESHOLD = 1000
 _APP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEX = re.compile(r"^[0-9A-Fa-f]+$")
 _FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:.-]+$")
+_TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _COPY_COLUMNS = [
     "id",
     "app",
@@ -46,6 +64,19 @@ _COPY_COLUMNS = [
     "max_attempts",
     "metadata",
 ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Enqueued:
+    """What became of one notification handed to :func:`enqueue_detailed`.
+
+    ``id`` is the notification's id: the new row's, or — when ``duplicate`` is true — the id of
+    the notification already enqueued with the same ``(app, dedupe_key)``, whose outcome
+    :func:`outcome` reports.
+    """
+
+    id: int
+    duplicate: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,18 +117,37 @@ def validate(n: Notification, index: int = 0) -> None:
         raise bad("an APNs payload must hold an 'aps' object")
     if n.platform == "fcm" and {"token", "topic", "condition", "fid"} & set(n.payload):
         raise bad("an FCM payload is the v1 message without a target (token/topic/condition)")
-    if n.priority not in (1, 5, 10):
+    if isinstance(n.priority, bool) or n.priority not in (1, 5, 10):
         raise bad(f"priority must be 10, 5 or 1, got {n.priority!r}")
     if n.push_type is not None:
+        if not isinstance(n.push_type, str):
+            raise bad(f"push_type must be a string, got {n.push_type!r}")
         if n.platform != "apns":
             raise bad("push_type applies to APNs only")
         if n.push_type not in PUSH_TYPES:
             raise bad(f"push_type {n.push_type!r} is not an APNs push type")
         if n.push_type == "background" and n.priority == 10:
             raise bad("a background push must have priority 5 or 1")
-    if n.collapse_id is not None and not 1 <= len(n.collapse_id.encode()) <= 64:
-        raise bad("collapse_id must be 1-64 bytes")
-    if not isinstance(n.max_attempts, int) or not 1 <= n.max_attempts <= 100:
+    if n.collapse_id is not None:
+        _check_text(n.collapse_id, "collapse_id", bad)
+        if not 1 <= len(n.collapse_id.encode()) <= 64:
+            raise bad("collapse_id must be 1-64 bytes")
+    if n.topic is not None:
+        _check_text(n.topic, "topic", bad)
+        if not _TOPIC.fullmatch(n.topic):
+            raise bad(
+                "topic must start with A-Z a-z 0-9 and hold only A-Z a-z 0-9 _ . -, "
+                f"got {n.topic!r}"
+            )
+    if n.dedupe_key is not None:
+        _check_text(n.dedupe_key, "dedupe_key", bad)
+        if not 1 <= len(n.dedupe_key) <= 256:
+            raise bad("dedupe_key must be 1-256 characters")
+    if (
+        isinstance(n.max_attempts, bool)
+        or not isinstance(n.max_attempts, int)
+        or not 1 <= n.max_attempts <= 100
+    ):
         raise bad("max_attempts must be 1..100")
     if n.metadata is not None and not isinstance(n.metadata, Mapping):
         raise bad("metadata must be a JSON object")
@@ -107,9 +157,43 @@ def validate(n: Notification, index: int = 0) -> None:
             raise bad(f"{name} must be a timezone-aware datetime")
 
 
-def _as_notification(item: Notification | Mapping[str, Any], index: int) -> Notification:
+def _check_text(value: object, name: str, bad: Callable[[str], EnqueueError]) -> None:
+    if not isinstance(value, str):
+        raise bad(f"{name} must be a string, got {value!r}")
+    if "\x00" in value:
+        raise bad(f"{name} must not contain a NUL character (PostgreSQL text cannot hold one)")
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def as_notification(item: Notification | Mapping[str, Any], index: int = 0) -> Notification:
+    """``item`` as a :class:`Notification`; :class:`EnqueueError` names its index and field."""
     if isinstance(item, Notification):
         return item
+    if not isinstance(item, Mapping):
+        raise EnqueueError(
+            f"notification {index}: expected a Notification or a mapping, "
+            f"got {type(item).__name__}",
+            index=index,
+        )
+    for key in ("expires_at", "send_at"):
+        value = item.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                dt.datetime.fromtimestamp(value, dt.UTC)
+            except (OverflowError, OSError, ValueError):
+                raise EnqueueError(
+                    f"notification {index}: {key}: {value!r} is not a Unix time in years 1-9999",
+                    index=index,
+                ) from None
     try:
         return Notification.from_mapping(item)
     except (ValueError, TypeError) as exc:
@@ -120,10 +204,35 @@ def _json(value: Mapping[str, Any] | None, index: int, field: str) -> str | None
     if value is None:
         return None
     try:
-        return codec.dumps(value).decode()
+        text = codec.dumps(value).decode()
     except TypeError as exc:
         raise EnqueueError(
             f"notification {index}: {field} is not JSON: {exc}", index=index
+        ) from None
+    # jsonb cannot hold U+0000; the escape in the text is only a hint (it may be an escaped
+    # backslash followed by "u0000"), the value itself decides.
+    if "\\u0000" in text and _has_nul(value):
+        raise EnqueueError(
+            f"notification {index}: {field} contains a NUL character (\\u0000), which "
+            "PostgreSQL jsonb cannot hold",
+            index=index,
+        )
+    return text
+
+
+@contextlib.contextmanager
+def _schema_required() -> Iterator[None]:
+    """Turn "no such table/function/schema" into :class:`SchemaError`."""
+    try:
+        yield
+    except (
+        asyncpg.InvalidSchemaNameError,
+        asyncpg.UndefinedTableError,
+        asyncpg.UndefinedFunctionError,
+    ) as exc:
+        raise SchemaError(
+            f"the pushgres schema is missing from this database ({exc}); "
+            "run `pushgres migrate` first"
         ) from None
 
 
@@ -131,8 +240,20 @@ async def enqueue(
     conn: asyncpg.Connection | asyncpg.Pool,
     notifications: Iterable[Notification | Mapping[str, Any]],
 ) -> list[int]:
-    """Enqueue notifications atomically; returns their ids in input order."""
-    items = [_as_notification(item, i) for i, item in enumerate(notifications)]
+    """Enqueue notifications atomically; returns their ids in input order.
+
+    A duplicate (by ``dedupe_key``) gets the id of the notification it duplicates; use
+    :func:`enqueue_detailed` to know which ones were duplicates.
+    """
+    return [e.id for e in await enqueue_detailed(conn, notifications)]
+
+
+async def enqueue_detailed(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    notifications: Iterable[Notification | Mapping[str, Any]],
+) -> list[Enqueued]:
+    """Enqueue notifications atomically; one :class:`Enqueued` per notification, in order."""
+    items = [as_notification(item, i) for i, item in enumerate(notifications)]
     for i, n in enumerate(items):
         validate(n, i)
     if not items:
@@ -163,33 +284,45 @@ async def enqueue(
 
 async def _enqueue(
     conn: asyncpg.Connection, items: Sequence[Notification], rows: list[tuple[Any, ...]]
-) -> list[int]:
+) -> list[Enqueued]:
     try:
-        async with conn.transaction():
-            reserved = [r[0] for r in await conn.fetch(QUERIES["reserve_ids"], len(rows))]
-            if len(rows) >= COPY_THRESHOLD:
-                now = dt.datetime.now(dt.UTC)
-                records = [
-                    (rid, *row[:9], row[9] or now, *row[10:])
-                    for rid, row in zip(reserved, rows, strict=True)
-                ]
-                await conn.copy_records_to_table(
-                    "queue", schema_name="pushgres", columns=_COPY_COLUMNS, records=records
-                )
-            else:
-                await conn.execute(
-                    QUERIES["enqueue_rows"], reserved, *map(list, zip(*rows, strict=True))
-                )
-            inserted = {r[0] for r in await conn.fetch(QUERIES["inserted_ids"], reserved)}
-            ids = [rid if rid in inserted else None for rid in reserved]
-            return await _resolve_duplicates(conn, items, ids)
+        with _schema_required():
+            return await _insert(conn, items, rows)
     except asyncpg.IntegrityConstraintViolationError as exc:
-        raise EnqueueError(f"the database rejected the notifications: {exc}") from None
+        raise EnqueueError(f"the database rejected the notifications: {exc.args[0]}") from None
+    except asyncpg.DataError as exc:  # validate() refuses what PostgreSQL would: a last resort
+        raise EnqueueError(
+            f"the database could not take the notifications: {exc.args[0]}"
+        ) from None
+
+
+async def _insert(
+    conn: asyncpg.Connection, items: Sequence[Notification], rows: list[tuple[Any, ...]]
+) -> list[Enqueued]:
+    async with conn.transaction():
+        reserved = [r[0] for r in await conn.fetch(QUERIES["reserve_ids"], len(rows))]
+        if len(rows) >= COPY_THRESHOLD:
+            now = dt.datetime.now(dt.UTC)
+            records = [
+                (rid, *row[:9], row[9] or now, *row[10:])
+                for rid, row in zip(reserved, rows, strict=True)
+            ]
+            await conn.copy_records_to_table(
+                "queue", schema_name="pushgres", columns=_COPY_COLUMNS, records=records
+            )
+        else:
+            await conn.execute(
+                QUERIES["enqueue_rows"], reserved, *map(list, zip(*rows, strict=True))
+            )
+        inserted = {r[0] for r in await conn.fetch(QUERIES["inserted_ids"], reserved)}
+        ids = [rid if rid in inserted else None for rid in reserved]
+        return await _resolve_duplicates(conn, items, ids)
 
 
 async def _resolve_duplicates(
     conn: asyncpg.Connection, items: Sequence[Notification], ids: list[int | None]
-) -> list[int]:
+) -> list[Enqueued]:
+    """The inserted rows' ids, and for each skipped one the id holding its dedupe key."""
     missing: dict[str, list[str]] = {}
     for n, rid in zip(items, ids, strict=True):
         if rid is None and n.dedupe_key is not None:
@@ -200,20 +333,22 @@ async def _resolve_duplicates(
             found[(app, record["dedupe_key"])] = int(record["id"])
     result = []
     for i, (n, rid) in enumerate(zip(items, ids, strict=True)):
-        if rid is None:
-            key = (n.app, n.dedupe_key or "")
-            if key not in found:
-                raise EnqueueError(f"notification {i} was not inserted", index=i)
-            rid = found[key]
-        result.append(rid)
+        if rid is not None:
+            result.append(Enqueued(id=rid, duplicate=False))
+            continue
+        key = (n.app, n.dedupe_key or "")
+        if key not in found:
+            raise EnqueueError(f"notification {i} was not inserted", index=i)
+        result.append(Enqueued(id=found[key], duplicate=True))
     return result
 
 
 async def outcome(
     conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[int]
 ) -> dict[int, NotificationOutcome]:
-    """The current outcome of each id (ids unknown to the database are absent)."""
-    records = await conn.fetch(QUERIES["outcome"], list(ids))
+    """The current outcome of each id, in the order of ``ids`` (unknown ids are absent)."""
+    with _schema_required():
+        records = await conn.fetch(QUERIES["outcome"], list(ids))
     return {
         int(r["id"]): NotificationOutcome(
             id=int(r["id"]),

@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import os
+import pathlib
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 import asyncpg
 import uvloop
 
-from . import codec
-from .api import enqueue, outcome
+from . import __version__, codec
+from .api import as_notification, enqueue_detailed, outcome, validate
 from .config import load_config, resolve_dsn
-from .daemon import Daemon
-from .db.migrate import migrate
+from .db.migrate import check_schema, migrate
 from .db.queries import QUERIES
 from .exceptions import EnqueueError, PushgresError
 from .models import Notification
@@ -38,6 +40,7 @@ logger = logging.getLogger("pushgres")
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+BIGINT_MAX = 2**63 - 1
 
 
 def _run(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -45,19 +48,59 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return runner.run(coro_factory())
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 async def _connect(dsn: str) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(dsn, timeout=10)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise PushgresError(f"cannot connect to PostgreSQL: {type(exc).__name__}: {exc}") from None
+    except asyncpg.ClientConfigurationError as exc:
+        raise PushgresError(f"the PostgreSQL DSN is not valid: {_first_line(exc)}") from None
+    except ValueError:
+        # urllib and asyncpg's own parsing (a port that is not a number, a stray bracket...).
+        # Their messages may quote pieces of the DSN, password included: they are not shown.
+        raise PushgresError(
+            "the PostgreSQL DSN cannot be parsed (check the host and port, and percent-encode "
+            "special characters in the user name and password)"
+        ) from None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise PushgresError(
+            f"cannot connect to PostgreSQL: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _db_errors(action: str) -> Iterator[None]:
+    """One line for a database failure past the connection (lost server, permissions...)."""
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise PushgresError(f"{action} failed: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+@contextlib.asynccontextmanager
+async def _database(args: argparse.Namespace, action: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a database holding this build's schema (else SchemaError)."""
+    conn = await _connect(resolve_dsn(args.dsn, args.config))
+    try:
+        with _db_errors(action):
+            await check_schema(conn)
+            yield conn
+    finally:
+        with contextlib.suppress(asyncpg.InterfaceError, OSError):
+            await conn.close()
 
 
 async def _cmd_migrate(args: argparse.Namespace) -> int:
     conn = await _connect(resolve_dsn(args.dsn, args.config))
     try:
-        applied = await migrate(conn)
+        with _db_errors("migrating"):
+            applied = await migrate(conn)
     finally:
-        await conn.close()
+        with contextlib.suppress(asyncpg.InterfaceError, OSError):
+            await conn.close()
     if applied:
         print(f"applied migration(s): {', '.join(str(v) for v in applied)}")
     else:
@@ -66,6 +109,9 @@ async def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
+    # Imported here: the tool commands need none of the delivery stack (and start faster).
+    from .daemon import Daemon
+
     settings = load_config(args.config)
     setup_logging(settings.daemon.log_level)
     daemon = Daemon(settings)
@@ -89,18 +135,24 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _json_object_flag(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = codec.loads(text)
+    except codec.JSONDecodeError:
+        raise EnqueueError(f"{flag} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise EnqueueError(f"{flag} must be a JSON object")
+    return value
+
+
 def _notification_from_flags(args: argparse.Namespace) -> Notification:
     if not (args.app and args.platform and args.token and args.payload):
         raise EnqueueError("give --app, --platform, --token and --payload, or --file")
-    try:
-        payload = codec.loads(args.payload)
-    except codec.JSONDecodeError:
-        raise EnqueueError("--payload is not valid JSON") from None
     data: dict[str, Any] = {
         "app": args.app,
         "platform": args.platform,
         "device_token": args.token,
-        "payload": payload,
+        "payload": _json_object_flag(args.payload, "--payload"),
         "priority": args.priority,
         "push_type": args.push_type,
         "collapse_id": args.collapse_id,
@@ -109,70 +161,86 @@ def _notification_from_flags(args: argparse.Namespace) -> Notification:
         "max_attempts": args.max_attempts,
     }
     if args.expires_in is not None:
-        data["expires_at"] = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.expires_in)
+        try:
+            data["expires_at"] = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.expires_in)
+        except OverflowError:
+            raise EnqueueError(f"--expires-in {args.expires_in:g} is too far ahead") from None
     if args.send_at is not None:
         data["send_at"] = args.send_at
     if args.metadata is not None:
-        data["metadata"] = json.loads(args.metadata)
+        data["metadata"] = _json_object_flag(args.metadata, "--metadata")
     try:
-        return Notification.from_mapping({k: v for k, v in data.items() if v is not None})
-    except (ValueError, TypeError) as exc:
-        raise EnqueueError(str(exc)) from None
+        return as_notification({k: v for k, v in data.items() if v is not None})
+    except EnqueueError as exc:
+        raise _relabel(exc, [""]) from None
 
 
-def _notifications_from_lines(lines: Sequence[str], source: str) -> list[Notification]:
-    items = []
-    for number, line in enumerate(lines, start=1):
+def _notifications_from_lines(
+    lines: Sequence[bytes], source: str
+) -> tuple[list[Notification], list[str]]:
+    """The notifications of a JSON Lines text, and for each where it came from."""
+    items: list[Notification] = []
+    where: list[str] = []
+    for number, raw in enumerate(lines, start=1):
+        label = f"{source} line {number}"
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise EnqueueError(f"{label}: not valid UTF-8") from None
         if not line.strip():
             continue
         try:
             data = codec.loads(line)
         except codec.JSONDecodeError:
-            raise EnqueueError(f"{source} line {number}: not valid JSON") from None
+            raise EnqueueError(f"{label}: not valid JSON") from None
         if not isinstance(data, dict):
-            raise EnqueueError(f"{source} line {number}: expected a JSON object")
+            raise EnqueueError(f"{label}: expected a JSON object")
+        where.append(label)
         try:
-            items.append(Notification.from_mapping(data))
-        except (ValueError, TypeError) as exc:
-            raise EnqueueError(f"{source} line {number}: {exc}") from None
-    return items
+            items.append(as_notification(data, len(items)))
+        except EnqueueError as exc:
+            raise _relabel(exc, where) from None
+    return items, where
 
 
-def _read_text(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+def _relabel(exc: EnqueueError, where: Sequence[str]) -> EnqueueError:
+    """Name a bad notification by its line (or, for flags, by nothing) instead of its index."""
+    if exc.index is None or not 0 <= exc.index < len(where):
+        return exc
+    reason = str(exc).removeprefix(f"notification {exc.index}: ")
+    label = where[exc.index]
+    return EnqueueError(f"{label}: {reason}" if label else reason, index=exc.index)
 
 
 async def _cmd_enqueue(args: argparse.Namespace) -> int:
     if args.file:
         if args.file == "-":
-            lines, source = sys.stdin.read().splitlines(), "stdin"
+            data, source = sys.stdin.buffer.read(), "stdin"
         else:
             try:
-                text = await asyncio.to_thread(_read_text, args.file)
-                lines, source = text.splitlines(), args.file
+                data = await asyncio.to_thread(pathlib.Path(args.file).read_bytes)
             except OSError as exc:
                 raise EnqueueError(f"cannot read {args.file}: {exc.strerror}") from None
-        items = _notifications_from_lines(lines, source)
+            source = args.file
+        items, where = _notifications_from_lines(data.splitlines(), source)
     else:
-        items = [_notification_from_flags(args)]
-    conn = await _connect(resolve_dsn(args.dsn, args.config))
+        items, where = [_notification_from_flags(args)], [""]
     try:
-        ids = await enqueue(conn, items)
-    finally:
-        await conn.close()
-    for nid in ids:
-        print(nid)
+        for i, n in enumerate(items):  # bad input is refused before connecting
+            validate(n, i)
+        async with _database(args, "enqueueing") as conn:
+            done = await enqueue_detailed(conn, items)
+    except EnqueueError as exc:
+        raise _relabel(exc, where) from None
+    for e in done:
+        print(f"{e.id} duplicate" if e.duplicate else e.id)
     return EXIT_OK
 
 
 async def _cmd_status(args: argparse.Namespace) -> int:
-    conn = await _connect(resolve_dsn(args.dsn, args.config))
-    try:
+    async with _database(args, "reading the queue") as conn:
         depth = await conn.fetch(QUERIES["queue_depth"])
         recent = await conn.fetch(QUERIES["recent_outcomes"], float(args.window_s))
-    finally:
-        await conn.close()
     print("queue:")
     if not depth:
         print("  (empty)")
@@ -191,11 +259,8 @@ async def _cmd_status(args: argparse.Namespace) -> int:
 
 
 async def _cmd_outcome(args: argparse.Namespace) -> int:
-    conn = await _connect(resolve_dsn(args.dsn, args.config))
-    try:
+    async with _database(args, "reading outcomes") as conn:
         found = await outcome(conn, args.ids)
-    finally:
-        await conn.close()
     for nid in args.ids:
         o = found.get(nid)
         if o is None:
@@ -206,6 +271,7 @@ async def _cmd_outcome(args: argparse.Namespace) -> int:
                 {
                     "id": o.id,
                     "app": o.app,
+                    "platform": o.platform,
                     "status": o.status,
                     "provider_status": o.provider_status,
                     "reason": o.reason,
@@ -213,54 +279,221 @@ async def _cmd_outcome(args: argparse.Namespace) -> int:
                     "attempts": o.attempts,
                     "enqueued_at": o.enqueued_at.isoformat(),
                     "finished_at": o.finished_at.isoformat() if o.finished_at else None,
+                    "metadata": o.metadata,
                 }
             )
         )
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------------
+# Argument parsing: the texts below are what `pushgres … --help` shows.
+
+DESCRIPTION = """\
+Deliver APNs and FCM push notifications queued in PostgreSQL.
+
+Other services queue notifications in the pushgres.queue table (plain SQL, the Python API or
+`pushgres enqueue`); `pushgres run` sends them and records every outcome.
+
+Database commands take the database from --dsn, else $PUSHGRES_DSN, else the database.dsn of
+the --config file. Errors are one line on stderr; the exit status is 0 on success, 1 on an
+error, 2 on a usage error."""
+
+EPILOG = "Run `pushgres COMMAND --help` for a command's options."
+
+MIGRATE = """\
+Create the pushgres schema in the database, or upgrade it to this version of pushgres.
+
+Idempotent, and safe to run from several hosts at once (an advisory lock serializes them).
+Prints the migration versions applied, or that the schema is up to date. Refuses a database
+whose schema is newer than this pushgres."""
+
+RUN = """\
+Run the delivery daemon: claim queued notifications, send them to APNs and FCM, and write
+their outcomes to pushgres.results.
+
+Refuses to start on an invalid config or on a database without this version's schema (run
+`pushgres migrate` first). SIGTERM or SIGINT drains: no new claims, in-flight sends finish
+within daemon.shutdown_timeout_s, the rest stays queued, exit 0. A second signal exits at once
+(open batches roll back and stay queued)."""
+
+ENQUEUE = """\
+Enqueue one notification given by flags, or many from JSON Lines (--file).
+
+Each JSON line is one notification object with the columns of pushgres.queue: app, platform,
+device_token, payload, and optionally priority, push_type, collapse_id, expires_at, topic,
+send_at (ISO 8601 or Unix seconds), dedupe_key, max_attempts, metadata. Blank lines are
+skipped. Every notification is checked before anything is written, and all are enqueued in
+one transaction: a bad one (named by its line) enqueues none.
+
+Prints one line per notification, in input order: its id, or `ID duplicate` when its
+(app, dedupe_key) was enqueued before -- or earlier in the same input -- in which case nothing
+new was queued and ID is the notification that holds the key (`pushgres outcome ID` reads its
+outcome)."""
+
+STATUS = """\
+Print the queue depth per app and platform (all rows, rows ready to send, age of the oldest),
+then the outcomes of the last --window-s seconds per app, status and reason."""
+
+OUTCOME = """\
+Print the outcome of each notification id as one JSON object per line, in the order given:
+id, app, platform, status (queued, sent, failed, token_invalid or expired), provider_status
+(the HTTP status), reason, provider_id (the apns-id or the FCM message name), attempts,
+enqueued_at, finished_at and metadata (the caller's JSON object, or null). An id the database
+does not know prints {"id": ID, "status": "unknown"}."""
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _notification_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a notification id: {text!r}") from None
+    if not -BIGINT_MAX - 1 <= value <= BIGINT_MAX:
+        raise argparse.ArgumentTypeError(f"not a notification id: {text!r} (out of range)")
+    return value
+
+
+def _add_command(sub: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
 def _add_db_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="pushgres TOML config (for its database.dsn)")
-    p.add_argument("--dsn", help="PostgreSQL DSN (default: $PUSHGRES_DSN or the config's)")
+    p.add_argument(
+        "--config", metavar="FILE", help="pushgres TOML config whose database.dsn to use"
+    )
+    p.add_argument(
+        "--dsn",
+        help="PostgreSQL connection URI, postgresql://user:password@host:port/database "
+        "(default: $PUSHGRES_DSN, else the --config file's database.dsn)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pushgres", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="pushgres",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-V",
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__}",
+        help="print the pushgres version and exit",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
-    p = sub.add_parser("migrate", help="create or upgrade the pushgres schema (idempotent)")
+    p = _add_command(sub, "migrate", "create or upgrade the pushgres schema", MIGRATE)
     _add_db_args(p)
 
-    p = sub.add_parser("run", help="run the delivery daemon")
-    p.add_argument("--config", required=True, help="pushgres TOML config")
+    p = _add_command(sub, "run", "run the delivery daemon", RUN)
+    p.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="pushgres TOML config (every key: config/pushgres.example.toml)",
+    )
 
-    p = sub.add_parser("enqueue", help="enqueue one notification from flags, or JSON Lines")
+    p = _add_command(
+        sub, "enqueue", "enqueue notifications from flags or JSON Lines; print their ids", ENQUEUE
+    )
     _add_db_args(p)
-    p.add_argument("--file", help="JSON Lines file of notifications ('-' for stdin)")
-    p.add_argument("--app")
-    p.add_argument("--platform", choices=("apns", "fcm"))
-    p.add_argument("--token", help="device token")
-    p.add_argument("--payload", help="native payload as JSON")
-    p.add_argument("--priority", type=int, default=10, choices=(10, 5, 1))
-    p.add_argument("--push-type")
-    p.add_argument("--collapse-id")
-    p.add_argument("--topic")
-    p.add_argument("--expires-in", type=float, help="seconds from now")
-    p.add_argument("--send-at", help="ISO 8601 time, not before")
-    p.add_argument("--dedupe-key")
-    p.add_argument("--max-attempts", type=int, default=5)
-    p.add_argument("--metadata", help="caller metadata as a JSON object")
+    p.add_argument(
+        "--file",
+        metavar="PATH",
+        help="JSON Lines file, one notification object per line ('-' reads stdin); "
+        "replaces the notification flags below",
+    )
+    p.add_argument("--app", help="the app: names an [apps.<name>] table of the daemon's config")
+    p.add_argument("--platform", choices=("apns", "fcm"), help="the app's provider")
+    p.add_argument("--token", help="device token (APNs: hexadecimal; FCM: the registration token)")
+    p.add_argument(
+        "--payload",
+        metavar="JSON",
+        help="native payload as a JSON object: for APNs the whole body with 'aps', for FCM "
+        "the HTTP v1 message without 'token'",
+    )
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=10,
+        choices=(10, 5, 1),
+        help="10 sends at once, 5 and 1 save power (FCM: 10 is HIGH, else NORMAL); default 10",
+    )
+    p.add_argument(
+        "--push-type",
+        help="APNs apns-push-type (alert, background, voip, ...); default: derived from the "
+        "payload",
+    )
+    p.add_argument(
+        "--collapse-id",
+        help="notifications with one collapse id replace each other on the device (<= 64 "
+        "bytes; FCM collapse_key)",
+    )
+    p.add_argument("--topic", help="APNs topic, overriding the app's configured topic")
+    p.add_argument(
+        "--expires-in",
+        type=_seconds,
+        metavar="SECONDS",
+        help="expire this many seconds from now: not sent after that (APNs apns-expiration, "
+        "FCM TTL)",
+    )
+    p.add_argument(
+        "--send-at", metavar="TIME", help="ISO 8601 time before which it is not sent (no zone: UTC)"
+    )
+    p.add_argument(
+        "--dedupe-key",
+        metavar="KEY",
+        help="idempotency key (1-256 characters): enqueueing the same (app, key) again "
+        "queues nothing and prints the first one's id marked duplicate",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="give up after N attempts (1-100); default 5",
+    )
+    p.add_argument(
+        "--metadata",
+        metavar="JSON",
+        help="caller data as a JSON object, copied to the outcome (never sent)",
+    )
 
-    p = sub.add_parser("status", help="queue depth per app and recent outcomes")
+    p = _add_command(sub, "status", "queue depth per app and recent outcomes", STATUS)
     _add_db_args(p)
-    p.add_argument("--window-s", type=float, default=60.0)
+    p.add_argument(
+        "--window-s",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how far back to count outcomes; default 60",
+    )
 
-    p = sub.add_parser("outcome", help="print the outcome of notification ids as JSON lines")
+    p = _add_command(sub, "outcome", "print notifications' outcomes as JSON lines", OUTCOME)
     _add_db_args(p)
-    p.add_argument("ids", type=int, nargs="+")
+    p.add_argument("ids", type=_notification_id, nargs="+", metavar="ID", help="notification id(s)")
 
-    sub.add_parser("simulate", help="run the APNs/FCM simulators", add_help=False)
-    sub.add_parser("demo", help="the end-to-end demo on an embedded Postgres", add_help=False)
+    # These two parse their own arguments (see `pushgres simulate --help`).
+    sub.add_parser("simulate", help="run local APNs/FCM simulators for development", add_help=False)
+    sub.add_parser("demo", help="the end-to-end demo on an embedded PostgreSQL", add_help=False)
     return parser
 
 
@@ -290,6 +523,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pushgres {args.command}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader of stdout went away (`pushgres outcome … | head`): stop quietly, and keep
+        # Python from reporting the pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
 
 

@@ -86,26 +86,89 @@ async def test_invalid_json_is_rejected_at_insert(conn: asyncpg.Connection) -> N
         )
 
 
-async def test_sql_bulk_function_and_dedupe(conn: asyncpg.Connection) -> None:
-    ids = await conn.fetch(
+async def test_sql_bulk_function_reports_every_element_and_its_duplicates(
+    conn: asyncpg.Connection,
+) -> None:
+    rows = await conn.fetch(
         "SELECT * FROM pushgres.enqueue_many($1, $2, $3, $4::jsonb[], dedupe_keys => $5)",
-        ["ios", "ios", "ios"],
-        ["apns"] * 3,
-        [TOKEN] * 3,
-        ['{"aps":{}}'] * 3,
-        ["k1", "k2", "k1"],
+        ["ios"] * 4,
+        ["apns"] * 4,
+        [TOKEN] * 4,
+        ['{"aps":{}}'] * 4,
+        ["k1", "k2", "k1", None],
     )
-    assert len(ids) == 2
+    assert [tuple(r) for r in rows] == [
+        (1, rows[0]["id"], False),
+        (2, rows[1]["id"], False),
+        (3, rows[0]["id"], True),  # the same key as element 1 in the same call
+        (4, rows[3]["id"], False),
+    ]
+    assert len({rows[0]["id"], rows[1]["id"], rows[3]["id"]}) == 3
     again = await conn.fetch(
         "SELECT * FROM pushgres.enqueue_many($1, $2, $3, $4::jsonb[], dedupe_keys => $5)",
-        ["ios"],
-        ["apns"],
-        [TOKEN],
-        ['{"aps":{}}'],
-        ["k2"],
+        ["ios", "ios"],
+        ["apns", "apns"],
+        [TOKEN, TOKEN],
+        ['{"aps":{}}', '{"aps":{}}'],
+        ["k3", "k2"],
     )
-    assert again == []
-    assert await conn.fetchval("SELECT count(*) FROM pushgres.queue") == 2
+    assert [r["ord"] for r in again] == [1, 2]
+    assert [r["duplicate"] for r in again] == [False, True]
+    assert again[1]["id"] == rows[1]["id"]
+    assert await conn.fetchval("SELECT count(*) FROM pushgres.queue") == 4
+    queued = await conn.fetchval(
+        "SELECT dedupe_key FROM pushgres.queue WHERE id = $1", again[0]["id"]
+    )
+    assert queued == "k3"
+
+
+async def test_sql_bulk_function_names_an_array_of_the_wrong_length(
+    conn: asyncpg.Connection,
+) -> None:
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="device_tokens has 1"):
+        await conn.fetch(
+            "SELECT * FROM pushgres.enqueue_many($1, $2, $3, $4::jsonb[])",
+            ["ios", "ios"],
+            ["apns", "apns"],
+            [TOKEN],
+            ['{"aps":{}}', '{"aps":{}}'],
+        )
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="priorities has 3"):
+        await conn.fetch(
+            "SELECT * FROM pushgres.enqueue_many($1, $2, $3, $4::jsonb[], priorities => $5)",
+            ["ios"],
+            ["apns"],
+            [TOKEN],
+            ['{"aps":{}}'],
+            [10, 10, 10],
+        )
+    assert await conn.fetchval("SELECT count(*) FROM pushgres.queue") == 0
+
+
+async def test_sql_outcome_keeps_the_input_order(conn: asyncpg.Connection) -> None:
+    ids = await pushgres.enqueue(
+        conn,
+        [
+            {"app": "ios", "platform": "apns", "device_token": TOKEN, "payload": {"aps": {}}}
+            for _ in range(3)
+        ],
+    )
+    # The middle one is done: its outcome comes from pushgres.results, the others' from the queue.
+    await conn.execute(
+        "WITH d AS (DELETE FROM pushgres.queue WHERE id = $1 RETURNING *) "
+        "INSERT INTO pushgres.results (id, app, platform, device_token, status, attempts, "
+        "enqueued_at) SELECT id, app, platform, device_token, 'sent', 1, enqueued_at FROM d",
+        ids[1],
+    )
+    order = [ids[2], 999_999, ids[1], ids[0]]
+    rows = await conn.fetch("SELECT id, status FROM pushgres.outcome($1::bigint[])", order)
+    assert [(r["id"], r["status"]) for r in rows] == [
+        (ids[2], "queued"),
+        (ids[1], "sent"),
+        (ids[0], "queued"),
+    ]
+    found = await pushgres.outcome(conn, order)
+    assert list(found) == [ids[2], ids[1], ids[0]]
 
 
 @pytest.mark.parametrize("count", [3, 2500])
@@ -124,15 +187,18 @@ async def test_python_enqueue_returns_ids_in_order_and_dedupes(
         )
         for i in range(count)
     ]
-    ids = await pushgres.enqueue(conn, notes)
+    done = await pushgres.enqueue_detailed(conn, notes)
+    ids = [e.id for e in done]
     assert len(ids) == count
     assert ids[-1] == ids[0]  # same dedupe key as the first: the first's id
+    assert [e.duplicate for e in done] == [False] * (count - 1) + [True]
     assert len(set(ids)) == count - 1
     assert await conn.fetchval("SELECT count(*) FROM pushgres.queue") == count - 1
     tokens = dict(await conn.fetch("SELECT id, device_token FROM pushgres.queue"))
     assert tokens[ids[1]] == "tok-1"
-    again = await pushgres.enqueue(conn, notes[:2])
-    assert again == ids[:2]
+    again = await pushgres.enqueue_detailed(conn, notes[:2])
+    assert again == [pushgres.Enqueued(id=i, duplicate=True) for i in ids[:2]]
+    assert await pushgres.enqueue(conn, notes[:2]) == ids[:2]  # plain ids, as before
 
 
 async def test_python_enqueue_names_the_bad_notification(conn: asyncpg.Connection) -> None:
@@ -163,3 +229,26 @@ async def test_enqueue_wakes_listeners_once_per_statement(
         assert len(got) == 1
     finally:
         await listener.close()
+
+
+async def test_nul_characters_are_refused_before_the_database(conn: asyncpg.Connection) -> None:
+    good = {"app": "ios", "platform": "apns", "device_token": TOKEN, "payload": {"aps": {}}}
+    with pytest.raises(EnqueueError, match="notification 1: payload contains a NUL character"):
+        await pushgres.enqueue(conn, [good, {**good, "payload": {"aps": {"alert": "a\u0000"}}}])
+    with pytest.raises(EnqueueError, match="notification 0: metadata contains a NUL character"):
+        await pushgres.enqueue(conn, [{**good, "metadata": {"k\u0000": 1}}])
+    # A backslash followed by "u0000" is ordinary text, not a NUL.
+    ids = await pushgres.enqueue(conn, [{**good, "payload": {"aps": {"alert": "\\u0000"}}}])
+    assert len(ids) == 1
+
+
+async def test_api_without_the_schema_raises_schema_error(empty_dsn: str) -> None:
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        good = {"app": "ios", "platform": "apns", "device_token": TOKEN, "payload": {"aps": {}}}
+        with pytest.raises(SchemaError, match="run `pushgres migrate` first"):
+            await pushgres.enqueue(conn, [good])
+        with pytest.raises(SchemaError, match="run `pushgres migrate` first"):
+            await pushgres.outcome(conn, [1])
+    finally:
+        await conn.close()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pushgres.api import validate
+from pushgres.api import as_notification, validate
 from pushgres.exceptions import EnqueueError
 from pushgres.models import Notification
 
@@ -42,6 +42,18 @@ GOOD: dict[str, Any] = {
         ({"max_attempts": 0}, "max_attempts must be 1..100"),
         ({"metadata": [1]}, "metadata must be a JSON object"),
         ({"send_at": dt.datetime(2030, 1, 1)}, "send_at must be a timezone-aware datetime"),
+        ({"priority": True}, "priority must be 10, 5 or 1, got True"),
+        ({"max_attempts": True}, "max_attempts must be 1..100"),
+        ({"push_type": ["alert"]}, "push_type must be a string"),
+        ({"collapse_id": 5}, "collapse_id must be a string"),
+        ({"collapse_id": "a\x00"}, "collapse_id must not contain a NUL character"),
+        ({"topic": 5}, "topic must be a string"),
+        ({"topic": "com.example app"}, "topic must start with A-Z a-z 0-9"),
+        ({"topic": ".com.example"}, "topic must start with A-Z a-z 0-9"),
+        ({"dedupe_key": 5}, "dedupe_key must be a string"),
+        ({"dedupe_key": ""}, "dedupe_key must be 1-256 characters"),
+        ({"dedupe_key": "k" * 257}, "dedupe_key must be 1-256 characters"),
+        ({"dedupe_key": "a\x00"}, "dedupe_key must not contain a NUL character"),
     ],
 )
 def test_each_rule(changes: dict[str, Any], message: str) -> None:
@@ -56,6 +68,7 @@ def test_good_notifications_pass() -> None:
     validate(Notification(**GOOD))
     validate(Notification(**{**GOOD, "push_type": "background", "priority": 5}))
     validate(Notification(app="a", platform="fcm", device_token="x:1", payload={}))
+    validate(Notification(**GOOD, topic="com.example.app-1_x", dedupe_key="k" * 256))
 
 
 def test_from_mapping_parses_times_and_rejects_unknown_fields() -> None:
@@ -66,3 +79,15 @@ def test_from_mapping_parses_times_and_rejects_unknown_fields() -> None:
         Notification.from_mapping({"app": "a"})
     with pytest.raises(ValueError, match="not an ISO 8601 time"):
         Notification.from_mapping({**GOOD, "send_at": "tomorrow"})
+
+
+def test_as_notification_names_the_index_and_field() -> None:
+    assert as_notification(GOOD, 0) == Notification(**GOOD)
+    with pytest.raises(EnqueueError, match=r"notification 2: send_at: 1e\+20 is not a Unix time"):
+        as_notification({**GOOD, "send_at": 1e20}, 2)
+    with pytest.raises(EnqueueError, match="notification 1: expires_at: -1e\\+20 is not a Unix"):
+        as_notification({**GOOD, "expires_at": -1e20}, 1)
+    with pytest.raises(EnqueueError, match="notification 0: expected a Notification or a mapping"):
+        as_notification([1, 2], 0)  # type: ignore[arg-type]
+    with pytest.raises(EnqueueError, match="notification 4: unknown field"):
+        as_notification({**GOOD, "colour": 1}, 4)
