@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from pushgres.apns.auth import ProviderToken
 from pushgres.fcm.auth import ServiceAccount, TokenSource
 from pushgres.http2.pool import Http2Pool, PoolSettings, Response
-from pushgres.http2.tls import make_ssl_context
+from pushgres.http2.tls import make_http1_ssl_context, make_ssl_context
 from pushgres.simulator import Simulators, devkit
 
 TOPIC = "com.example.app"
@@ -173,8 +173,8 @@ async def test_changing_token_within_20_minutes_is_refused(sims: Simulators) -> 
 
 async def test_oauth_endpoint_issues_and_rejects(sims: Simulators, tmp_path: pathlib.Path) -> None:
     account = ServiceAccount(dev(sims).service_account_file)
-    ctx = make_ssl_context(ca_file=sims.ca_file)
-    source = TokenSource(account, ssl_context=ctx)
+    ctx = make_http1_ssl_context(ca_file=sims.ca_file)  # aiohttp speaks HTTP/1.1 only
+    source = TokenSource(account, ca_file=sims.ca_file)
     try:
         header = await source.header()
         assert header.startswith(b"Bearer ya29.sim-")

@@ -4,13 +4,17 @@ The service-account JSON is read once. The token is fetched from its ``token_uri
 (HTTP/1.1), cached, refreshed five minutes before expiry, with a single refresh in flight that
 every sender shares; a 401 from FCM invalidates the token it was sent with. Neither the key nor
 any token appears in logs or errors.
+
+:class:`TokenSource` builds its own TLS context from a CA file
+(:func:`pushgres.http2.tls.make_http1_ssl_context`: ALPN ``http/1.1`` only, verification on).
+It takes no context from its caller: Google's token endpoint offers ``h2`` as well, and would
+select it for the provider pools' ``h2``-only context, which aiohttp cannot speak.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..exceptions import ConfigError, ProviderAuthError
+from ..http2.tls import make_http1_ssl_context
 
 __all__ = ["SCOPE", "ServiceAccount", "TokenSource"]
 
@@ -90,17 +95,26 @@ class ServiceAccount:
 
 
 class TokenSource:
-    """A cached OAuth2 access token with single-flight refresh."""
+    """A cached OAuth2 access token with single-flight refresh.
+
+    ``ca_file`` is the CA bundle the token endpoint's certificate must chain to (``None``: the
+    system store); the TLS context is built here, offering ALPN ``http/1.1`` only.
+
+    Raises
+    ------
+    ConfigError
+        The CA file cannot be read.
+    """
 
     def __init__(
         self,
         account: ServiceAccount,
         *,
-        ssl_context: ssl.SSLContext,
+        ca_file: str | None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._account = account
-        self._ssl = ssl_context
+        self._ssl = make_http1_ssl_context(ca_file=ca_file)
         self._clock = clock
         self._token: bytes | None = None
         self._expires_at = 0.0

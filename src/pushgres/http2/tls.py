@@ -1,10 +1,17 @@
-"""TLS for provider connections: an :class:`ssl.SSLContext` that speaks HTTP/2.
+"""TLS for every outbound connection: client :class:`ssl.SSLContext` objects, and nothing else.
 
-:func:`make_ssl_context` is the only place TLS is configured: TLS 1.2 or newer, ALPN
-``h2``, certificate and host-name verification always on (protocol.md A.2), and an optional
-client certificate for APNs certificate-based authentication (A.7.2). The ``ssl`` module
-loads certificates only from files, so PEM bytes are written to a private temporary file
-(mode 0600 in a mode 0700 directory), loaded and deleted at once.
+This module is the only place TLS is configured: TLS 1.2 or newer, certificate and host-name
+verification always on, and one context per protocol, because the ALPN offer must name only
+protocols the client on top can speak (RFC 7301 section 3.2: the server picks from the offer).
+
+* :func:`make_ssl_context`: ALPN ``h2``, for the HTTP/2 provider pools (RFC 9113 section 3.2),
+  with an optional client certificate for APNs certificate-based authentication.
+* :func:`make_http1_ssl_context`: ALPN ``http/1.1``, for aiohttp (an HTTP/1.1 client), which
+  fetches FCM OAuth tokens. Google's token endpoint offers ``h2`` too and would select it for
+  an ``h2`` offer, so that client must never get the pool's context.
+
+The ``ssl`` module loads certificates only from files, so client PEM bytes are written to a
+private temporary file (mode 0600 in a mode 0700 directory), loaded and deleted at once.
 """
 
 from __future__ import annotations
@@ -15,9 +22,10 @@ import tempfile
 
 from ..exceptions import ConfigError
 
-__all__ = ["ALPN_PROTOCOLS", "make_ssl_context"]
+__all__ = ["ALPN_PROTOCOLS", "HTTP1_ALPN_PROTOCOLS", "make_http1_ssl_context", "make_ssl_context"]
 
 ALPN_PROTOCOLS = ("h2",)
+HTTP1_ALPN_PROTOCOLS = ("http/1.1",)
 
 
 def make_ssl_context(
@@ -42,6 +50,32 @@ def make_ssl_context(
         The CA file cannot be read, or the client certificate or key is invalid or given
         without the other half.
     """
+    context = _verifying_context(ca_file, ALPN_PROTOCOLS)
+    if client_cert_pem is None:
+        if client_key_pem is not None:
+            raise ConfigError("a client key was given without a client certificate")
+        return context
+    _load_client_certificate(context, client_cert_pem, client_key_pem)
+    return context
+
+
+def make_http1_ssl_context(*, ca_file: str | None) -> ssl.SSLContext:
+    """A client context for HTTP/1.1 over TLS (ALPN ``http/1.1`` only), verification on.
+
+    Parameters
+    ----------
+    ca_file:
+        CA bundle to trust; ``None`` uses the system store.
+
+    Raises
+    ------
+    ConfigError
+        The CA file cannot be read.
+    """
+    return _verifying_context(ca_file, HTTP1_ALPN_PROTOCOLS)
+
+
+def _verifying_context(ca_file: str | None, alpn: tuple[str, ...]) -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
@@ -49,12 +83,7 @@ def make_ssl_context(
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
-    context.set_alpn_protocols(list(ALPN_PROTOCOLS))
-    if client_cert_pem is None:
-        if client_key_pem is not None:
-            raise ConfigError("a client key was given without a client certificate")
-        return context
-    _load_client_certificate(context, client_cert_pem, client_key_pem)
+    context.set_alpn_protocols(list(alpn))
     return context
 
 

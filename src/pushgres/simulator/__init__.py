@@ -1,4 +1,4 @@
-"""Local APNs and FCM simulators, for tests, the demo and benchmarks (protocol.md section D).
+"""Local APNs and FCM simulators, for tests, the demo and benchmarks.
 
 ::
 
@@ -13,8 +13,10 @@
         sims.accepted_counts()  # {"apns": {token: n}, "apns_ids": {id: n}, "fcm": {token: n}}
 
 Listeners, all on 127.0.0.1: APNs production and sandbox (HTTP/2 over TLS, token or
-certificate auth), FCM (HTTP/2, and HTTP/1.1 by ALPN), the OAuth token endpoint (HTTPS,
-HTTP/1.1, aiohttp) and the control API (plain HTTP/1.1 JSON, aiohttp). ``sims.apns`` is the
+certificate auth), FCM (HTTP/2, and HTTP/1.1 by ALPN), the OAuth token endpoint (HTTPS; ALPN
+``h2`` and ``http/1.1`` as Google's, ``POST /token`` served over both by the shared h2 server;
+``sims.oauth`` is the endpoint, ``sims.oauth_listener`` its connections and counters) and the
+control API (plain HTTP/1.1 JSON, aiohttp). ``sims.apns`` is the
 production host, ``sims.apns_sandbox`` the sandbox host. The control API's routes and the
 Python methods of :class:`Simulators` do the same things; in the control API the service name
 ``apns`` means both APNs hosts, ``apns_production``/``apns_sandbox`` one of them. ``pushgres
@@ -33,13 +35,14 @@ from aiohttp import web
 from . import devkit
 from .apns import ApnsSimulator
 from .config import SimulatorConfig
-from .fcm import FcmSimulator, OAuthEndpoint
+from .fcm import FcmSimulator, OAuthEndpoint, OAuthListener
 from .server import H2ServerProtocol, Service, make_server_ssl
 
 __all__ = [
     "ApnsSimulator",
     "FcmSimulator",
     "OAuthEndpoint",
+    "OAuthListener",
     "SimulatorConfig",
     "Simulators",
     "devkit",
@@ -91,6 +94,7 @@ class Simulators:
             token_uri=f"https://127.0.0.1:{config.oauth_port}/token",
             accounts=config.service_accounts,
         )
+        self.oauth_listener = OAuthListener(self.oauth, seed=base_seed + 3)
         self.fcm = FcmSimulator(oauth=self.oauth, projects=config.projects, seed=base_seed + 2)
         self.apns.patch(config.apns_knobs)
         self.apns_sandbox.patch({**config.apns_knobs, **config.apns_sandbox_knobs})
@@ -147,18 +151,16 @@ class Simulators:
             apns_ctx = make_server_ssl(
                 c.server_cert_file, c.server_key_file, alpn=["h2"], client_ca_file=c.ca_file
             )
-            fcm_ctx = make_server_ssl(
+            # Google's hosts (FCM and the token endpoint) offer both; an h2-only client gets h2.
+            google_ctx = make_server_ssl(
                 c.server_cert_file, c.server_key_file, alpn=["h2", "http/1.1"]
             )
             self.apns_production_port = await self._h2(self.apns, self._ports["apns"], apns_ctx)
             self.apns_sandbox_port = await self._h2(
                 self.apns_sandbox, self._ports["apns_sandbox"], apns_ctx
             )
-            self.fcm_port = await self._h2(self.fcm, self._ports["fcm"], fcm_ctx)
-            oauth_app = web.Application()
-            oauth_app.router.add_post("/token", self.oauth.handle)
-            http_ctx = make_server_ssl(c.server_cert_file, c.server_key_file, alpn=["http/1.1"])
-            self.oauth_port = await self._site(oauth_app, self._ports["oauth"], http_ctx)
+            self.fcm_port = await self._h2(self.fcm, self._ports["fcm"], google_ctx)
+            self.oauth_port = await self._h2(self.oauth_listener, self._ports["oauth"], google_ctx)
             self.oauth.token_uri = f"https://127.0.0.1:{self.oauth_port}/token"
             self.control_port = await self._site(self._control_app(), self._ports["control"], None)
         except BaseException:
@@ -176,7 +178,7 @@ class Simulators:
         raise RuntimeError("the listener has no address")
 
     async def stop(self) -> None:
-        for service in self._services():
+        for service in (*self._services(), self.oauth_listener):
             for conn in list(service.connections.values()):
                 conn.protocol.abort()
         for server in self._servers:
@@ -208,7 +210,7 @@ class Simulators:
             "apns": self.apns.metrics(),
             "apns_sandbox": self.apns_sandbox.metrics(),
             "fcm": self.fcm.metrics(),
-            "oauth": self.oauth.metrics(),
+            "oauth": {**self.oauth.metrics(), "listener": self.oauth_listener.metrics()},
         }
 
     def state(self) -> dict[str, Any]:
@@ -231,7 +233,12 @@ class Simulators:
             "apns": one(self.apns),
             "apns_sandbox": one(self.apns_sandbox),
             "fcm": one(self.fcm),
-            "oauth": {"knobs": self.oauth.knobs, "token_uri": self.oauth.token_uri},
+            "oauth": {
+                "knobs": self.oauth.knobs,
+                "token_uri": self.oauth.token_uri,
+                "audiences": self.oauth.audiences(),
+                "connections": self.oauth_listener.connection_states(),
+            },
         }
 
     def requests(self, service: str = "apns", since: int = 0) -> list[dict[str, Any]]:
@@ -315,6 +322,7 @@ class Simulators:
         """Clear state, counters, scripts, registries and logs; knobs back to the config's."""
         for service in self._services():
             service.reset()
+        self.oauth_listener.reset()
         self.oauth.reset()
         self.apns.patch(self.config.apns_knobs)
         self.apns_sandbox.patch({**self.config.apns_knobs, **self.config.apns_sandbox_knobs})

@@ -1,7 +1,7 @@
-"""The FCM HTTP v1 simulator and its OAuth2 token endpoint (protocol.md D.3).
+"""The FCM HTTP v1 simulator and its OAuth2 token endpoint.
 
 ``POST /v1/projects/{project}/messages:send`` (HTTP/2, or HTTP/1.1 when ALPN picks it) runs
-D.3's steps in order: 1. the bearer access token (issued by :class:`OAuthEndpoint`, unexpired,
+these checks in order: 1. the bearer access token (issued by :class:`OAuthEndpoint`, unexpired,
 not revoked; else 401 ``UNAUTHENTICATED``); 2. the account may send for the project (given by
 ID or number) and the API is enabled (403 ``PERMISSION_DENIED``); 3-7. the JSON body (unknown
 fields, exactly one target, ``data`` values strings and no reserved keys, Android priority /
@@ -9,36 +9,45 @@ TTL / color, ``apns.headers`` values strings, topic and condition syntax, payloa
 400 ``INVALID_ARGUMENT``; 8. the registration token (format, registry state, ``devkit``
 kinds) → Google's envelope with the ``FcmError`` code (and ``ApnsError`` for iOS tokens);
 9. the per-project quota (a 60-second window from the project's first request, client errors
-counted) → 429 ``QUOTA_EXCEEDED`` with ``Retry-After``; 10. scripts and injected faults (D.4);
+counted) → 429 ``QUOTA_EXCEEDED`` with ``Retry-After``; 10. scripts and injected faults;
 11. ``validate_only``; 12. 200 ``{"name": "projects/<p>/messages/<id>"}``, counted per token.
+Error bodies follow Google's FCM HTTP v1 ``ErrorCode`` reference.
 
-The OAuth endpoint (HTTP/1.1, aiohttp) checks the JWT-bearer assertion: grant type, RS256
-signature against the service account's public key, ``aud`` = the token URI, ``iat``/``exp``,
-the account, the scope; it answers ``{"access_token": "ya29.sim-…", "expires_in": 3599,
-"token_type": "Bearer"}``.
+The OAuth endpoint (:class:`OAuthEndpoint`, served by :class:`OAuthListener`) implements
+Google's service-account flow ("Using OAuth 2.0 for Server to Server Applications"), the
+JWT-bearer grant of RFC 7523. Like ``oauth2.googleapis.com`` it offers ALPN ``h2`` and
+``http/1.1`` and answers ``POST /token`` over both (a client without ALPN gets HTTP/1.1, or
+HTTP/2 with prior knowledge). It checks the assertion: grant type, RS256 signature against the
+service account's public key, ``aud`` = Google's token URL
+(``https://oauth2.googleapis.com/token``, which google-auth always signs) or the simulator's
+own token URI, ``iat``/``exp``, the account, the scope; it answers ``{"access_token":
+"ya29.sim-…", "expires_in": 3599, "token_type": "Bearer"}`` with ``Cache-Control: no-store``
+(RFC 6749 section 5.1), and errors as ``{"error", "error_description"}`` (section 5.2).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import secrets
 import time
+import urllib.parse
 from email.utils import formatdate
 from typing import Any
 
 import jwt
 import orjson
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from .devkit import fcm_kind
 from .server import COMMON_KNOBS, Connection, Reply, Request, Service
 
-__all__ = ["ERROR_CODES", "FcmSimulator", "OAuthEndpoint"]
+__all__ = ["ERROR_CODES", "GOOGLE_TOKEN_URI", "FcmSimulator", "OAuthEndpoint", "OAuthListener"]
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# The audience Google documents for service-account assertions; google-auth signs it whatever
+# the key file's token_uri says.
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 SCOPES = {
     "https://www.googleapis.com/auth/firebase.messaging",
     "https://www.googleapis.com/auth/cloud-platform",
@@ -65,7 +74,7 @@ _SHORT_LIVED = (
     "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable "
     "timeframe. Check your iat and exp values in the JWT claim."
 )
-# errorCode → (HTTP status, google status, message): protocol.md B.5.
+# errorCode → (HTTP status, google status, message), as in Google's FCM v1 ErrorCode reference.
 ERROR_CODES: dict[str, tuple[int, str, str]] = {
     "UNREGISTERED": (404, "NOT_FOUND", "Requested entity was not found."),
     "SENDER_ID_MISMATCH": (403, "PERMISSION_DENIED", "SenderId mismatch"),
@@ -127,7 +136,11 @@ def _envelope(
 
 
 class OAuthEndpoint:
-    """Issues access tokens for service accounts (JWT-bearer grant, protocol.md D.3)."""
+    """Issues access tokens for service accounts (JWT-bearer grant, RFC 7523 section 2.1).
+
+    Transport-free: :class:`OAuthListener` serves :meth:`exchange` over HTTP/2 and HTTP/1.1.
+    An assertion's ``aud`` may be :data:`GOOGLE_TOKEN_URI` or :attr:`token_uri`.
+    """
 
     default_knobs: dict[str, Any] = {
         "token_lifetime_s": 3599,
@@ -198,14 +211,9 @@ class OAuthEndpoint:
             return None
         return entry[0]
 
-    async def handle(self, request: web.Request) -> web.Response:
-        if self.knobs["latency_ms"]:
-            await asyncio.sleep(float(self.knobs["latency_ms"]) / 1000)
-        form = await request.post()
-        status, body = self.exchange(
-            str(form.get("grant_type", "")), str(form.get("assertion", ""))
-        )
-        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+    def audiences(self) -> list[str]:
+        """The ``aud`` values accepted: Google's token URL and this endpoint's own URI."""
+        return [GOOGLE_TOKEN_URI, self.token_uri]
 
     def exchange(self, grant_type: str, assertion: str) -> tuple[int, dict[str, Any]]:
         """One token request: (status, JSON body)."""
@@ -233,7 +241,7 @@ class OAuthEndpoint:
                 assertion,
                 account["key"],
                 algorithms=["RS256"],
-                audience=self.token_uri,
+                audience=self.audiences(),
                 options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
             )
         except jwt.InvalidAudienceError:
@@ -269,6 +277,64 @@ class OAuthEndpoint:
     def _error(self, status: int, error: str, description: str) -> tuple[int, dict[str, Any]]:
         self.rejected += 1
         return status, {"error": error, "error_description": description}
+
+
+class OAuthListener(Service):
+    """The token endpoint's listener: ``POST /token`` over HTTP/2 or HTTP/1.1, as Google's.
+
+    The connection handling is the shared server's (:class:`H2ServerProtocol`); each complete
+    request is handed to :meth:`OAuthEndpoint.exchange`. Its connection knobs keep their
+    defaults; the endpoint's own knobs (latency, failures, lifetime) are the endpoint's.
+    """
+
+    name = "oauth"
+    default_knobs = COMMON_KNOBS
+
+    def __init__(self, endpoint: OAuthEndpoint, *, seed: int = 3) -> None:
+        super().__init__(seed=seed)
+        self.endpoint = endpoint
+
+    def http1_allowed(self) -> bool:
+        return True
+
+    def handle(self, request: Request) -> Reply:
+        self.count("requests")
+        path = (request.header(b":path") or b"").partition(b"?")[0]
+        if path != b"/token":
+            reply = self._answer(404, {"error": "not_found", "error_description": "Not Found"})
+        elif request.header(b":method") != b"POST":
+            reply = self._answer(
+                405, {"error": "invalid_request", "error_description": "Method Not Allowed"}
+            )
+        else:
+            form = self._form(request)
+            reply = self._answer(
+                *self.endpoint.exchange(form.get("grant_type", ""), form.get("assertion", ""))
+            )
+            reply.delay_s = float(self.endpoint.knobs["latency_ms"] or 0) / 1000
+        self.responses[str(reply.status)] += 1
+        return reply
+
+    @staticmethod
+    def _form(request: Request) -> dict[str, str]:
+        """The ``application/x-www-form-urlencoded`` body (RFC 6749 section 4.1.3); else none."""
+        content_type = (request.header(b"content-type") or b"").partition(b";")[0]
+        if content_type.strip().lower() != b"application/x-www-form-urlencoded":
+            return {}
+        pairs = urllib.parse.parse_qsl(bytes(request.body).decode("latin-1"))
+        form: dict[str, str] = {}
+        for key, value in pairs:
+            form.setdefault(key, value)
+        return form
+
+    @staticmethod
+    def _answer(status: int, body: dict[str, Any]) -> Reply:
+        headers = [
+            (b"content-type", b"application/json; charset=utf-8"),
+            (b"cache-control", b"no-store"),
+            (b"pragma", b"no-cache"),
+        ]
+        return Reply(status, headers, orjson.dumps(body), reason=str(body.get("error", "")))
 
 
 class FcmSimulator(Service):
@@ -662,7 +728,7 @@ class FcmSimulator(Service):
     def _registered(
         self, spec: dict[str, Any], project: str, message: dict[str, Any]
     ) -> Reply | None:
-        """A token registered with a state dict (protocol.md D.3 ``registration_tokens``)."""
+        """A token registered with a state dict (the configuration's ``registration_tokens``)."""
         state = spec.get("state", "valid")
         if state == "invalid":
             return self.error_for("INVALID_ARGUMENT")

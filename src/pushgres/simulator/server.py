@@ -1,4 +1,4 @@
-"""The HTTP/2-over-TLS server both simulators share (asyncio + h2, server side; protocol.md D.1).
+"""The HTTP/2-over-TLS server every simulator shares (asyncio + h2, server side).
 
 One :class:`H2ServerProtocol` per connection. It owns the wire rules every simulator needs:
 
@@ -19,11 +19,13 @@ One :class:`H2ServerProtocol` per connection. It owns the wire rules every simul
   ``transport.write`` per received chunk or per loop turn, ``TCP_NODELAY``.
 * PING: counted; ACKs may be delayed or dropped, and too many PINGs without data answered
   with GOAWAY ``ENHANCE_YOUR_CALM`` (knobs).
-* ALPN: ``h2``; ``http/1.1`` for services that allow it (FCM). Without ALPN the first bytes
-  decide: the HTTP/2 preface means prior-knowledge HTTP/2 (APNs accepts it), anything else is
-  HTTP/1.1 or a closed connection.
+* ALPN: ``h2``; ``http/1.1`` for services that allow it (FCM, the OAuth token endpoint).
+  Without ALPN the first bytes decide: the HTTP/2 preface means prior-knowledge HTTP/2 (APNs
+  accepts it), anything else is HTTP/1.1 or a closed connection. The HTTP/1.1 side is minimal:
+  ``Content-Length`` bodies, keep-alive, one request at a time, and ``Expect: 100-continue``
+  answered with ``100 Continue`` (RFC 9110 section 10.1.1).
 
-A service (APNs, FCM) subclasses :class:`Service`: it turns a complete :class:`Request` into a
+A service (APNs, FCM, OAuth) subclasses :class:`Service`: it turns a complete :class:`Request` into a
 :class:`Reply`. :class:`Service` also owns what both simulators share: knobs and their runtime
 patching, the seeded RNG, the clock offset, the latency model, scripts, token registry,
 counters, accepted counts and the bounded request log.
@@ -71,7 +73,7 @@ EXCESS_STREAMS_DEBUG = b"Maximum active streams violated for this endpoint."
 _MCS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
 _RESET_CODES = {code.name: int(code) for code in h2.errors.ErrorCodes}
 
-# Knobs both simulators understand (protocol.md D.4); each service adds its own.
+# Knobs every simulator understands; each service adds its own.
 COMMON_KNOBS: dict[str, Any] = {
     "seed": None,  # set to re-seed the RNG
     "latency": None,  # {"dist": fixed|uniform|lognormal, "ms", "min_ms", "max_ms", "median_ms", "sigma", "tail_p", "tail_ms"}
@@ -171,7 +173,7 @@ class Service:
         self.flaky: Counter[str] = Counter()
         self.responses: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
-        # Registered tokens: token → kind (a devkit kind) or a dict spec (protocol.md D.2/D.3).
+        # Registered tokens: token → kind (a devkit kind) or a dict spec (the configuration's).
         self.registry: dict[str, Any] = {}
         self.request_log: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=int(self.knobs["request_log_size"])
@@ -365,7 +367,7 @@ class Service:
         )
 
     def connection_faults(self, conn: Connection, stream_id: int) -> None:
-        """Planned per-connection events, checked as each stream completes (D.4)."""
+        """Planned per-connection events (knobs), checked as each stream completes."""
         after = self.knobs["goaway_after_streams"]
         if after and conn.streams_seen >= int(after) and not conn.protocol.goaway_sent:
             self.count("planned_goaways")
@@ -989,6 +991,7 @@ class Http1Handler:
         self.busy = False
         self.keep_alive = True
         self.stream_id = 1
+        self.continued = False  # 100 Continue sent for the request being received
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
@@ -1011,9 +1014,15 @@ class Http1Handler:
                 self.protocol.abort()
                 return
             if len(self.buffer) < end + 4 + length:
+                expect = dict(headers).get(b"expect", b"").lower()
+                if expect == b"100-continue" and not self.continued:
+                    self.continued = True  # the client waits for this before its body
+                    self.protocol.out += b"HTTP/1.1 100 Continue\r\n\r\n"
+                    self.protocol.flush()
                 return
             body = bytes(self.buffer[end + 4 : end + 4 + length])
             del self.buffer[: end + 4 + length]
+            self.continued = False
             connection = dict(headers).get(b"connection", b"").lower()
             self.keep_alive = version == b"HTTP/1.1" and connection != b"close"
             authority = dict(headers).get(b"host", b"")
