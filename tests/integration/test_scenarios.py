@@ -1,10 +1,12 @@
-"""The simulator-spec scenarios (protocol.md D.5) at the daemon level."""
+"""Failure scenarios at the daemon level: black holes, error floods, resets, quotas, limits."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from typing import Any
+
+import asyncpg
 
 from pushgres.simulator import devkit
 
@@ -123,3 +125,66 @@ async def test_rate_limit_per_app(env: dict[str, Any]) -> None:
     assert all(o.status == "sent" for o in found.values())
     # A 100-token burst, then 100 per second: 300 sends cannot take less than 2 s.
     assert elapsed >= 1.9
+
+
+async def _drain_rate(env: dict[str, Any], tokens: list[str], share: float) -> float:
+    """Rows per second until ``share`` of ``tokens`` are terminal (the daemon is running)."""
+    started = time.monotonic()
+    ids = await enqueue(env["dsn"], [apns(t) for t in tokens])
+    conn = await asyncpg.connect(env["dsn"])
+    try:
+        while True:
+            done = await conn.fetchval(
+                "SELECT count(*) FROM pushgres.results WHERE id = ANY($1)", ids
+            )
+            if done >= share * len(ids):
+                return done / (time.monotonic() - started)
+            assert time.monotonic() - started < 120, f"{done} of {len(ids)} done"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
+async def test_one_percent_blackholed_streams_do_not_stall_sending(env: dict[str, Any]) -> None:
+    # Every batch of 200 holds about two streams that are never answered. They must not hold
+    # back their batch's answered rows, nor the next claims.
+    sims = env["sims"]
+    config = write_config(
+        env["tmp"] / "bh1.toml",
+        dsn=env["dsn"],
+        setup=env["setup"],
+        sims=sims,
+        daemon="request_timeout_s = 3",
+    )
+    normal = [devkit.apns_token("ok", 40_000 + i) for i in range(3000)]
+    holed = [devkit.apns_token("ok", 50_000 + i) for i in range(3000)]
+    async with running_daemon(settings_for(config)):
+        await _drain_rate(env, [devkit.apns_token("ok", 39_000 + i) for i in range(500)], 1)
+        normal_rate = await _drain_rate(env, normal, 0.98)
+        sims.apns.patch({"blackhole_rate": 0.01})
+        holed_rate = await _drain_rate(env, holed, 0.97)
+        blackholed = sims.apns.faults["blackhole"]
+        sims.apns.patch({"blackhole_rate": 0.0})
+        conn = await asyncpg.connect(env["dsn"])
+        try:
+            deadline = time.monotonic() + 30
+            while await conn.fetchval("SELECT count(*) FROM pushgres.queue"):
+                assert time.monotonic() < deadline  # the stragglers: retried after the deadline
+                await asyncio.sleep(0.1)
+            rows = await conn.fetch(
+                "SELECT device_token, status, attempts FROM pushgres.results"
+                " WHERE device_token = ANY($1)",
+                holed,
+            )
+        finally:
+            await conn.close()
+    print(f"1% blackholed: {holed_rate:.0f}/s against {normal_rate:.0f}/s normal")
+    assert blackholed > 10
+    assert holed_rate >= 0.75 * normal_rate, (holed_rate, normal_rate)
+    # Nothing lost, one result each, and nothing delivered twice (a blackholed request is
+    # never accepted); the stragglers took a second attempt.
+    assert sorted(r["device_token"] for r in rows) == sorted(holed)
+    assert all(r["status"] == "sent" for r in rows)
+    assert sum(r["attempts"] == 2 for r in rows) >= blackholed * 0.9
+    accepted = sims.accepted_counts()["apns"]
+    assert [accepted.get(t, 0) for t in holed] == [1] * len(holed)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import attrgetter
 from typing import Any, Final
@@ -52,6 +54,8 @@ _UNAVAILABLE = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
+    # A connection broken mid-operation can be left in a state asyncpg refuses to use.
+    asyncpg.InternalClientError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
     asyncpg.exceptions.PostgresConnectionError,
@@ -69,8 +73,10 @@ class _Availability:
 
     def __init__(self) -> None:
         self.is_up = True
+        self._failed_at = -math.inf
 
     def failed(self, exc: BaseException) -> None:
+        self._failed_at = time.monotonic()
         if self.is_up:
             self.is_up = False
             logger.warning(
@@ -79,8 +85,10 @@ class _Availability:
                 extra={"action": "db_unavailable"},
             )
 
-    def succeeded(self) -> None:
-        if not self.is_up:
+    def succeeded(self, started_at: float) -> None:
+        # Only an operation begun after the last failure proves the database is back: one that
+        # was already running when the outage began may still finish.
+        if not self.is_up and started_at > self._failed_at:
             self.is_up = True
             logger.warning("PostgreSQL is available again", extra={"action": "db_available"})
 
@@ -91,9 +99,10 @@ _NO_AVAILABILITY = _Availability()
 @contextlib.contextmanager
 def map_db_errors(action: str, availability: _Availability = _NO_AVAILABILITY) -> Iterator[None]:
     """Turn asyncpg and socket errors into :class:`StoreError`, keeping the cause."""
+    started_at = time.monotonic()
     try:
         yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except (asyncpg.PostgresError, ValueError, *_UNAVAILABLE) as exc:
         if is_unavailable(exc):
             availability.failed(exc)
             raise StoreError(
@@ -102,7 +111,7 @@ def map_db_errors(action: str, availability: _Availability = _NO_AVAILABILITY) -
                 unavailable=True,
             ) from exc
         raise StoreError(f"{action} failed: {type(exc).__name__}: {exc}") from exc
-    availability.succeeded()
+    availability.succeeded(started_at)
 
 
 def _result_records(results: Sequence[ResultRecord]) -> list[tuple[Any, ...]]:
