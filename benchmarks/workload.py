@@ -1,7 +1,7 @@
 """The one workload every step sends, and the test credentials it is sent with.
 
 Every step sends the same APNs token-auth request: ``POST /3/device/<64 hex>`` with the
-headers :class:`~pushgres.apns.protocol.ApnsRequestBuilder` builds (``apns-id``,
+headers :class:`~pushgres.providers.apns.protocol.ApnsRequestBuilder` builds (``apns-id``,
 ``apns-push-type``, ``apns-topic``, ``apns-priority``), a provider token in
 ``authorization`` and an 83-byte alert payload.
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pushgres import codec
-from pushgres.apns.auth import ProviderToken
-from pushgres.apns.protocol import ApnsRequestBuilder
 from pushgres.models import ClaimedRow, Notification, Outcome
+from pushgres.providers.apns.auth import ProviderToken
+from pushgres.providers.apns.protocol import ApnsRequestBuilder
 from pushgres.simulator.devkit import apns_token, generate_apns_key, generate_ca
 
 __all__ = [

@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pushgres.apns.reasons import APNS_REASONS
 from pushgres.http2.codecs import CODECS
+from pushgres.providers.apns.reasons import APNS_REASONS
 from pushgres.simulator import devkit
 
 from .harness import apns, enqueue, fcm, running_daemon, settings_for, wait_terminal, write_config

@@ -9,8 +9,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pushgres.apns.reasons import APNS_REASONS
 from pushgres.models import Action
+from pushgres.providers.apns.reasons import APNS_REASONS
 from pushgres.simulator import devkit
 
 from .harness import (

@@ -18,8 +18,8 @@ import urllib.parse
 import pytest
 
 from pushgres.exceptions import ProviderAuthError
-from pushgres.fcm.auth import ServiceAccount, TokenSource
 from pushgres.http2.tls import make_http1_ssl_context, make_ssl_context
+from pushgres.providers.fcm.auth import ServiceAccount, TokenSource
 from pushgres.simulator import Simulators, devkit
 
 from .h2client import H2Client, assertion, oauth_exchange

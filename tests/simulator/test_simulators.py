@@ -17,10 +17,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from pushgres.apns.auth import ProviderToken
-from pushgres.fcm.auth import ServiceAccount, TokenSource
 from pushgres.http2.pool import Http2Pool, PoolSettings, Response
 from pushgres.http2.tls import make_http1_ssl_context, make_ssl_context
+from pushgres.providers.apns.auth import ProviderToken
+from pushgres.providers.fcm.auth import ServiceAccount, TokenSource
 from pushgres.simulator import Simulators, devkit
 
 TOPIC = "com.example.app"

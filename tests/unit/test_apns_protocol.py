@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from pushgres.apns.protocol import ApnsRequestBuilder, apns_id_for, parse_response
-from pushgres.apns.reasons import APNS_REASONS
 from pushgres.models import Action, ClaimedRow, Outcome, Request
+from pushgres.providers.apns.protocol import ApnsRequestBuilder, apns_id_for, parse_response
+from pushgres.providers.apns.reasons import APNS_REASONS
 
 NOW = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
 TOKEN = "ab" * 32

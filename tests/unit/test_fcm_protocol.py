@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from pushgres.fcm.protocol import FcmRequestBuilder, parse_response
 from pushgres.models import Action, Outcome, Request
+from pushgres.providers.fcm.protocol import FcmRequestBuilder, parse_response
 
 from .test_apns_protocol import NOW, row
 

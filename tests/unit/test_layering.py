@@ -9,15 +9,17 @@ import pytest
 
 SRC = pathlib.Path(__file__).resolve().parents[2] / "src" / "pushgres"
 PURE = [
-    "apns/protocol.py",
-    "apns/reasons.py",
-    "fcm/protocol.py",
-    "fcm/reasons.py",
+    "providers/apns/protocol.py",
+    "providers/apns/reasons.py",
+    "providers/fcm/protocol.py",
+    "providers/fcm/reasons.py",
     "http2/codecs.py",
     "http2/connection.py",
     "http2/events.py",
     "http2/fastconn.py",
+    "pipeline/capacity.py",
     "pipeline/decide.py",
+    "pipeline/stages.py",
     "models.py",
     "retry.py",
 ]

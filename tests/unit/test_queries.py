@@ -39,7 +39,7 @@ def test_requeue_takes_its_arrays_in_column_order() -> None:
     alias = re.search(r"AS t\(([^)]*)\)", QUERIES["requeue"])
     assert alias is not None
     assert [c.strip() for c in alias.group(1).split(",")] == list(REQUEUE_COLUMNS)
-    assert REQUEUE_COLUMNS == tuple("delay_s" if c == "send_at" else c for c in QUEUE_COLUMNS)
+    assert tuple("delay_s" if c == "send_at" else c for c in QUEUE_COLUMNS) == REQUEUE_COLUMNS
 
 
 def test_result_columns_are_the_row_then_the_outcome() -> None:

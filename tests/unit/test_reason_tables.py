@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pushgres.apns.reasons import APNS_REASONS
-from pushgres.fcm.reasons import FCM_ERROR_CODES
 from pushgres.models import Action
+from pushgres.providers.apns.reasons import APNS_REASONS
+from pushgres.providers.fcm.reasons import FCM_ERROR_CODES
 
 DOCUMENTED_APNS = {
     "BadCollapseId": Action.FIX,

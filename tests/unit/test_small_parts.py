@@ -10,11 +10,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pushgres.apns.auth import ProviderToken
 from pushgres.db.queries import QUERIES, load_queries
 from pushgres.exceptions import ConfigError
 from pushgres.observability.logging import KeyValueFormatter, short_token
 from pushgres.pipeline.ratelimit import TokenBucket
+from pushgres.providers.apns.auth import ProviderToken
 
 
 def test_token_bucket_grants_rate_per_second() -> None:

@@ -14,15 +14,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from ...apns.auth import ProviderToken, load_client_certificate
-from ...apns.protocol import ApnsRequestBuilder
-from ...apns.protocol import parse_response as parse_apns
 from ...config import AppConfig
 from ...http2.pool import Http2Pool, Response
 from ...http2.tls import make_ssl_context
 from ...models import ClaimedRow, Outcome, Request
 from ..base import BatchSender
 from ..pools import authority, new_pool
+from .auth import ProviderToken, load_client_certificate
+from .protocol import ApnsRequestBuilder
+from .protocol import parse_response as parse_apns
 
 __all__ = ["ApnsSender", "build_sender"]
 

@@ -1,7 +1,7 @@
 """The FCM sender: one app's messages to FCM HTTP v1 over HTTP/2, with an OAuth2 access token.
 
 :func:`build_sender` reads the service account once and returns an :class:`FcmSender` over its
-own pool; the access token comes from :class:`~pushgres.fcm.auth.TokenSource`. On 401 the
+own pool; the access token comes from :class:`~pushgres.providers.fcm.auth.TokenSource`. On 401 the
 token is refreshed once and the request retried once, as Google's FCM documentation asks
 ("Authorize send requests", firebase.google.com/docs/cloud-messaging/auth-server).
 """
@@ -12,14 +12,14 @@ import datetime as dt
 
 from ...config import AppConfig
 from ...exceptions import ProviderAuthError
-from ...fcm.auth import ServiceAccount, TokenSource
-from ...fcm.protocol import FcmRequestBuilder
-from ...fcm.protocol import parse_response as parse_fcm
 from ...http2.pool import Http2Pool, Response
 from ...http2.tls import make_ssl_context
 from ...models import Action, ClaimedRow, Outcome, Request
 from ..base import BatchSender
 from ..pools import authority, new_pool
+from .auth import ServiceAccount, TokenSource
+from .protocol import FcmRequestBuilder
+from .protocol import parse_response as parse_fcm
 
 __all__ = ["FcmSender", "build_sender"]
 

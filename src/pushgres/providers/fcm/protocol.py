@@ -12,9 +12,9 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from .. import codec
-from ..models import Action, ClaimedRow, Outcome, Request
-from ..retry import parse_retry_after
+from ... import codec
+from ...models import Action, ClaimedRow, Outcome, Request
+from ...retry import parse_retry_after
 from .reasons import action_for
 
 __all__ = ["MAX_PAYLOAD_BYTES", "FcmRequestBuilder", "parse_response"]

@@ -24,8 +24,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ..exceptions import ConfigError, ProviderAuthError
-from ..http2.tls import make_http1_ssl_context
+from ...exceptions import ConfigError, ProviderAuthError
+from ...http2.tls import make_http1_ssl_context
 
 __all__ = ["SCOPE", "ServiceAccount", "TokenSource"]
 

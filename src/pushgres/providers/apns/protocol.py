@@ -12,8 +12,8 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from .. import codec
-from ..models import Action, ClaimedRow, Outcome, Request
+from ... import codec
+from ...models import Action, ClaimedRow, Outcome, Request
 from .reasons import action_for
 
 __all__ = [

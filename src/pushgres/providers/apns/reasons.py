@@ -8,7 +8,7 @@ CONN retries at once on another connection. An unknown reason is treated by its 
 
 from __future__ import annotations
 
-from ..models import Action
+from ...models import Action
 
 __all__ = ["APNS_REASONS", "action_for"]
 

@@ -8,7 +8,7 @@ is a dead token only when the error is about the token itself (``TOKEN_INVALID_M
 
 from __future__ import annotations
 
-from ..models import Action
+from ...models import Action
 
 __all__ = [
     "FCM_ERROR_CODES",

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from ..exceptions import ConfigError
+from ...exceptions import ConfigError
 
 __all__ = ["ClientCertificate", "ProviderToken", "load_client_certificate"]
 
