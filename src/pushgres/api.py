@@ -30,7 +30,8 @@ import asyncpg
 from . import codec
 from .db.queries import QUERIES
 from .exceptions import EnqueueError, SchemaError
-from .models import PUSH_TYPES, Notification
+from .models import Notification
+from .providers import PROVIDERS
 
 __all__ = [
     "COPY_THRESHOLD",
@@ -45,8 +46,6 @@ __all__ = [
 
 COPY_THRESHOLD = 1000
 _APP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_HEX = re.compile(r"^[0-9A-Fa-f]+$")
-_FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:.-]+$")
 _TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _COPY_COLUMNS = [
     "id",
@@ -102,32 +101,21 @@ def validate(n: Notification, index: int = 0) -> None:
 
     if not isinstance(n.app, str) or not _APP.fullmatch(n.app):
         raise bad(f"app must be 1-64 of A-Z a-z 0-9 _ . -, got {n.app!r}")
-    if n.platform not in ("apns", "fcm"):
-        raise bad(f"platform must be 'apns' or 'fcm', got {n.platform!r}")
+    if n.platform not in PROVIDERS:
+        known = " or ".join(repr(p) for p in sorted(PROVIDERS))
+        raise bad(f"platform must be {known}, got {n.platform!r}")
     token = n.device_token
     if not isinstance(token, str) or not 1 <= len(token) <= 4096:
         raise bad("device_token must be a string of 1-4096 characters")
-    if n.platform == "apns" and not _HEX.fullmatch(token):
-        raise bad("an APNs device_token is hexadecimal")
-    if n.platform == "fcm" and not _FCM_TOKEN.fullmatch(token):
-        raise bad("an FCM device_token holds only A-Z a-z 0-9 _ : . -")
     if not isinstance(n.payload, Mapping):
         raise bad("payload must be a JSON object")
-    if n.platform == "apns" and not isinstance(n.payload.get("aps"), Mapping):
-        raise bad("an APNs payload must hold an 'aps' object")
-    if n.platform == "fcm" and {"token", "topic", "condition", "fid"} & set(n.payload):
-        raise bad("an FCM payload is the v1 message without a target (token/topic/condition)")
     if isinstance(n.priority, bool) or n.priority not in (1, 5, 10):
         raise bad(f"priority must be 10, 5 or 1, got {n.priority!r}")
-    if n.push_type is not None:
-        if not isinstance(n.push_type, str):
-            raise bad(f"push_type must be a string, got {n.push_type!r}")
-        if n.platform != "apns":
-            raise bad("push_type applies to APNs only")
-        if n.push_type not in PUSH_TYPES:
-            raise bad(f"push_type {n.push_type!r} is not an APNs push type")
-        if n.push_type == "background" and n.priority == 10:
-            raise bad("a background push must have priority 5 or 1")
+    if n.push_type is not None and not isinstance(n.push_type, str):
+        raise bad(f"push_type must be a string, got {n.push_type!r}")
+    problem = PROVIDERS[n.platform].check(n)
+    if problem is not None:
+        raise bad(problem)
     if n.collapse_id is not None:
         _check_text(n.collapse_id, "collapse_id", bad)
         if not 1 <= len(n.collapse_id.encode()) <= 64:

@@ -4,7 +4,9 @@
 (``PUSHGRES_DSN``, and the ``*_env`` keys naming where a secret lives), checks every value and
 returns :class:`Settings`. Errors name the key and the bad value, for example
 ``daemon.batch_size must be 1..5000, got 0``. This is the only module that reads
-``os.environ``. Components receive narrow pieces (``settings.daemon``, one ``AppConfig``),
+``os.environ``. Each app's table is parsed by its provider (``providers/<platform>/config.py``)
+with the helpers here (:class:`Section`, :func:`secret`, :func:`pool_config`); the generic
+:class:`AppConfig` carries the provider's own frozen settings in ``provider``. Components receive narrow pieces (``settings.daemon``, one ``AppConfig``),
 never the whole tree.
 """
 
@@ -23,18 +25,19 @@ from .exceptions import ConfigError
 from .http2.codecs import CODECS, DEFAULT_CODEC
 
 __all__ = [
-    "ApnsConfig",
     "AppConfig",
     "DaemonConfig",
     "DatabaseConfig",
-    "FcmConfig",
     "PoolConfig",
     "RetryConfig",
+    "Section",
     "Settings",
     "env_flag",
     "load_config",
     "parse_config",
+    "pool_config",
     "resolve_dsn",
+    "secret",
 ]
 
 DEFAULT_BATCH_SIZE = 500
@@ -53,14 +56,6 @@ DEFAULT_QUOTA_RETRY_S = 60.0
 DEFAULT_MAX_CONNECTIONS = 4
 DEFAULT_MAX_STREAMS = 500
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
-DEFAULT_APNS_TOKEN_REFRESH_S = 2700.0
-DEFAULT_FCM_MAX_CONNECTION_AGE_S = 3000.0
-
-APNS_ENDPOINTS = {
-    "production": "https://api.push.apple.com:443",
-    "sandbox": "https://api.sandbox.push.apple.com:443",
-}
-FCM_ENDPOINT = "https://fcm.googleapis.com:443"
 
 _APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -108,35 +103,13 @@ class PoolConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ApnsConfig:
-    topic: str
-    environment: str
-    auth: str  # "token" | "certificate"
-    key_file: str | None = None
-    key_id: str | None = None
-    team_id: str | None = None
-    token_refresh_s: float = DEFAULT_APNS_TOKEN_REFRESH_S
-    p12_file: str | None = None
-    p12_password: str | None = None
-    cert_file: str | None = None
-    cert_key_file: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FcmConfig:
-    service_account_file: str
-    project_id: str | None = None
-    token_uri: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class AppConfig:
     name: str
     platform: str
     pool: PoolConfig
     rate_limit_per_s: float | None = None
-    apns: ApnsConfig | None = None
-    fcm: FcmConfig | None = None
+    provider: object = None
+    """The provider's own settings for this app (``providers/<platform>/config.py``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,7 +141,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     return parse_config(data, base_dir=file.parent, environ=env)
 
 
-class _Section:
+class Section:
     """Typed access to one TOML table that records the keys it consumed."""
 
     def __init__(self, data: Any, path: str) -> None:
@@ -244,7 +217,7 @@ class _Section:
             raise ConfigError(f"unknown key(s){where}: {', '.join(unknown)}")
 
 
-def _secret(section: _Section, key: str, environ: Mapping[str, str]) -> str | None:
+def secret(section: Section, key: str, environ: Mapping[str, str]) -> str | None:
     """A secret given inline (``key``) or by the name of an environment variable (``key_env``)."""
     inline = section.str_(key)
     env_name = section.str_(f"{key}_env")
@@ -259,7 +232,7 @@ def _secret(section: _Section, key: str, environ: Mapping[str, str]) -> str | No
     return inline
 
 
-def _endpoint(section: _Section, default: str) -> tuple[str, int, str]:
+def _endpoint(section: Section, default: str) -> tuple[str, int, str]:
     url = section.str_("endpoint", default)
     assert url is not None
     parts = urlsplit(url)
@@ -274,90 +247,29 @@ def _endpoint(section: _Section, default: str) -> tuple[str, int, str]:
     return parts.hostname, port, hostname
 
 
-def _pool(section: _Section, base_dir: Path, default_endpoint: str, *, fcm: bool) -> PoolConfig:
-    host, port, server_hostname = _endpoint(section, default_endpoint)
+def pool_config(
+    section: Section,
+    base_dir: Path,
+    *,
+    endpoint: str,
+    max_streams: int = DEFAULT_MAX_STREAMS,
+    max_connection_age_s: float = 0.0,
+) -> PoolConfig:
+    """The pool keys every app shares; the provider gives its endpoint and defaults."""
+    host, port, server_hostname = _endpoint(section, endpoint)
     return PoolConfig(
         host=host,
         port=port,
         server_hostname=server_hostname,
         ca_file=section.file("ca_file", base_dir),
         max_connections=section.int_("max_connections", DEFAULT_MAX_CONNECTIONS, 1, 64),
-        max_streams_per_connection=section.int_(
-            "max_streams_per_connection", 100 if fcm else DEFAULT_MAX_STREAMS, 1, 5000
-        ),
+        max_streams_per_connection=section.int_("max_streams_per_connection", max_streams, 1, 5000),
         connect_timeout_s=section.float_("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S, 0.1, 120),
         max_connection_age_s=section.float_(
-            "max_connection_age_s", DEFAULT_FCM_MAX_CONNECTION_AGE_S if fcm else 0.0, 0, 86400 * 7
+            "max_connection_age_s", max_connection_age_s, 0, 86400 * 7
         )
         or None,
         codec=section.choice("codec", tuple(sorted(CODECS)), DEFAULT_CODEC),
-    )
-
-
-def _apns_app(section: _Section, base_dir: Path, environ: Mapping[str, str]) -> AppConfig:
-    environment = section.choice("environment", ("production", "sandbox"))
-    auth = section.choice("auth", ("token", "certificate"), "token")
-    topic = section.str_("topic", required=True)
-    assert topic is not None
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", topic):
-        raise ConfigError(f"{section.path}.topic is not a bundle id: {topic!r}")
-    if auth == "token":
-        key_id = section.str_("key_id", required=True)
-        team_id = section.str_("team_id", required=True)
-        for name, value in (("key_id", key_id), ("team_id", team_id)):
-            if value is not None and not re.fullmatch(r"[A-Z0-9]{10}", value):
-                raise ConfigError(
-                    f"{section.path}.{name} must be 10 upper-case letters or digits, got {value!r}"
-                )
-        apns = ApnsConfig(
-            topic=topic,
-            environment=environment,
-            auth=auth,
-            key_file=section.file("key_file", base_dir, required=True),
-            key_id=key_id,
-            team_id=team_id,
-            token_refresh_s=section.float_(
-                "token_refresh_s", DEFAULT_APNS_TOKEN_REFRESH_S, 1200, 3300
-            ),
-        )
-    else:
-        p12 = section.file("p12_file", base_dir)
-        cert = section.file("cert_file", base_dir)
-        if (p12 is None) == (cert is None):
-            raise ConfigError(f"{section.path}: certificate auth needs p12_file or cert_file")
-        apns = ApnsConfig(
-            topic=topic,
-            environment=environment,
-            auth=auth,
-            p12_file=p12,
-            p12_password=_secret(section, "p12_password", environ),
-            cert_file=cert,
-            cert_key_file=section.file("cert_key_file", base_dir, required=cert is not None),
-        )
-    pool = _pool(section, base_dir, APNS_ENDPOINTS[environment], fcm=False)
-    return AppConfig(
-        name=section.path.split(".", 1)[1],
-        platform="apns",
-        pool=pool,
-        rate_limit_per_s=section.optional_float("rate_limit_per_s", 1, 1e7),
-        apns=apns,
-    )
-
-
-def _fcm_app(section: _Section, base_dir: Path) -> AppConfig:
-    sa_file = section.file("service_account_file", base_dir, required=True)
-    assert sa_file is not None
-    fcm = FcmConfig(
-        service_account_file=sa_file,
-        project_id=section.str_("project_id"),
-        token_uri=section.str_("token_uri"),
-    )
-    return AppConfig(
-        name=section.path.split(".", 1)[1],
-        platform="fcm",
-        pool=_pool(section, base_dir, FCM_ENDPOINT, fcm=True),
-        rate_limit_per_s=section.optional_float("rate_limit_per_s", 1, 1e7),
-        fcm=fcm,
     )
 
 
@@ -365,8 +277,8 @@ def parse_config(
     data: Mapping[str, Any], *, base_dir: Path, environ: Mapping[str, str]
 ) -> Settings:
     """Validate an already-parsed TOML document; relative file paths are taken from base_dir."""
-    root = _Section(dict(data), "")
-    db = _Section(root.get("database") or {}, "database")
+    root = Section(dict(data), "")
+    db = Section(root.get("database") or {}, "database")
     dsn = environ.get("PUSHGRES_DSN") or db.str_("dsn")
     db.used.add("dsn")
     if not dsn:
@@ -378,7 +290,7 @@ def parse_config(
     )
     db.finish()
 
-    d = _Section(root.get("daemon") or {}, "daemon")
+    d = Section(root.get("daemon") or {}, "daemon")
     daemon = DaemonConfig(
         batch_size=d.int_("batch_size", DEFAULT_BATCH_SIZE, 1, 5000),
         poll_interval_s=d.float_("poll_interval_s", DEFAULT_POLL_INTERVAL_S, 0.01, 60),
@@ -396,7 +308,7 @@ def parse_config(
     )
     d.finish()
 
-    r = _Section(root.get("retry") or {}, "retry")
+    r = Section(root.get("retry") or {}, "retry")
     retry = RetryConfig(
         base_s=r.float_("base_s", DEFAULT_RETRY_BASE_S, 0, 3600),
         max_s=r.float_("max_s", DEFAULT_RETRY_MAX_S, 0, 86400),
@@ -404,21 +316,28 @@ def parse_config(
     )
     r.finish()
 
-    apps_table = _Section(root.get("apps") or {}, "apps")
+    # Deferred: every provider parses its own section with this module's helpers.
+    from .providers import PROVIDERS as providers
+
+    apps_table = Section(root.get("apps") or {}, "apps")
     apps = []
     for name in sorted(apps_table.data):
         apps_table.used.add(name)
         if not _APP_NAME.fullmatch(name):
             raise ConfigError(f"apps.{name}: app names are 1-64 of A-Z a-z 0-9 _ . - ")
-        section = _Section(apps_table.data[name], f"apps.{name}")
-        platform = section.choice("platform", ("apns", "fcm"))
-        app = (
-            _apns_app(section, base_dir, environ)
-            if platform == "apns"
-            else _fcm_app(section, base_dir)
+        section = Section(apps_table.data[name], f"apps.{name}")
+        platform = section.choice("platform", tuple(sorted(providers)))
+        pool, options = providers[platform].parse_app(section, base_dir=base_dir, environ=environ)
+        apps.append(
+            AppConfig(
+                name=name,
+                platform=platform,
+                pool=pool,
+                rate_limit_per_s=section.optional_float("rate_limit_per_s", 1, 1e7),
+                provider=options,
+            )
         )
         section.finish()
-        apps.append(app)
     if not apps:
         raise ConfigError("no apps configured: add at least one [apps.<name>] table")
     root.finish()

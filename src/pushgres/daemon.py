@@ -30,7 +30,7 @@ from .pipeline.capacity import Capacity
 from .pipeline.lane import Lane, LaneSettings
 from .pipeline.observer import DaemonStats, Observer, Observers, StatsObserver
 from .pipeline.stages import NotSendable, Stage
-from .providers import provider
+from .providers import build_senders
 from .providers.base import Sender
 
 __all__ = ["Daemon", "DaemonStats"]
@@ -82,9 +82,7 @@ class Daemon:
     async def run(self) -> None:
         settings = self._settings
         timeout_s = settings.daemon.request_timeout_s
-        senders = [
-            provider(app.platform).sender(app, request_timeout_s=timeout_s) for app in settings.apps
-        ]
+        senders = build_senders(settings.apps, request_timeout_s=timeout_s)
         store = await Store.open(
             settings.database.dsn,
             max_size=settings.database.pool_size,

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "PUSH_TYPES",
     "Action",
     "ClaimedRow",
     "InvalidToken",
@@ -25,22 +24,6 @@ __all__ = [
     "ResultRecord",
     "Status",
 ]
-
-PUSH_TYPES = frozenset(
-    {
-        "alert",
-        "background",
-        "complication",
-        "controls",
-        "fileprovider",
-        "liveactivity",
-        "location",
-        "mdm",
-        "pushtotalk",
-        "voip",
-        "widgets",
-    }
-)
 
 
 class Platform(enum.StrEnum):

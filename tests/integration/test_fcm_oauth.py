@@ -1,7 +1,7 @@
 """FCM OAuth end to end: the daemon's wiring authenticates against an h2-capable token endpoint.
 
 The simulated token endpoint offers ALPN ``h2`` and ``http/1.1`` as Google's does, so an FCM
-app authenticates only if the sender the daemon builds (``providers.provider("fcm").sender``,
+app authenticates only if the sender the daemon builds (``providers.build_senders``,
 as :class:`pushgres.daemon.Daemon` calls it) gives the OAuth client (aiohttp, HTTP/1.1) a
 context offering ``http/1.1``, never the pool's ``h2``-only one.
 """
@@ -12,7 +12,7 @@ import datetime as dt
 from typing import Any
 
 from pushgres.models import Action, ClaimedRow
-from pushgres.providers import provider
+from pushgres.providers import build_senders
 from pushgres.providers.fcm.sender import FcmSender
 from pushgres.simulator import devkit
 
@@ -45,7 +45,7 @@ def fcm_row(token: str) -> ClaimedRow:
 async def test_the_daemons_fcm_sender_authenticates(env: dict[str, Any]) -> None:
     sims = env["sims"]
     app = settings_for(env["config"]).app(FCM_APP)
-    sender = provider(app.platform).sender(app, request_timeout_s=3.0)  # as Daemon.run does
+    (sender,) = build_senders([app], request_timeout_s=3.0)  # as Daemon.run does
     assert isinstance(sender, FcmSender)
     token = devkit.fcm_token("ok", 8100)
     try:

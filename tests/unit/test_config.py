@@ -9,6 +9,7 @@ import pytest
 
 from pushgres.config import load_config
 from pushgres.exceptions import ConfigError
+from pushgres.providers.apns.config import ApnsConfig
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "config" / "pushgres.example.toml"
 
@@ -41,7 +42,8 @@ def test_minimal_config_gets_defaults(tmp_path: pathlib.Path) -> None:
     settings = load_config(write(tmp_path, BASE), environ={})
     ios = settings.app("ios")
     assert ios.pool.host == "api.sandbox.push.apple.com" and ios.pool.port == 443
-    assert ios.apns is not None and ios.apns.key_file == str(tmp_path / "key.p8")
+    assert isinstance(ios.provider, ApnsConfig)
+    assert ios.provider.key_file == str(tmp_path / "key.p8")
     android = settings.app("android")
     assert android.pool.max_streams_per_connection == 100
     assert android.pool.max_connection_age_s == 3000

@@ -6,13 +6,14 @@ service lives in its folder here, and nothing outside ``providers/`` names a pro
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
+from ..config import AppConfig
 from . import apns, fcm
-from .base import Provider
+from .base import Provider, Sender
 
-__all__ = ["PROVIDERS", "Provider", "provider"]
+__all__ = ["PROVIDERS", "Provider", "build_senders"]
 
 PROVIDERS: Mapping[str, Provider] = MappingProxyType(
     {
@@ -22,6 +23,12 @@ PROVIDERS: Mapping[str, Provider] = MappingProxyType(
 )
 
 
-def provider(platform: str) -> Provider:
-    """The provider of ``platform`` (config validation guarantees it exists)."""
-    return PROVIDERS[platform]
+def build_senders(apps: Sequence[AppConfig], *, request_timeout_s: float) -> list[Sender]:
+    """One sender per app, in order, each built by its app's provider."""
+    senders: dict[str, Sender] = {}
+    for platform, provider in PROVIDERS.items():
+        mine = [app for app in apps if app.platform == platform]
+        if mine:
+            built = provider.senders(mine, request_timeout_s=request_timeout_s)
+            senders.update(zip((app.name for app in mine), built, strict=True))
+    return [senders[app.name] for app in apps]

@@ -20,13 +20,14 @@ import abc
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
-from ..config import AppConfig
+from ..config import AppConfig, PoolConfig, Section
 from ..exceptions import PoolClosed, RequestRejected, TransportError
 from ..http2.pool import BatchResult, Http2Pool, Response, Stragglers
-from ..models import Action, ClaimedRow, Outcome, Request
+from ..models import Action, ClaimedRow, Notification, Outcome, Request
 
 __all__ = ["BatchSender", "LateOutcome", "Provider", "Sender", "transport_outcome"]
 
@@ -204,11 +205,25 @@ class BatchSender(abc.ABC):
 
 
 class Provider(Protocol):
-    """One push service, as the daemon, the config and the enqueue API see it."""
+    """One push service, as the config, the enqueue API and the daemon see it."""
 
     platform: str
     """The ``platform`` value of its apps and notifications (``apns``, ``fcm``)."""
 
-    def sender(self, app: AppConfig, *, request_timeout_s: float) -> Sender:
-        """The app's sender, from its config (credentials are read here, once)."""
+    def parse_app(
+        self, section: Section, *, base_dir: Path, environ: Mapping[str, str]
+    ) -> tuple[PoolConfig, object]:
+        """An app's pool and the provider's own settings, from its config table."""
+        ...
+
+    def check(self, notification: Notification) -> str | None:
+        """What is wrong with a notification for this provider (generic checks done), or None."""
+        ...
+
+    def senders(self, apps: Sequence[AppConfig], *, request_timeout_s: float) -> list[Sender]:
+        """One sender per app, in order, from their configs (credentials are read here, once).
+
+        Built together, so that apps sharing a credential share its state (one APNs provider
+        token per signing key).
+        """
         ...

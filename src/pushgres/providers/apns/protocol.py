@@ -9,22 +9,42 @@ the notification id so a duplicate delivery is recognisable. No I/O here.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from ... import codec
-from ...models import Action, ClaimedRow, Outcome, Request
+from ...models import Action, ClaimedRow, Notification, Outcome, Request
 from .reasons import action_for
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
     "MAX_VOIP_PAYLOAD_BYTES",
+    "PUSH_TYPES",
     "TOPIC_SUFFIXES",
     "ApnsRequestBuilder",
     "apns_id_for",
+    "check_notification",
     "parse_response",
 ]
 
+PUSH_TYPES = frozenset(
+    {
+        "alert",
+        "background",
+        "complication",
+        "controls",
+        "fileprovider",
+        "liveactivity",
+        "location",
+        "mdm",
+        "pushtotalk",
+        "voip",
+        "widgets",
+    }
+)
+"""The ``apns-push-type`` values Apple defines ("Sending notification requests to APNs")."""
+_HEX = re.compile(r"^[0-9A-Fa-f]+$")
 MAX_PAYLOAD_BYTES = 4096
 MAX_VOIP_PAYLOAD_BYTES = 5120
 MAX_COLLAPSE_ID_BYTES = 64
@@ -164,3 +184,17 @@ def parse_response(status: int, headers: Mapping[bytes, bytes], body: bytes) -> 
         provider_id=provider_id,
         provider_timestamp=timestamp,
     )
+
+
+def check_notification(n: Notification) -> str | None:
+    """What is wrong with ``n`` for APNs at enqueue time, or None (generic checks done)."""
+    if not _HEX.fullmatch(n.device_token):
+        return "an APNs device_token is hexadecimal"
+    if not isinstance(n.payload.get("aps"), Mapping):
+        return "an APNs payload must hold an 'aps' object"
+    if n.push_type is not None:
+        if n.push_type not in PUSH_TYPES:
+            return f"push_type {n.push_type!r} is not an APNs push type"
+        if n.push_type == "background" and n.priority == 10:
+            return "a background push must have priority 5 or 1"
+    return None

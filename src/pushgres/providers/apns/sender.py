@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 
 from ...config import AppConfig
+from ...exceptions import ConfigError
 from ...http2.pool import Http2Pool, Response
 from ...http2.tls import make_ssl_context
 from ...models import ClaimedRow, Outcome, Request
-from ..base import BatchSender
+from ..base import BatchSender, Sender
 from ..pools import authority, new_pool
 from .auth import ProviderToken, load_client_certificate
+from .config import ApnsConfig
 from .protocol import ApnsRequestBuilder
 from .protocol import parse_response as parse_apns
 
-__all__ = ["ApnsSender", "build_sender"]
+__all__ = ["ApnsSender", "build_sender", "build_senders"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +83,49 @@ class ApnsSender(BatchSender):
             )
 
 
-def build_sender(app: AppConfig, *, request_timeout_s: float) -> ApnsSender:
-    """The app's sender and pool, from its config (keys and certificates are read here, once)."""
-    apns = app.apns
-    assert apns is not None
+def build_senders(apps: Sequence[AppConfig], *, request_timeout_s: float) -> list[Sender]:
+    """Each app's sender and pool; apps signing with the same key share one provider token.
+
+    Apple asks for one token per signing key, refreshed no more often than every 20 minutes
+    ("Establishing a token-based connection to APNs"): apps sharing a key share its token,
+    refreshed at the shortest ``token_refresh_s`` among them.
+    """
+    tokens: dict[tuple[str, str], ProviderToken] = {}
+    refresh: dict[tuple[str, str], float] = {}
+    for app in apps:
+        apns = app.provider
+        assert isinstance(apns, ApnsConfig)
+        if apns.auth == "token":
+            assert apns.team_id and apns.key_id
+            key = (apns.team_id, apns.key_id)
+            refresh[key] = min(refresh.get(key, apns.token_refresh_s), apns.token_refresh_s)
+    senders: list[Sender] = []
+    for app in apps:
+        apns = app.provider
+        assert isinstance(apns, ApnsConfig)
+        token = None
+        if apns.auth == "token":
+            assert apns.key_file and apns.key_id and apns.team_id
+            key = (apns.team_id, apns.key_id)
+            token = tokens.get(key)
+            if token is None:
+                token = tokens[key] = ProviderToken(
+                    key_file=apns.key_file,
+                    key_id=apns.key_id,
+                    team_id=apns.team_id,
+                    refresh_s=refresh[key],
+                )
+        senders.append(build_sender(app, token=token, request_timeout_s=request_timeout_s))
+    return senders
+
+
+def build_sender(
+    app: AppConfig, *, token: ProviderToken | None, request_timeout_s: float
+) -> ApnsSender:
+    """The app's sender and pool: token auth with ``token``, or its client certificate."""
+    apns = app.provider
+    assert isinstance(apns, ApnsConfig)
     cert = None
-    token = None
     if apns.auth == "certificate":
         cert = load_client_certificate(
             p12_file=apns.p12_file,
@@ -93,14 +133,8 @@ def build_sender(app: AppConfig, *, request_timeout_s: float) -> ApnsSender:
             cert_file=apns.cert_file,
             cert_key_file=apns.cert_key_file,
         )
-    else:
-        assert apns.key_file and apns.key_id and apns.team_id
-        token = ProviderToken(
-            key_file=apns.key_file,
-            key_id=apns.key_id,
-            team_id=apns.team_id,
-            refresh_s=apns.token_refresh_s,
-        )
+    elif token is None:
+        raise ConfigError(f"apps.{app.name}: token auth needs its provider token")
     ssl_context = make_ssl_context(
         ca_file=app.pool.ca_file,
         client_cert_pem=cert.cert_pem if cert else None,
@@ -109,6 +143,6 @@ def build_sender(app: AppConfig, *, request_timeout_s: float) -> ApnsSender:
     return ApnsSender(
         pool=new_pool(app, ssl_context),
         builder=ApnsRequestBuilder(authority=authority(app.pool), topic=apns.topic),
-        token=token,
+        token=token if cert is None else None,
         request_timeout_s=request_timeout_s,
     )

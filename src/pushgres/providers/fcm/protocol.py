@@ -9,15 +9,19 @@ from its expiry and ``android.collapse_key`` from its collapse id. Local checks 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from ... import codec
-from ...models import Action, ClaimedRow, Outcome, Request
+from ...models import Action, ClaimedRow, Notification, Outcome, Request
 from ...retry import parse_retry_after
 from .reasons import action_for
 
-__all__ = ["MAX_PAYLOAD_BYTES", "FcmRequestBuilder", "parse_response"]
+__all__ = ["MAX_PAYLOAD_BYTES", "FcmRequestBuilder", "check_notification", "parse_response"]
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_:.-]+$")
+_TARGETS = frozenset({"token", "topic", "condition", "fid"})
 
 MAX_PAYLOAD_BYTES = 4096
 MAX_TTL_S = 2_419_200
@@ -143,3 +147,14 @@ def parse_response(status: int, headers: Mapping[bytes, bytes], body: bytes) -> 
         retry_after_s=parse_retry_after(headers.get(b"retry-after")),
         detail=message,
     )
+
+
+def check_notification(n: Notification) -> str | None:
+    """What is wrong with ``n`` for FCM at enqueue time, or None (generic checks done)."""
+    if not _TOKEN.fullmatch(n.device_token):
+        return "an FCM device_token holds only A-Z a-z 0-9 _ : . -"
+    if _TARGETS & set(n.payload):
+        return "an FCM payload is the v1 message without a target (token/topic/condition)"
+    if n.push_type is not None:
+        return "push_type applies to APNs only"
+    return None

@@ -9,19 +9,21 @@ token is refreshed once and the request retried once, as Google's FCM documentat
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from ...config import AppConfig
 from ...exceptions import ProviderAuthError
 from ...http2.pool import Http2Pool, Response
 from ...http2.tls import make_ssl_context
 from ...models import Action, ClaimedRow, Outcome, Request
-from ..base import BatchSender
+from ..base import BatchSender, Sender
 from ..pools import authority, new_pool
 from .auth import ServiceAccount, TokenSource
+from .config import FcmConfig
 from .protocol import FcmRequestBuilder
 from .protocol import parse_response as parse_fcm
 
-__all__ = ["FcmSender", "build_sender"]
+__all__ = ["FcmSender", "build_sender", "build_senders"]
 
 
 class FcmSender(BatchSender):
@@ -73,8 +75,8 @@ class FcmSender(BatchSender):
 
 def build_sender(app: AppConfig, *, request_timeout_s: float) -> FcmSender:
     """The app's sender and pool, from its config (the service account is read here, once)."""
-    fcm = app.fcm
-    assert fcm is not None
+    fcm = app.provider
+    assert isinstance(fcm, FcmConfig)
     account = ServiceAccount(fcm.service_account_file, token_uri=fcm.token_uri)
     return FcmSender(
         pool=new_pool(app, make_ssl_context(ca_file=app.pool.ca_file)),
@@ -85,3 +87,7 @@ def build_sender(app: AppConfig, *, request_timeout_s: float) -> FcmSender:
         tokens=TokenSource(account, ca_file=app.pool.ca_file),
         request_timeout_s=request_timeout_s,
     )
+
+
+def build_senders(apps: Sequence[AppConfig], *, request_timeout_s: float) -> list[Sender]:
+    return [build_sender(app, request_timeout_s=request_timeout_s) for app in apps]
