@@ -32,7 +32,8 @@ import uvloop
 
 from pushgres.api import enqueue
 from pushgres.config import load_config
-from pushgres.demo import TIMING_SQL, start_postgres
+from pushgres.db import store
+from pushgres.demo import start_postgres
 from pushgres.exceptions import ConfigError
 
 from .procs import Child, StepFailed, peak_rss_bytes, run_child, tree_cpu_s
@@ -322,7 +323,7 @@ async def _outcomes(dsn: str, queue: _Queue) -> tuple[dict[str, Any], dict[str, 
     """Enqueue→sent percentiles over every sent notification, and what was not sent."""
     conn = await asyncpg.connect(dsn)
     try:
-        timing = await conn.fetchrow(TIMING_SQL, queue.lo, queue.hi)
+        timing = await store.results_timing(conn, queue.lo, queue.hi)
         counts = await conn.fetchrow(COUNT_SQL, queue.lo, queue.hi)
         rows = await conn.fetch(OTHER_STATUSES_SQL, queue.lo, queue.hi)
         others = {r["outcome"]: r["n"] for r in rows}

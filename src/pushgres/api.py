@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 
 from . import codec
-from .db.queries import QUERIES
+from .db import store
 from .exceptions import EnqueueError, SchemaError
 from .models import Notification
 from .providers import PROVIDERS
@@ -44,25 +44,9 @@ __all__ = [
     "validate",
 ]
 
-COPY_THRESHOLD = 1000
+COPY_THRESHOLD = store.COPY_THRESHOLD
 _APP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_COPY_COLUMNS = [
-    "id",
-    "app",
-    "platform",
-    "device_token",
-    "payload",
-    "priority",
-    "push_type",
-    "collapse_id",
-    "expires_at",
-    "topic",
-    "send_at",
-    "dedupe_key",
-    "max_attempts",
-    "metadata",
-]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -288,22 +272,7 @@ async def _insert(
     conn: asyncpg.Connection, items: Sequence[Notification], rows: list[tuple[Any, ...]]
 ) -> list[Enqueued]:
     async with conn.transaction():
-        reserved = [r[0] for r in await conn.fetch(QUERIES["reserve_ids"], len(rows))]
-        if len(rows) >= COPY_THRESHOLD:
-            now = dt.datetime.now(dt.UTC)
-            records = [
-                (rid, *row[:9], row[9] or now, *row[10:])
-                for rid, row in zip(reserved, rows, strict=True)
-            ]
-            await conn.copy_records_to_table(
-                "queue", schema_name="pushgres", columns=_COPY_COLUMNS, records=records
-            )
-        else:
-            await conn.execute(
-                QUERIES["enqueue_rows"], reserved, *map(list, zip(*rows, strict=True))
-            )
-        inserted = {r[0] for r in await conn.fetch(QUERIES["inserted_ids"], reserved)}
-        ids = [rid if rid in inserted else None for rid in reserved]
+        ids = await store.insert_notifications(conn, rows)
         return await _resolve_duplicates(conn, items, ids)
 
 
@@ -317,8 +286,8 @@ async def _resolve_duplicates(
             missing.setdefault(n.app, []).append(n.dedupe_key)
     found: dict[tuple[str, str], int] = {}
     for app, keys in missing.items():
-        for record in await conn.fetch(QUERIES["dedupe_lookup"], keys, app):
-            found[(app, record["dedupe_key"])] = int(record["id"])
+        for dedupe_key, holder in (await store.dedupe_holders(conn, app, keys)).items():
+            found[(app, dedupe_key)] = holder
     result = []
     for i, (n, rid) in enumerate(zip(items, ids, strict=True)):
         if rid is not None:
@@ -336,7 +305,7 @@ async def outcome(
 ) -> dict[int, NotificationOutcome]:
     """The current outcome of each id, in the order of ``ids`` (unknown ids are absent)."""
     with _schema_required():
-        records = await conn.fetch(QUERIES["outcome"], list(ids))
+        records = await store.fetch_outcomes(conn, ids)
     return {
         int(r["id"]): NotificationOutcome(
             id=int(r["id"]),

@@ -27,8 +27,8 @@ import uvloop
 from . import __version__, codec
 from .api import as_notification, enqueue_detailed, outcome, validate
 from .config import load_config, resolve_dsn
+from .db import store
 from .db.migrate import check_schema, migrate
-from .db.queries import QUERIES
 from .exceptions import EnqueueError, PushgresError
 from .models import Notification
 from .observability.logging import setup_logging
@@ -239,8 +239,8 @@ async def _cmd_enqueue(args: argparse.Namespace) -> int:
 
 async def _cmd_status(args: argparse.Namespace) -> int:
     async with _database(args, "reading the queue") as conn:
-        depth = await conn.fetch(QUERIES["queue_depth"])
-        recent = await conn.fetch(QUERIES["recent_outcomes"], float(args.window_s))
+        depth = await store.queue_depth(conn)
+        recent = await store.recent_outcomes(conn, float(args.window_s))
     print("queue:")
     if not depth:
         print("  (empty)")

@@ -30,36 +30,18 @@ import uvloop
 
 from .api import enqueue
 from .config import env_flag
+from .db import store
 from .db.migrate import migrate
 from .models import Notification
 from .simulator.devkit import apns_token, fcm_token
 
-__all__ = ["TIMING_SQL", "main", "start_postgres", "stop_process"]
+__all__ = ["main", "start_postgres", "stop_process"]
 
 APNS_APP = "demo-ios"
 FCM_APP = "demo-android"
 ENQUEUE_CHUNK = 10_000
 STARTUP_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 1800.0
-
-RESULTS_SQL = """
-SELECT status, coalesce(reason, '') AS reason, count(*) AS n
-FROM pushgres.results WHERE id BETWEEN $1 AND $2
-GROUP BY status, reason ORDER BY n DESC
-"""
-PROGRESS_SQL = "SELECT count(*) FROM pushgres.results WHERE id BETWEEN $1 AND $2"
-TIMING_SQL = """
-SELECT min(finished_at) AS first, max(finished_at) AS last,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - enqueued_at))
-           AS p50,
-       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - enqueued_at))
-           AS p99
-FROM pushgres.results WHERE id BETWEEN $1 AND $2 AND status = 'sent'
-"""
-SENT_TOKENS_SQL = """
-SELECT platform, device_token, count(*) AS n FROM pushgres.results
-WHERE id BETWEEN $1 AND $2 AND status = 'sent' GROUP BY platform, device_token
-"""
 
 
 def _log(message: str) -> None:
@@ -202,7 +184,7 @@ async def _progress(
         done = 0
         while done < total:
             await asyncio.sleep(0.5)
-            done = await conn.fetchval(PROGRESS_SQL, lo, hi)
+            done = await store.results_done(conn, lo, hi)
             elapsed = time.monotonic() - started
             rate = done / elapsed if elapsed else 0.0
             sys.stdout.write(
@@ -301,15 +283,15 @@ async def _report(
     conn: asyncpg.Connection, sim: dict[str, Any], lo: int, hi: int, total: int, daemon_rc: int
 ) -> int:
     _log("outcomes:")
-    for r in await conn.fetch(RESULTS_SQL, lo, hi):
+    for r in await store.results_by_reason(conn, lo, hi):
         reason = f" ({r['reason']})" if r["reason"] else ""
         _log(f"  {r['status']:<14}{reason:<28} {r['n']:>8,}")
-    timing = await conn.fetchrow(TIMING_SQL, lo, hi)
+    timing = await store.results_timing(conn, lo, hi)
     first, last = timing["first"], timing["last"]
     span = (last - first).total_seconds() if first and last else 0.0
     sent_total = 0
     sent: dict[tuple[str, str], int] = {}
-    for r in await conn.fetch(SENT_TOKENS_SQL, lo, hi):
+    for r in await store.results_sent_tokens(conn, lo, hi):
         sent[(r["platform"], r["device_token"])] = r["n"]
         sent_total += r["n"]
     rate = total / span if span > 0 else float("nan")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -42,3 +43,25 @@ def test_every_module_states_its_job() -> None:
     for path in SRC.rglob("*.py"):
         doc = ast.get_docstring(ast.parse(path.read_text()))
         assert doc, f"{path.relative_to(SRC)} has no module docstring"
+
+
+def test_sql_runs_only_in_the_store() -> None:
+    # The store (db/) is the one place that runs SQL: no other module holds a statement or
+    # reaches for the query catalogue.
+    statement = re.compile(
+        r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|DELETE\s+FROM|UPDATE\s+\S+\s+SET|"
+        r"CREATE\s+(TABLE|INDEX|FUNCTION|SCHEMA|DATABASE)|DROP\s+(TABLE|DATABASE))\b",
+        re.S,
+    )
+    for path in SRC.rglob("*.py"):
+        relative = path.relative_to(SRC).as_posix()
+        if relative.startswith("db/"):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.endswith("queries"), f"{relative} imports the queries"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if ast.get_docstring(tree) == node.value:
+                    continue
+                assert not statement.search(node.value), f"{relative}: SQL {node.value[:40]!r}"

@@ -12,6 +12,7 @@ from typing import Final
 
 __all__ = [
     "CLAIM_FLAGS",
+    "ENQUEUE_COLUMNS",
     "QUEUE_COLUMNS",
     "REQUEUE_COLUMNS",
     "RESULT_COLUMNS",
@@ -38,6 +39,9 @@ QUEUE_COLUMNS: Final = (
     "enqueued_at",
 )
 """A queue row as the claim returns it (and :class:`~pushgres.models.ClaimedRow` holds it)."""
+
+ENQUEUE_COLUMNS: Final = QUEUE_COLUMNS[: QUEUE_COLUMNS.index("metadata") + 1]
+"""What an enqueue writes (the rest are the daemon's: attempts, last_reason, enqueued_at)."""
 
 CLAIM_FLAGS: Final = ("is_expired", "is_token_invalid")
 """Computed by the claim after the queue columns: facts about the row at claim time."""

@@ -198,3 +198,25 @@ DELETE FROM pushgres.daemons WHERE heartbeat_at < now() - interval '1 day'
 -- The apps some live daemon serves (heartbeat within $1 seconds).
 SELECT DISTINCT unnest(apps) AS app FROM pushgres.daemons
 WHERE heartbeat_at > now() - make_interval(secs => $1)
+
+-- name: results_by_reason
+-- Outcomes of the ids lo..hi by status and reason (the demo's and benchmark's summary).
+SELECT status, coalesce(reason, '') AS reason, count(*) AS n
+FROM pushgres.results WHERE id BETWEEN $1 AND $2
+GROUP BY status, reason ORDER BY n DESC
+
+-- name: results_done
+SELECT count(*) FROM pushgres.results WHERE id BETWEEN $1 AND $2
+
+-- name: results_timing
+-- First and last finish, and the enqueue-to-sent latency quantiles, of the ids lo..hi.
+SELECT min(finished_at) AS first, max(finished_at) AS last,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - enqueued_at))
+           AS p50,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - enqueued_at))
+           AS p99
+FROM pushgres.results WHERE id BETWEEN $1 AND $2 AND status = 'sent'
+
+-- name: results_sent_tokens
+SELECT platform, device_token, count(*) AS n FROM pushgres.results
+WHERE id BETWEEN $1 AND $2 AND status = 'sent' GROUP BY platform, device_token

@@ -13,6 +13,9 @@ counted). When a straggler's answer comes, :meth:`Store.take_back` removes its l
 records the answer in one transaction; when none comes, the lease runs out and the row is
 claimed again. Either way the row is in the queue or in the results at every moment.
 
+The functions at the end serve callers that hold their own connection — the enqueue API, the
+command line, the demo and the benchmarks — so they run no SQL of their own either.
+
 The store also watches the database's availability: an outage is logged once when it starts
 and once when it ends, whatever number of operations fail in between, and the LISTEN
 connection that wakes the daemon reconnects by itself (:class:`Listener`).
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import math
 import time
@@ -33,11 +37,25 @@ import asyncpg
 
 from ..exceptions import StoreError
 from ..models import ClaimedRow, InvalidToken, Requeue, ResultRecord
-from .columns import REQUEUE_COLUMNS, RESULT_COLUMNS, ROW_RESULT_COLUMNS
+from .columns import ENQUEUE_COLUMNS, REQUEUE_COLUMNS, RESULT_COLUMNS, ROW_RESULT_COLUMNS
 from .migrate import check_schema
 from .queries import QUERIES
 
-__all__ = ["Claim", "Listener", "Store", "is_unavailable"]
+__all__ = [
+    "Claim",
+    "Listener",
+    "Store",
+    "dedupe_holders",
+    "fetch_outcomes",
+    "insert_notifications",
+    "is_unavailable",
+    "queue_depth",
+    "recent_outcomes",
+    "results_by_reason",
+    "results_done",
+    "results_sent_tokens",
+    "results_timing",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -445,3 +463,75 @@ class Listener:
             type(exc).__name__,
             extra={"action": "listen_lost"},
         )
+
+
+# -- for callers with their own connection: the enqueue API, the CLI, the demo ----------------
+
+COPY_THRESHOLD: Final = 1000  # from this many rows an enqueue uses COPY
+
+
+async def insert_notifications(
+    conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]
+) -> list[int | None]:
+    """Insert queue rows (``ENQUEUE_COLUMNS`` but ``id``); each one's id, or None if deduped.
+
+    Call it inside a transaction: the ids are reserved first, so that the rows the dedupe
+    trigger skipped can be told from those it inserted.
+    """
+    reserved = [r[0] for r in await conn.fetch(QUERIES["reserve_ids"], len(rows))]
+    if len(rows) >= COPY_THRESHOLD:
+        send_at = ENQUEUE_COLUMNS.index("send_at") - 1  # in a row, which has no id
+        now = dt.datetime.now(dt.UTC)
+        records = [
+            (rid, *row[:send_at], row[send_at] or now, *row[send_at + 1 :])
+            for rid, row in zip(reserved, rows, strict=True)
+        ]
+        await conn.copy_records_to_table(
+            "queue", schema_name="pushgres", columns=ENQUEUE_COLUMNS, records=records
+        )
+    else:
+        await conn.execute(QUERIES["enqueue_rows"], reserved, *map(list, zip(*rows, strict=True)))
+    inserted = {r[0] for r in await conn.fetch(QUERIES["inserted_ids"], reserved)}
+    return [rid if rid in inserted else None for rid in reserved]
+
+
+async def dedupe_holders(conn: asyncpg.Connection, app: str, keys: Sequence[str]) -> dict[str, int]:
+    """The id of the notification holding each of ``app``'s dedupe ``keys``."""
+    records = await conn.fetch(QUERIES["dedupe_lookup"], list(keys), app)
+    return {r["dedupe_key"]: int(r["id"]) for r in records}
+
+
+async def fetch_outcomes(
+    conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[int]
+) -> list[asyncpg.Record]:
+    """Each known id's state (``queued`` or its result), in the order of ``ids``."""
+    return list(await conn.fetch(QUERIES["outcome"], list(ids)))
+
+
+async def queue_depth(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Per app and platform: rows queued, rows ready now, age of the oldest."""
+    return list(await conn.fetch(QUERIES["queue_depth"]))
+
+
+async def recent_outcomes(conn: asyncpg.Connection, window_s: float) -> list[asyncpg.Record]:
+    """Outcomes by app, status and reason over the last ``window_s`` seconds."""
+    return list(await conn.fetch(QUERIES["recent_outcomes"], window_s))
+
+
+async def results_by_reason(conn: asyncpg.Connection, lo: int, hi: int) -> list[asyncpg.Record]:
+    return list(await conn.fetch(QUERIES["results_by_reason"], lo, hi))
+
+
+async def results_done(conn: asyncpg.Connection, lo: int, hi: int) -> int:
+    return int(await conn.fetchval(QUERIES["results_done"], lo, hi))
+
+
+async def results_timing(conn: asyncpg.Connection, lo: int, hi: int) -> asyncpg.Record:
+    """First and last finish and the enqueue→sent p50/p99 of the ids ``lo..hi``."""
+    record = await conn.fetchrow(QUERIES["results_timing"], lo, hi)
+    assert record is not None  # an aggregate always returns its one row
+    return record
+
+
+async def results_sent_tokens(conn: asyncpg.Connection, lo: int, hi: int) -> list[asyncpg.Record]:
+    return list(await conn.fetch(QUERIES["results_sent_tokens"], lo, hi))
