@@ -625,11 +625,6 @@ class Written:
         self.invalid += invalid
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Lane._flush_late filters results and requeues by the ids take_back returned, "
-    "not invalid_tokens: observers are told of a dead token the store did not write",
-)
 async def test_observers_see_only_the_dead_tokens_a_late_answer_wrote() -> None:
     written = Written()
     r = rig(lambda row: STRAGGLE if row.attempts == 0 else UNREGISTERED, observers=[written])
@@ -712,11 +707,6 @@ async def test_wait_idle_returns_once_the_stragglers_are_answered() -> None:
         assert len(r.store.results) == 3 and r.store.queued == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Lane._flush_late takes the answers out of _late before awaiting take_back, so "
-    "is_busy is False while the write is in flight and wait_idle returns before it is done",
-)
 async def test_wait_idle_returns_only_once_the_late_answers_are_written() -> None:
     r = rig(straggling({1}))
     r.store.add_many(2)

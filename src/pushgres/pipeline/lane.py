@@ -153,6 +153,7 @@ class Lane:
         self._late: list[tuple[_Batch, ClaimedRow, Outcome]] = []
         self._open_stragglers = 0  # detached, answer not yet in _late
         self._claiming = False
+        self._writing_late = False  # late answers taken out of _late, not yet written
         self._batch_ids = 0
         self.lease_s = settings.request_timeout_s + LEASE_MARGIN_S
 
@@ -170,7 +171,9 @@ class Lane:
     @property
     def is_busy(self) -> bool:
         """Batches on the wire, or stragglers whose answers are not written yet."""
-        return bool(self.capacity.batches or self._open_stragglers > 0 or self._late)
+        return bool(
+            self.capacity.batches or self._open_stragglers > 0 or self._late or self._writing_late
+        )
 
     async def wait_idle(self) -> None:
         """Return once no batch is on the wire and every late answer is written."""
@@ -271,7 +274,10 @@ class Lane:
                 batch.state = _Commit.FAILED
             if not claimed.done():
                 claimed.set_exception(StoreError("the batch ended before its claim returned"))
-            self.capacity.answered(batch.reserved)
+            if claimed.exception() is None:
+                self.capacity.answered(batch.reserved)
+            else:
+                self.capacity.unused(batch.reserved)  # nothing claimed: slots and tokens back
             self.capacity.batch_done()
             self._batch_slots.release()
             self._changed.set()
@@ -379,6 +385,7 @@ class Lane:
             return
         results, requeues, invalid = _split(decisions)
         started = time.perf_counter()
+        self._writing_late = True
         try:
             ours = await self._store.take_back(leased, results, requeues, invalid)
         except StoreError as exc:
@@ -392,9 +399,13 @@ class Lane:
                     extra={"action": "write_late", "app": self.name},
                 )
             return
+        finally:
+            self._writing_late = False
         if len(ours) < len(leased):
             results = [r for r in results if r.row.id in ours]
             requeues = [q for q in requeues if q.row.id in ours]
+            owned = {(r.app, r.device_token) for r in leased if r.id in ours}
+            invalid = [t for t in invalid if (t.app, t.device_token) in owned]
         self._observer.written(self.name, results, requeues, invalid, time.perf_counter() - started)
 
 

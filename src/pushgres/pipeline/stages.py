@@ -6,7 +6,7 @@ stage and then to the provider. Frequency caps and quiet hours are stages. A lan
 stages in order once per batch; an unused stage costs nothing per notification.
 
 :class:`NotSendable` is the first stage of every lane: rows that expired, whose token a
-provider declared dead after they were enqueued, or whose attempts ran out.
+provider had declared dead before they were enqueued, or whose attempts ran out.
 """
 
 from __future__ import annotations
