@@ -208,3 +208,30 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> in
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+def config_with_apps(config: pathlib.Path, path: pathlib.Path, keep: Iterable[str]) -> pathlib.Path:
+    """A copy of ``config`` whose ``[apps.*]`` tables are only those named in ``keep``."""
+    kept = set(keep)
+    out: list[str] = []
+    dropping = False
+    for line in config.read_text().splitlines():
+        if line.startswith("["):
+            name = line.strip().strip("[]")
+            dropping = name.startswith("apps.") and name.removeprefix("apps.") not in kept
+        if not dropping:
+            out.append(line)
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+async def daemon_rows(dsn: str) -> list[asyncpg.Record]:
+    """The daemons recorded in pushgres.daemons (id, host, pid, apps, heartbeat age in s)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(
+            "SELECT id, host, pid, apps, extract(epoch FROM now() - heartbeat_at) AS age_s"
+            " FROM pushgres.daemons ORDER BY pid"
+        )
+    finally:
+        await conn.close()
