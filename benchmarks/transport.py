@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from pushgres.http2.pool import Http2Pool, PoolSettings, Response
 from pushgres.http2.tls import make_ssl_context
+from pushgres.providers.apns.protocol import NEVER_INDEXED_HEADERS
 
 from .client import Measured, Spec, child_main
 from .workload import TOKEN_RING, Credentials, HttpRequest, build_requests
@@ -74,6 +75,7 @@ async def _bench(spec: Spec) -> Spec:
         codec=spec["codec"],
         max_connections=spec["connections"],
         max_streams_per_connection=spec["streams"],
+        never_indexed=NEVER_INDEXED_HEADERS,  # the requests are APNs ones, as in the daemon
     )
     pool = Http2Pool(
         "bench",

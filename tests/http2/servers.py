@@ -18,9 +18,11 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
+from hpack import NeverIndexedHeaderTuple as NeverIndexed
 
-from pushgres.http2.connection import MAX_STREAM_ID, ClientConnection, H2ClientConnection
 from pushgres.http2.fastconn import FastClientConnection
+from pushgres.http2.h2codec import H2ClientConnection
+from pushgres.http2.streams import MAX_STREAM_ID, ClientConnection
 from pushgres.simulator import devkit
 
 
@@ -62,6 +64,7 @@ class Request:
     stream_id: int
     headers: dict[bytes, bytes]
     body: bytes = b""
+    never_indexed: frozenset[bytes] = frozenset()  # names that came as never-indexed literals
 
     @property
     def path(self) -> bytes:
@@ -110,7 +113,10 @@ class ServerConnection(asyncio.Protocol):
             if isinstance(event, h2.events.RequestReceived):
                 self.open_streams.add(event.stream_id)
                 self.max_open_seen = max(self.max_open_seen, len(self.open_streams))
-                self.requests[event.stream_id] = Request(self, event.stream_id, dict(event.headers))
+                never = frozenset(h[0] for h in event.headers if isinstance(h, NeverIndexed))
+                self.requests[event.stream_id] = Request(
+                    self, event.stream_id, dict(event.headers), never_indexed=never
+                )
             elif isinstance(event, h2.events.DataReceived):
                 self.requests[event.stream_id].body += event.data
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)

@@ -33,13 +33,13 @@ from hypothesis import strategies as st
 
 from pushgres.exceptions import LocalProtocolError, TransportError
 from pushgres.http2.codecs import CODECS
-from pushgres.http2.connection import ClientConnection
 from pushgres.http2.pool import Http2Pool, PoolSettings, Response
+from pushgres.http2.streams import ClientConnection
 from pushgres.http2.tls import make_ssl_context
 from pushgres.simulator import Simulators, devkit
 
 from ..simulator.h2client import apns_headers, fcm_headers, oauth_token, provider_token
-from .test_connection import HEADERS, Server, exchange
+from .test_connection import HEADERS, NEVER_INDEXED, Server, exchange
 
 SC = h2.settings.SettingCodes
 EC = h2.errors.ErrorCodes
@@ -173,7 +173,7 @@ class Side:
 
 
 def _new_side(codec: str, client_kwargs: dict[str, int], server_kwargs: dict[str, int]) -> Side:
-    client = CODECS[codec](**client_kwargs)
+    client = CODECS[codec](never_indexed=NEVER_INDEXED, **client_kwargs)
     server = QueueingServer(**server_kwargs)
     client.initiate()
     server.start()

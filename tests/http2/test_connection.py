@@ -1,7 +1,7 @@
 """Sans-IO tests: every codec against an in-memory h2 server, exchanging bytes.
 
 Each test runs once per registered codec (``fast`` and ``h2``): both implement the same
-:class:`~pushgres.http2.connection.ClientConnection` behaviour.
+:class:`~pushgres.http2.streams.ClientConnection` behaviour.
 """
 
 from __future__ import annotations
@@ -20,14 +20,6 @@ from hypothesis import strategies as st
 
 from pushgres.exceptions import LocalProtocolError, RemoteProtocolError
 from pushgres.http2.codecs import CODECS
-from pushgres.http2.connection import (
-    TRANSITIONS,
-    ClientConnection,
-    ConnInput,
-    ConnState,
-    H2ClientConnection,
-    next_state,
-)
 from pushgres.http2.events import (
     ConnectionClosed,
     Event,
@@ -38,6 +30,9 @@ from pushgres.http2.events import (
     StreamRefused,
     StreamReset,
 )
+from pushgres.http2.h2codec import H2ClientConnection
+from pushgres.http2.lifecycle import TRANSITIONS, ConnInput, ConnState, next_state
+from pushgres.http2.streams import ClientConnection
 
 from .servers import exhaust_stream_ids
 
@@ -50,6 +45,7 @@ HEADERS = [
     (b"apns-topic", b"com.example.app"),
     (b"apns-id", b"6f0a7c1e-0000-0000-0000-000000000001"),
 ]
+NEVER_INDEXED = frozenset({b":path", b"apns-id"})  # what a caller with per-message ids passes
 
 
 _CODEC = ["fast"]
@@ -135,9 +131,13 @@ def connected(
     *,
     connection_window_bytes: int = 1 << 24,
     initial_window_bytes: int = 1 << 20,
+    never_indexed: frozenset[bytes] | None = None,
 ) -> tuple[ClientConnection, Server]:
+    extra: dict[str, Any] = {} if never_indexed is None else {"never_indexed": never_indexed}
     client = new_client(
-        connection_window_bytes=connection_window_bytes, initial_window_bytes=initial_window_bytes
+        connection_window_bytes=connection_window_bytes,
+        initial_window_bytes=initial_window_bytes,
+        **extra,
     )
     server = server or Server()
     client.initiate()
@@ -196,22 +196,37 @@ def test_headers_only_response_and_empty_body_request() -> None:
     assert events == [ResponseReceived(stream_id, 200, ((b"apns-id", b"x"),), b"")]
 
 
-def test_per_message_headers_are_never_indexed() -> None:
-    client, server = connected()
+def never_indexed_names(client: ClientConnection, server: Server) -> set[bytes]:
+    """The header names of one request the server received as never-indexed literals."""
     stream_id = client.start_request(HEADERS, b"{}")
     exchange(client, server)
-    kinds = {
-        name: isinstance(h, NeverIndexedHeaderTuple)
-        for h in server.headers[stream_id]
-        for name in [h[0]]
-    }
-    assert kinds[b":path"] and kinds[b"apns-id"]
-    assert not kinds[b"apns-topic"] and not kinds[b":authority"]
+    return {h[0] for h in server.headers[stream_id] if isinstance(h, NeverIndexedHeaderTuple)}
+
+
+def test_the_headers_the_caller_names_are_never_indexed() -> None:
+    client, server = connected(never_indexed=NEVER_INDEXED)
+    assert never_indexed_names(client, server) == {b":path", b"apns-id"}
+
+
+def test_by_default_only_the_path_is_never_indexed() -> None:
+    client, server = connected()
+    assert never_indexed_names(client, server) == {b":path"}
+
+
+def test_an_empty_set_indexes_nothing() -> None:
+    client, server = connected(never_indexed=frozenset())
+    assert never_indexed_names(client, server) == set()
+
+
+@pytest.mark.parametrize("names", [{b"Apns-Id"}, {b""}, {"x-id"}])
+def test_rejects_never_indexed_names_that_cannot_match(names: set[Any]) -> None:
+    with pytest.raises(ValueError):
+        new_client(never_indexed=frozenset(names))
 
 
 @pytest.mark.parametrize("window", [65_535, 1 << 24])
 def test_ten_thousand_error_responses_never_stall(window: int) -> None:
-    """Flow-control credit comes back for every error body (protocol.md A.3, C.1.8)."""
+    """Flow-control credit comes back for every error body (RFC 9113 section 6.9)."""
     client, server = connected(
         Server(max_concurrent_streams=100),
         connection_window_bytes=window,

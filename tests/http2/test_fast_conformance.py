@@ -259,7 +259,7 @@ def test_close_cancel_and_ping_frames() -> None:
 
 
 def test_request_header_representations() -> None:
-    client = ready_client()
+    client = ready_client(never_indexed=frozenset({b":path", b"apns-id"}))
     client.start_request(
         [
             (b":method", b"POST"),  # static 3: indexed

@@ -66,8 +66,10 @@ def response_block(status: int = 200, **headers: str) -> bytes:
     return bytes(hpack.Encoder().encode(fields))
 
 
-def ready_client(**server_settings: int) -> FastClientConnection:
-    client = FastClientConnection()
+def ready_client(
+    *, never_indexed: frozenset[bytes] = frozenset({b":path"}), **server_settings: int
+) -> FastClientConnection:
+    client = FastClientConnection(never_indexed=never_indexed)
     client.initiate()
     client.receive_data(settings_frame(**server_settings))
     client.data_to_send()
@@ -425,7 +427,7 @@ def test_repeated_blocks_follow_the_dynamic_table() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 126, 127, 128, 300, 20_000])
 def test_per_message_values_of_every_length_decode(size: int) -> None:
-    client = ready_client()
+    client = ready_client(never_indexed=frozenset({b":path", b"apns-id", b"apns-collapse-id"}))
     fields = [*HEADERS[:3], (b":path", b"/" + b"p" * size), (b"apns-id", b"i" * size)]
     fields += [(b"apns-collapse-id", b"c" * size), (b"x-other", b"o" * size)]
     client.start_request(fields, b"")

@@ -461,6 +461,24 @@ async def test_forced_close_after_drain_timeout(certs: Certs, client_ssl: ssl.SS
         assert not pool._tasks
 
 
+async def test_every_connection_never_indexes_the_names_in_the_settings(
+    certs: Certs, client_ssl: ssl.SSLContext
+) -> None:
+    names = frozenset({b":path", b"apns-id"})
+    async with (
+        FaultServer(server_ssl_context(certs), handler=echo) as server,
+        make_pool(server.port, client_ssl, never_indexed=names) as pool,
+    ):
+        await pool.request(headers(server.port), b"x", timeout_s=5)
+    async with (
+        FaultServer(server_ssl_context(certs), handler=echo) as default_server,
+        make_pool(default_server.port, client_ssl) as pool,
+    ):
+        await pool.request(headers(default_server.port), b"x", timeout_s=5)
+    assert [r.never_indexed for r in server.received] == [names]
+    assert [r.never_indexed for r in default_server.received] == [{b":path"}]
+
+
 def test_settings_validation() -> None:
     with pytest.raises(ConfigError, match="max_connections"):
         PoolSettings(max_connections=0)
@@ -468,6 +486,9 @@ def test_settings_validation() -> None:
         PoolSettings(max_connection_age_s=0)
     with pytest.raises(ConfigError, match="unprocessed_retries"):
         PoolSettings(unprocessed_retries=-1)
+    with pytest.raises(ConfigError, match="never_indexed"):
+        PoolSettings(never_indexed=frozenset({b"X-Id"}))
+    assert PoolSettings().never_indexed == frozenset({b":path"})
 
 
 def test_client_certificate_loading(certs: Certs) -> None:

@@ -10,8 +10,9 @@ import h2.events
 import pytest
 
 from pushgres.exceptions import ConnectionLost, LocalProtocolError, StreamRefused, StreamReset
-from pushgres.http2.connection import ConnState, H2ClientConnection
 from pushgres.http2.events import GoAwayReceived
+from pushgres.http2.h2codec import H2ClientConnection
+from pushgres.http2.lifecycle import ConnState
 from pushgres.http2.transport import Http2Protocol
 
 from .test_connection import HEADERS, Server

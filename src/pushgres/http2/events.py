@@ -1,4 +1,4 @@
-"""Events emitted by the sans-IO HTTP/2 client connection (:mod:`pushgres.http2.connection`).
+"""Events emitted by the sans-IO HTTP/2 client connections (:mod:`pushgres.http2.streams`).
 
 Each event is a frozen, slotted value describing something the peer did. The asyncio
 adapter (:mod:`pushgres.http2.transport`) turns them into resolved futures and pool state

@@ -1,14 +1,15 @@
 """The fast sans-IO HTTP/2 client connection: a codec specialised for sending requests.
 
 :class:`FastClientConnection` implements
-:class:`~pushgres.http2.connection.ClientConnection` with the same rules and events as the
-``h2``-based :class:`~pushgres.http2.connection.H2ClientConnection`, at a fraction of its CPU
-cost per request (protocol.md E, issue 3):
+:class:`~pushgres.http2.streams.ClientConnection` with the same rules and events as the
+``h2``-based :class:`~pushgres.http2.h2codec.H2ClientConnection`, at a fraction of its CPU
+cost per request:
 
 * header blocks are built from cached pieces: every ``(name, value)`` pair that repeats
-  (``:method``, ``:authority``, ``apns-topic``, ``authorization``…) is encoded once; values
-  that change per request are written as literals. The encoder never inserts into the
-  dynamic table and never Huffman-codes, so encoding keeps no state;
+  (``:method``, ``:authority``, ``authorization``…) is encoded once; fields whose name the
+  connection was given as ``never_indexed`` are written as never-indexed literals (RFC 7541
+  section 6.2.3) from a name prefix built once per connection. The encoder never inserts
+  into the dynamic table and never Huffman-codes, so encoding keeps no state;
 * response header blocks are decoded by the ``hpack`` library's decoder, and a block that
   leaves the dynamic table as it was is decoded once while the table stays the same;
 * frames are parsed straight from the receive buffer, with no frame objects.
@@ -31,14 +32,6 @@ import hpack
 from hpack.table import HeaderTable
 
 from ..exceptions import LocalProtocolError, RemoteProtocolError
-from .connection import (
-    DEFAULT_CONNECTION_WINDOW_BYTES,
-    DEFAULT_INITIAL_WINDOW_BYTES,
-    DEFAULT_MAX_STREAMS,
-    MAX_STREAM_ID,
-    NEVER_INDEXED_HEADERS,
-    StreamBookkeeping,
-)
 from .events import (
     Event,
     PingAcknowledged,
@@ -46,6 +39,15 @@ from .events import (
     SettingsChanged,
     StreamRefused,
     StreamReset,
+)
+from .streams import (
+    DEFAULT_CONNECTION_WINDOW_BYTES,
+    DEFAULT_INITIAL_WINDOW_BYTES,
+    DEFAULT_MAX_STREAMS,
+    DEFAULT_NEVER_INDEXED,
+    MAX_STREAM_ID,
+    StreamBookkeeping,
+    never_indexed_names,
 )
 
 __all__ = ["FastClientConnection", "encode_integer"]
@@ -122,9 +124,11 @@ def _literal(name: bytes, value: bytes, never_indexed: bool) -> bytes:
     return head + encode_integer(len(value), 7, 0) + value
 
 
-_NEVER_INDEXED_PREFIXES: Final = {
-    name: _literal(name, b"", True)[:-1] for name in NEVER_INDEXED_HEADERS
-}  # the representation up to the value's length
+def _never_indexed_prefixes(names: frozenset[bytes]) -> dict[bytes, bytes]:
+    """Each name's never-indexed representation up to the value's length."""
+    return {name: _literal(name, b"", True)[:-1] for name in names}
+
+
 _LENGTHS: Final = [bytes((n,)) for n in range(127)]
 
 
@@ -149,9 +153,9 @@ class _ConnectionError(Exception):
 
 
 class FastClientConnection(StreamBookkeeping):
-    """:class:`~pushgres.http2.connection.ClientConnection` without ``h2``.
+    """:class:`~pushgres.http2.streams.ClientConnection` without ``h2``.
 
-    Parameters are those of :class:`~pushgres.http2.connection.H2ClientConnection`.
+    Parameters are those of :class:`~pushgres.http2.h2codec.H2ClientConnection`.
     """
 
     def __init__(
@@ -160,10 +164,12 @@ class FastClientConnection(StreamBookkeeping):
         max_streams: int = DEFAULT_MAX_STREAMS,
         initial_window_bytes: int = DEFAULT_INITIAL_WINDOW_BYTES,
         connection_window_bytes: int = DEFAULT_CONNECTION_WINDOW_BYTES,
+        never_indexed: frozenset[bytes] = DEFAULT_NEVER_INDEXED,
         log: logging.Logger | None = None,
     ) -> None:
         super().__init__(max_streams, initial_window_bytes, connection_window_bytes)
         del log  # accepted for the shared signature: nothing here is worth logging
+        self._never_prefixes = _never_indexed_prefixes(never_indexed_names(never_indexed))
         self._out: list[bytes] = []
         self._buf = bytearray()
         self._streams: dict[int, _Stream] = {}
@@ -208,13 +214,14 @@ class FastClientConnection(StreamBookkeeping):
 
     def _encode(self, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
         cache = self._cache
+        never = self._never_prefixes
         parts = [self._table_size_update] if self._table_size_update else []
         self._table_size_update = b""
         for pair in headers:
             piece = cache.get(pair)
             if piece is None:
                 name, value = pair
-                prefix = _NEVER_INDEXED_PREFIXES.get(name)
+                prefix = never.get(name)
                 if prefix is not None:
                     # Per-message values: the name piece is ready, the value goes out raw.
                     size = len(value)
@@ -511,7 +518,7 @@ class FastClientConnection(StreamBookkeeping):
         if self._recv_conn_window < 0:
             raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         # Connection credit goes back in halves of the window, every byte of it: an unread
-        # error body or a cancelled stream never shrinks the window (protocol.md A.3).
+        # error body or a cancelled stream never shrinks the window (RFC 9113 section 6.9).
         self._recv_conn_unacked += length
         if self._recv_conn_unacked >= self._connection_window >> 1:
             self._out.append(_frame(WINDOW_UPDATE, 0, 0, _U32.pack(self._recv_conn_unacked)))

@@ -4,11 +4,11 @@
 that keep them healthy. It opens connections lazily and grows while every READY connection
 is saturated (up to ``max_connections``), never opens a stream before a connection's first
 server SETTINGS, and never exceeds a connection's current ``MAX_CONCURRENT_STREAMS``
-(protocol.md A.3, A.10; B.1, B.9). Requests that wait for a stream slot queue on futures
+(RFC 9113 sections 5.1.2, 6.5.2). Requests that wait for a stream slot queue on futures
 woken when slots free up, never by polling.
 
-Failure handling follows protocol.md A.9: requests the peer certainly did not process
-(REFUSED_STREAM, above a GOAWAY's ``last_stream_id``) are resent on another connection
+Failure handling: requests the peer certainly did not process (RFC 9113 section 8.7:
+REFUSED_STREAM, above a GOAWAY's ``last_stream_id``) are resent on another connection
 within the same deadline; a GOAWAY drains its connection; an unanswered PING closes it;
 connect failures back off exponentially with full jitter, shared by the whole pool.
 """
@@ -42,8 +42,9 @@ from ..exceptions import (
     TransportError,
 )
 from .codecs import CODECS, DEFAULT_CODEC, new_connection
-from .connection import ConnState
 from .events import GoAwayReceived, ResponseReceived
+from .lifecycle import ConnState
+from .streams import DEFAULT_NEVER_INDEXED, never_indexed_names
 from .transport import Http2Protocol
 
 __all__ = [
@@ -92,11 +93,18 @@ class PoolSettings:
     reconnect_backoff_max_s: float = DEFAULT_RECONNECT_BACKOFF_MAX_S
     unprocessed_retries: int = DEFAULT_UNPROCESSED_RETRIES
     codec: str = DEFAULT_CODEC
+    # Request header names every connection sends as HPACK never-indexed literals (RFC 7541
+    # 6.2.3): the pool's user names the ones whose values change per request.
+    never_indexed: frozenset[bytes] = DEFAULT_NEVER_INDEXED
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
             known = ", ".join(sorted(CODECS))
             raise ConfigError(f"pool.codec must be one of {known}, got {self.codec!r}")
+        try:
+            object.__setattr__(self, "never_indexed", never_indexed_names(self.never_indexed))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"pool.never_indexed: {exc}") from None
         positive = {
             "max_connections": self.max_connections,
             "max_streams_per_connection": self.max_streams_per_connection,
@@ -319,7 +327,7 @@ class Http2Pool:
     Parameters
     ----------
     name:
-        Label for logs and metrics (for example ``apns:myapp``).
+        Label for logs and metrics (for example ``<provider>:<app>``).
     host, port:
         Where to connect; resolved afresh for every new connection.
     server_hostname:
@@ -658,8 +666,8 @@ class Http2Pool:
     def retire(self, connection_id: int) -> None:
         """Stop opening streams on ``connection_id``; it closes once its streams finish.
 
-        Used when a provider says the connection's credentials are wedged (APNs
-        ``ExpiredProviderToken``, ``TooManyProviderTokenUpdates``). Unknown ids are ignored.
+        Used when the peer says the connection's credentials are wedged (an expired
+        token that a new one cannot replace on this connection). Unknown ids are ignored.
         """
         conn = self._conns.get(connection_id)
         if conn is None or conn.state is not ConnState.READY:
@@ -713,7 +721,9 @@ class Http2Pool:
         timeout_s = self._settings.connect_timeout_s
         connection_id = next(self._ids)
         sans_io = new_connection(
-            self._settings.codec, max_streams=self._settings.max_streams_per_connection
+            self._settings.codec,
+            max_streams=self._settings.max_streams_per_connection,
+            never_indexed=self._settings.never_indexed,
         )
 
         def factory() -> Http2Protocol:

@@ -5,10 +5,10 @@ verification always on, and one context per protocol, because the ALPN offer mus
 protocols the client on top can speak (RFC 7301 section 3.2: the server picks from the offer).
 
 * :func:`make_ssl_context`: ALPN ``h2``, for the HTTP/2 provider pools (RFC 9113 section 3.2),
-  with an optional client certificate for APNs certificate-based authentication.
+  with an optional client certificate for providers that authenticate the client by it.
 * :func:`make_http1_ssl_context`: ALPN ``http/1.1``, for aiohttp (an HTTP/1.1 client), which
-  fetches FCM OAuth tokens. Google's token endpoint offers ``h2`` too and would select it for
-  an ``h2`` offer, so that client must never get the pool's context.
+  fetches OAuth tokens. A token endpoint that offers ``h2`` too would select it for an ``h2``
+  offer, so that client must never get the pool's context.
 
 The ``ssl`` module loads certificates only from files, so client PEM bytes are written to a
 private temporary file (mode 0600 in a mode 0700 directory), loaded and deleted at once.

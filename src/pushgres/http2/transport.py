@@ -1,14 +1,14 @@
 """The asyncio adapter for one HTTP/2 socket: bytes in and out, per-stream futures, state.
 
 :class:`Http2Protocol` is a thin :class:`asyncio.Protocol` around a sans-IO
-:class:`~pushgres.http2.connection.ClientConnection`. It feeds received bytes to the
+:class:`~pushgres.http2.streams.ClientConnection`. It feeds received bytes to the
 connection, resolves each stream's future from the events that come back, keeps the
-pooled-connection state (:class:`~pushgres.http2.connection.ConnState`) and tells its
+pooled-connection state (:class:`~pushgres.http2.lifecycle.ConnState`) and tells its
 listener (the pool) when slots free up or the state changes.
 
-Writes are coalesced (style rule 2): one ``transport.write`` per received chunk and one per
+Writes are coalesced: one ``transport.write`` per received chunk and one per
 loop iteration of submits, scheduled once with ``call_soon``. Failures map onto the
-transport error tree (protocol.md A.9): REFUSED_STREAM and streams above a GOAWAY's
+transport error tree (RFC 9113 section 8.7): REFUSED_STREAM and streams above a GOAWAY's
 ``last_stream_id`` fail with :class:`StreamRefused` (safe to resend at once), other resets
 with :class:`StreamReset`, and a lost socket with :class:`ConnectionLost` for every stream
 still in flight.
@@ -32,7 +32,6 @@ from ..exceptions import (
     StreamReset,
     TransportError,
 )
-from .connection import ClientConnection, ConnInput, ConnState, next_state
 from .events import (
     ConnectionClosed,
     GoAwayReceived,
@@ -42,6 +41,8 @@ from .events import (
 )
 from .events import StreamRefused as StreamRefusedEvent
 from .events import StreamReset as StreamResetEvent
+from .lifecycle import ConnInput, ConnState, next_state
+from .streams import ClientConnection
 
 __all__ = ["ConnectionListener", "Http2Protocol", "ResultCallback"]
 

@@ -15,7 +15,10 @@ def authority(pool: PoolConfig) -> str:
     return pool.server_hostname if pool.port == 443 else f"{pool.server_hostname}:{pool.port}"
 
 
-def new_pool(app: AppConfig, ssl_context: ssl.SSLContext) -> Http2Pool:
+def new_pool(
+    app: AppConfig, ssl_context: ssl.SSLContext, *, never_indexed: frozenset[bytes]
+) -> Http2Pool:
+    """The app's pool; ``never_indexed`` names the provider's per-message request headers."""
     pool = app.pool
     return Http2Pool(
         f"{app.platform}:{app.name}",
@@ -30,5 +33,6 @@ def new_pool(app: AppConfig, ssl_context: ssl.SSLContext) -> Http2Pool:
             connect_timeout_s=pool.connect_timeout_s,
             max_connection_age_s=pool.max_connection_age_s,
             codec=pool.codec,
+            never_indexed=never_indexed,
         ),
     )

@@ -20,6 +20,7 @@ from .reasons import action_for
 __all__ = [
     "MAX_PAYLOAD_BYTES",
     "MAX_VOIP_PAYLOAD_BYTES",
+    "NEVER_INDEXED_HEADERS",
     "PUSH_TYPES",
     "TOPIC_SUFFIXES",
     "ApnsRequestBuilder",
@@ -48,6 +49,8 @@ _HEX = re.compile(r"^[0-9A-Fa-f]+$")
 MAX_PAYLOAD_BYTES = 4096
 MAX_VOIP_PAYLOAD_BYTES = 5120
 MAX_COLLAPSE_ID_BYTES = 64
+# Values that change per message would churn the peer's HPACK dynamic table (RFC 7541 7.1.3).
+NEVER_INDEXED_HEADERS = frozenset({b":path", b"apns-id", b"apns-collapse-id", b"apns-expiration"})
 
 # apns-push-type → suffix appended to the bundle id in apns-topic (A.5).
 TOPIC_SUFFIXES: dict[str, str] = {

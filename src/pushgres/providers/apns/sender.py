@@ -24,7 +24,7 @@ from ..base import BatchSender, Sender
 from ..pools import authority, new_pool
 from .auth import ProviderToken, load_client_certificate
 from .config import ApnsConfig
-from .protocol import ApnsRequestBuilder
+from .protocol import NEVER_INDEXED_HEADERS, ApnsRequestBuilder
 from .protocol import parse_response as parse_apns
 
 __all__ = ["ApnsSender", "build_sender", "build_senders"]
@@ -141,7 +141,7 @@ def build_sender(
         client_key_pem=cert.key_pem if cert else None,
     )
     return ApnsSender(
-        pool=new_pool(app, ssl_context),
+        pool=new_pool(app, ssl_context, never_indexed=NEVER_INDEXED_HEADERS),
         builder=ApnsRequestBuilder(authority=authority(app.pool), topic=apns.topic),
         token=token if cert is None else None,
         request_timeout_s=request_timeout_s,

@@ -79,7 +79,11 @@ def build_sender(app: AppConfig, *, request_timeout_s: float) -> FcmSender:
     assert isinstance(fcm, FcmConfig)
     account = ServiceAccount(fcm.service_account_file, token_uri=fcm.token_uri)
     return FcmSender(
-        pool=new_pool(app, make_ssl_context(ca_file=app.pool.ca_file)),
+        pool=new_pool(
+            app,
+            make_ssl_context(ca_file=app.pool.ca_file),
+            never_indexed=frozenset({b":path"}),  # per-message values travel in the body
+        ),
         builder=FcmRequestBuilder(
             authority=authority(app.pool), project_id=fcm.project_id or account.project_id
         ),
