@@ -3,7 +3,8 @@
 ``Daemon.run()`` builds each app's sender through its provider (``providers/``) and a
 :class:`~pushgres.pipeline.lane.Lane` around it, then opens one TaskGroup holding, by name,
 each lane's claimer (whose batches and late writer join the group), the LISTEN task, the
-heartbeat, the maintenance task, the unknown-app sweeper and the report. What watches the
+heartbeat, the maintenance task and the unknown-app sweeper (``housekeeping.py``) and the
+report. What watches the
 flow is an observer (``pipeline/observer.py``); the SQL is the store's (``db/store.py``).
 
 ``stop()`` (SIGTERM/SIGINT) stops claiming; batches on the wire and stragglers get
@@ -25,7 +26,7 @@ from typing import Final
 
 from .config import Settings
 from .db.store import Store
-from .exceptions import StoreError
+from .housekeeping import Housekeeping
 from .pipeline.capacity import Capacity
 from .pipeline.lane import Lane, LaneSettings
 from .pipeline.observer import DaemonStats, Observer, Observers, StatsObserver
@@ -37,11 +38,6 @@ __all__ = ["Daemon", "DaemonStats"]
 
 logger = logging.getLogger(__name__)
 
-MAINTENANCE_INTERVAL_S: Final = 600.0
-HEARTBEAT_S: Final = 5.0
-HEARTBEAT_LIVE_S: Final = 30.0  # a daemon silent for longer no longer serves its apps
-UNKNOWN_APP_SWEEP_S: Final = 10.0
-UNKNOWN_APP_SWEEP_LIMIT: Final = 1000
 REPORT_INTERVAL_S: Final = 60.0
 ABORT_DRAIN_S: Final = 10.0  # after the shutdown deadline: how long aborted sends may take
 RESERVED_DB_CONNECTIONS: Final = 3  # LISTEN aside: heartbeat, sweeper, late writers
@@ -92,7 +88,14 @@ class Daemon:
         started = False
         try:
             await store.check_schema()
-            await self._maintain(store)
+            chores = Housekeeping(
+                store,
+                daemon_id=self.id,
+                apps=[app.name for app in settings.apps],
+                settings=settings.daemon,
+                observer=self._observer,
+            )
+            await chores.maintain()
             abort: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             async with contextlib.AsyncExitStack() as stack:
                 for sender in senders:
@@ -105,11 +108,9 @@ class Daemon:
                     ", ".join(lane.name for lane in self._lanes),
                     extra={"action": "start"},
                 )
-                await self._supervise(store, abort)
+                await self._supervise(store, chores, abort)
+                await chores.forget()
         finally:
-            if started:
-                with contextlib.suppress(StoreError):
-                    await store.forget_daemon(self.id)
             await store.close()
             if started:
                 logger.info("pushgres stopped", extra={"action": "stop"})
@@ -153,14 +154,15 @@ class Daemon:
             )
         return lanes
 
-    async def _supervise(self, store: Store, abort: asyncio.Future[None]) -> None:
+    async def _supervise(
+        self, store: Store, chores: Housekeeping, abort: asyncio.Future[None]
+    ) -> None:
         async with asyncio.TaskGroup() as tg:
-            listener = store.listener(self._on_notify)
             background = [
-                tg.create_task(listener.run(), name="listen"),
-                tg.create_task(self._heartbeat(store), name="heartbeat"),
-                tg.create_task(self._maintenance(store), name="maintenance"),
-                tg.create_task(self._sweep_unknown_apps(store), name="unknown-app-sweeper"),
+                tg.create_task(store.listener(self._on_notify).run(), name="listen"),
+                tg.create_task(chores.heartbeat(), name="heartbeat"),
+                tg.create_task(chores.maintenance(), name="maintenance"),
+                tg.create_task(chores.sweep_unknown_apps(), name="unknown-app-sweeper"),
                 tg.create_task(self._report(), name="report"),
             ]
             claimers = [
@@ -202,56 +204,3 @@ class Daemon:
                     for lane in self._lanes
                 )
             )
-
-    async def _maintain(self, store: Store) -> None:
-        await store.maintenance(
-            retention_days=self._settings.daemon.results_retention_days,
-            dedupe_retention_days=self._settings.daemon.dedupe_retention_days,
-        )
-
-    async def _maintenance(self, store: Store) -> None:
-        while True:
-            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
-            try:
-                await self._maintain(store)
-            except StoreError as exc:
-                if not exc.unavailable:
-                    logger.error("maintenance failed: %s", exc, extra={"action": "maintain"})
-
-    async def _heartbeat(self, store: Store) -> None:
-        """Record this daemon and its apps, so other daemons know which apps are served."""
-        apps = [lane.name for lane in self._lanes]
-        host, pid = socket.gethostname(), os.getpid()
-        while True:
-            try:
-                await store.heartbeat(self.id, host, pid, apps)
-            except StoreError as exc:
-                if not exc.unavailable:
-                    logger.error("heartbeat failed: %s", exc, extra={"action": "heartbeat"})
-            await asyncio.sleep(HEARTBEAT_S)
-
-    async def _sweep_unknown_apps(self, store: Store) -> None:
-        """Fail rows of apps no running daemon serves, once they outlive the grace period."""
-        served = [lane.name for lane in self._lanes]
-        grace = self._settings.daemon.unknown_app_grace_s
-        while True:
-            try:
-                failed = await store.fail_unserved_apps(
-                    served, HEARTBEAT_LIVE_S, grace, UNKNOWN_APP_SWEEP_LIMIT
-                )
-            except StoreError as exc:
-                if not exc.unavailable:
-                    logger.error("unknown-app sweep failed: %s", exc, extra={"action": "sweep"})
-                failed = []
-            for record in failed[:5]:
-                logger.error(
-                    "notification %d names app %r, which no running daemon serves: "
-                    "failed (UnknownApp)",
-                    record.row.id,
-                    record.row.app,
-                    extra={"action": "sweep"},
-                )
-            if failed:
-                self._observer.written(failed[0].row.app, failed, (), (), 0.0)
-            else:
-                await asyncio.sleep(max(1.0, min(UNKNOWN_APP_SWEEP_S, grace)))

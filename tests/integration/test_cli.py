@@ -145,6 +145,7 @@ async def test_run_refuses_a_database_without_the_schema(
     assert out.returncode == 1
     assert "schema is missing from this database; run `pushgres migrate` first" in out.stderr
     assert "Traceback" not in out.stderr
+    assert "pushgres stopped" not in out.stderr + out.stdout  # it never started
 
 
 async def test_every_command_needs_the_schema(empty_dsn: str) -> None:

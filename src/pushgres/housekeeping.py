@@ -1,0 +1,112 @@
+"""The daemon's chores beside the lanes: heartbeat, maintenance, and the unknown-app sweep.
+
+:class:`Housekeeping` holds one loop per chore; the daemon runs each as a named task of its
+TaskGroup. None of them stops the daemon on a database error: an outage is logged once by the
+store, any other failure once per attempt, and the chore tries again on its next round.
+
+* heartbeat — this daemon and its apps in ``pushgres.daemons`` every ``HEARTBEAT_S``, so other
+  daemons on the database know which apps are served;
+* maintenance — result partitions ahead, old partitions, dedupe keys and daemon rows pruned;
+* unknown-app sweep — rows of apps no live daemon serves are failed (``UnknownApp``) once they
+  are older than ``daemon.unknown_app_grace_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from typing import Final
+
+from .config import DaemonConfig
+from .db.store import Store
+from .exceptions import StoreError
+from .pipeline.observer import Observer
+
+__all__ = ["HEARTBEAT_LIVE_S", "HEARTBEAT_S", "Housekeeping"]
+
+logger = logging.getLogger("pushgres.daemon")
+
+MAINTENANCE_INTERVAL_S: Final = 600.0
+HEARTBEAT_S: Final = 5.0
+HEARTBEAT_LIVE_S: Final = 30.0  # a daemon silent for longer no longer serves its apps
+UNKNOWN_APP_SWEEP_S: Final = 10.0
+UNKNOWN_APP_SWEEP_LIMIT: Final = 1000
+
+
+class Housekeeping:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        daemon_id: str,
+        apps: Sequence[str],
+        settings: DaemonConfig,
+        observer: Observer,
+    ) -> None:
+        self._store = store
+        self._id = daemon_id
+        self._apps = list(apps)
+        self._settings = settings
+        self._observer = observer
+
+    async def maintain(self) -> None:
+        """One round of maintenance (also run once at start, before the lanes)."""
+        await self._store.maintenance(
+            retention_days=self._settings.results_retention_days,
+            dedupe_retention_days=self._settings.dedupe_retention_days,
+        )
+
+    async def maintenance(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            try:
+                await self.maintain()
+            except StoreError as exc:
+                _log_failure("maintenance", exc)
+
+    async def heartbeat(self) -> None:
+        host, pid = socket.gethostname(), os.getpid()
+        while True:
+            try:
+                await self._store.heartbeat(self._id, host, pid, self._apps)
+            except StoreError as exc:
+                _log_failure("heartbeat", exc)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def forget(self) -> None:
+        """Remove this daemon's heartbeat row (at a clean stop; best effort)."""
+        try:
+            await self._store.forget_daemon(self._id)
+        except StoreError as exc:
+            _log_failure("removing the heartbeat", exc)
+
+    async def sweep_unknown_apps(self) -> None:
+        grace = self._settings.unknown_app_grace_s
+        while True:
+            try:
+                failed = await self._store.fail_unserved_apps(
+                    self._apps, HEARTBEAT_LIVE_S, grace, UNKNOWN_APP_SWEEP_LIMIT
+                )
+            except StoreError as exc:
+                _log_failure("unknown-app sweep", exc)
+                failed = []
+            for record in failed[:5]:
+                logger.error(
+                    "notification %d names app %r, which no running daemon serves: "
+                    "failed (UnknownApp)",
+                    record.row.id,
+                    record.row.app,
+                    extra={"action": "sweep"},
+                )
+            if failed:
+                self._observer.written(failed[0].row.app, failed, (), (), 0.0)
+            else:
+                await asyncio.sleep(max(1.0, min(UNKNOWN_APP_SWEEP_S, grace)))
+
+
+def _log_failure(chore: str, exc: StoreError) -> None:
+    if not exc.unavailable:  # an outage is logged once, by the store
+        logger.error("%s failed: %s", chore, exc, extra={"action": "housekeeping"})
