@@ -229,9 +229,10 @@ async def daemon_rows(dsn: str) -> list[asyncpg.Record]:
     """The daemons recorded in pushgres.daemons (id, host, pid, apps, heartbeat age in s)."""
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             "SELECT id, host, pid, apps, extract(epoch FROM now() - heartbeat_at) AS age_s"
             " FROM pushgres.daemons ORDER BY pid"
         )
+        return rows
     finally:
         await conn.close()
