@@ -149,15 +149,16 @@ class Stragglers:
     """When :meth:`Http2Pool.send_batch` may return before its slowest requests are answered.
 
     Once every request is on a stream and at most ``max_fraction`` of the batch (at least one
-    request) is still unanswered, the batch waits as long again as it took to get there (at
-    least ``min_wait_s``), then returns with ``None`` in the stragglers' places. Their streams
+    request) is still unanswered, the batch waits ``wait_factor`` times as long as it took to
+    get there (at least ``min_wait_s``), then returns with ``None`` in the stragglers' places. Their streams
     stay open under the same deadline, and ``on_late`` receives each one's result — response,
     timeout, reset, abort — exactly once. One unanswered stream then never holds back the rest
     of its batch.
     """
 
     on_late: LateResult
-    max_fraction: float = 0.05
+    max_fraction: float = 0.1
+    wait_factor: float = 0.5
     min_wait_s: float = 0.05
 
 
@@ -552,7 +553,9 @@ class Http2Pool:
                         now = loop.time()
                         if batch.quorum_at is None and batch.remaining <= batch.quorum:
                             batch.quorum_at = now
-                            detach_at = now + max(stragglers.min_wait_s, now - started)
+                            detach_at = now + max(
+                                stragglers.min_wait_s, (now - started) * stragglers.wait_factor
+                            )
                             detach_timer = loop.call_at(detach_at, batch.wake)
                         elif now >= detach_at:
                             batch.detach(stragglers.on_late, deadline)
