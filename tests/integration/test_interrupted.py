@@ -288,3 +288,43 @@ async def test_sigkill_mid_drain_with_stragglers_loses_no_keyed_row(env: dict[st
         assert finished is not None and finished > killed_at
     for nid in blackholed_a:
         assert found[nid].status == "sent"
+
+
+async def test_the_pool_closing_mid_send_puts_keyed_rows_back(env: dict[str, Any]) -> None:
+    # A pool that closes (as a sender does when its app goes away) fails the requests still
+    # waiting for a stream slot with PoolClosed: those sends are interrupted, no attempt, and
+    # their rows must come back holding their own dedupe keys.
+    sims = env["sims"]
+    sims.apns.patch({"latency": {"dist": "fixed", "ms": 2000}})
+    config = write_config(
+        env["tmp"] / "close.toml",
+        dsn=env["dsn"],
+        setup=env["setup"],
+        sims=sims,
+        apns="max_connections = 1\nmax_streams_per_connection = 5",
+    )
+    tokens = _tokens(700, 30)
+    items = [apns(t, dedupe_key=f"close-{t}") for t in tokens]
+    ids = await enqueue(env["dsn"], items)
+    async with running_daemon(settings_for(config)) as daemon:
+        while sims.apns.counters.get("streams", 0) < 5:
+            await asyncio.sleep(0.02)
+        lane = next(lane for lane in daemon._lanes if lane.name == "ios")
+        await lane.sender.pool.aclose(timeout_s=0.1)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while lane.is_busy:  # the batch ends; a closed pool has no capacity for another
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    await assert_each_row_queued_or_done(env["dsn"], ids)
+    conn = await asyncpg.connect(env["dsn"])
+    try:
+        rows = await conn.fetch("SELECT attempts, last_reason FROM pushgres.queue")
+    finally:
+        await conn.close()
+    # The five on the wire were cut off (an attempt); the rest never left (no attempt).
+    assert sum(r["attempts"] == 0 for r in rows) >= 5, rows
+    await _assert_keys_still_held(env["dsn"], items, ids)
+    sims.apns.patch({"latency": None})
+    async with running_daemon(settings_for(config)):
+        found = await wait_terminal(env["dsn"], ids)
+    assert all(o.status == "sent" for o in found.values())
