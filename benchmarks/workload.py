@@ -101,24 +101,13 @@ def notification(n: int) -> Notification:
 
 
 def _claimed_row(n: int, now: dt.datetime) -> ClaimedRow:
-    return ClaimedRow(
+    return ClaimedRow.fresh(
         id=n + 1,
         app=APP,
         platform="apns",
         device_token=device_token(n),
         payload=codec.dumps(PAYLOAD).decode(),
-        priority=10,
-        push_type=None,
-        collapse_id=None,
-        expires_at=None,
-        topic=None,
-        send_at=now,
-        dedupe_key=None,
-        max_attempts=5,
-        metadata=None,
-        attempts=0,
-        last_reason=None,
-        enqueued_at=now,
+        now=now,
     )
 
 

@@ -133,6 +133,41 @@ class ClaimedRow:
     is_expired: bool = False
     is_token_invalid: bool = False
 
+    @classmethod
+    def fresh(
+        cls,
+        *,
+        id: int,
+        app: str,
+        platform: str,
+        device_token: str,
+        payload: str,
+        now: dt.datetime,
+        **fields: Any,
+    ) -> ClaimedRow:
+        """A row as first claimed: enqueued and due at ``now``, defaults for the rest.
+
+        For tests, fakes and benchmarks; ``fields`` override any other column.
+        """
+        values: dict[str, Any] = {
+            "priority": 10,
+            "push_type": None,
+            "collapse_id": None,
+            "expires_at": None,
+            "topic": None,
+            "send_at": now,
+            "dedupe_key": None,
+            "max_attempts": 5,
+            "metadata": None,
+            "attempts": 0,
+            "last_reason": None,
+            "enqueued_at": now,
+        }
+        values.update(fields)
+        return cls(
+            id=id, app=app, platform=platform, device_token=device_token, payload=payload, **values
+        )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:

@@ -161,21 +161,17 @@ class MemoryStore:
         """Enqueue one notification (ready now unless ``send_at`` says otherwise); its id."""
         row_id = next(self._next_id)
         now = self.clock()
-        self._queue[row_id] = ClaimedRow(
+        self._queue[row_id] = ClaimedRow.fresh(
             id=row_id,
             app=app,
             platform=platform,
             device_token=device_token or f"token-{row_id}",
             payload=payload,
+            now=now,
             priority=priority,
-            push_type=None,
-            collapse_id=None,
             expires_at=expires_at,
-            topic=None,
             send_at=send_at or now,
-            dedupe_key=None,
             max_attempts=max_attempts,
-            metadata=None,
             attempts=attempts,
             last_reason=last_reason,
             enqueued_at=enqueued_at or now,

@@ -21,24 +21,14 @@ from .harness import FCM_APP, enqueue, fcm, running_daemon, settings_for, wait_t
 
 def fcm_row(token: str) -> ClaimedRow:
     now = dt.datetime.now(dt.UTC)
-    return ClaimedRow(
+    return ClaimedRow.fresh(
         id=1,
         app=FCM_APP,
         platform="fcm",
         device_token=token,
         payload='{"notification": {"title": "hello"}}',
-        priority=10,
-        push_type=None,
-        collapse_id=None,
-        expires_at=None,
-        topic=None,
-        send_at=now,
-        dedupe_key=None,
+        now=now,
         max_attempts=3,
-        metadata=None,
-        attempts=0,
-        last_reason=None,
-        enqueued_at=now,
     )
 
 

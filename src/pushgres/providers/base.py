@@ -29,7 +29,14 @@ from ..exceptions import PoolClosed, RequestRejected, TransportError
 from ..http2.pool import BatchResult, Http2Pool, Response, Stragglers
 from ..models import Action, ClaimedRow, Notification, Outcome, Request
 
-__all__ = ["BatchSender", "LateOutcome", "Provider", "Sender", "transport_outcome"]
+__all__ = [
+    "BatchSender",
+    "LateOutcome",
+    "Provider",
+    "ProviderModule",
+    "Sender",
+    "transport_outcome",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -227,3 +234,31 @@ class Provider(Protocol):
         token per signing key).
         """
         ...
+
+
+class ProviderModule:
+    """A :class:`Provider` made of a provider folder's three functions."""
+
+    def __init__(
+        self,
+        platform: str,
+        *,
+        parse_app: Callable[..., tuple[PoolConfig, object]],
+        check: Callable[[Notification], str | None],
+        senders: Callable[..., list[Sender]],
+    ) -> None:
+        self.platform = platform
+        self._parse_app = parse_app
+        self._check = check
+        self._senders = senders
+
+    def parse_app(
+        self, section: Section, *, base_dir: Path, environ: Mapping[str, str]
+    ) -> tuple[PoolConfig, object]:
+        return self._parse_app(section, base_dir=base_dir, environ=environ)
+
+    def check(self, notification: Notification) -> str | None:
+        return self._check(notification)
+
+    def senders(self, apps: Sequence[AppConfig], *, request_timeout_s: float) -> list[Sender]:
+        return self._senders(apps, request_timeout_s=request_timeout_s)

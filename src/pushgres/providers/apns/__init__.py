@@ -8,32 +8,13 @@ in ``providers/__init__.py`` holds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-
-from ...config import AppConfig, PoolConfig, Section
-from ...models import Notification
-from ..base import Sender
+from ..base import ProviderModule
 from .config import parse_app
 from .protocol import check_notification
 from .sender import build_senders
 
 __all__ = ["PROVIDER"]
 
-
-class ApnsProvider:
-    platform = "apns"
-
-    def parse_app(
-        self, section: Section, *, base_dir: Path, environ: Mapping[str, str]
-    ) -> tuple[PoolConfig, object]:
-        return parse_app(section, base_dir=base_dir, environ=environ)
-
-    def check(self, notification: Notification) -> str | None:
-        return check_notification(notification)
-
-    def senders(self, apps: Sequence[AppConfig], *, request_timeout_s: float) -> list[Sender]:
-        return build_senders(apps, request_timeout_s=request_timeout_s)
-
-
-PROVIDER = ApnsProvider()
+PROVIDER = ProviderModule(
+    "apns", parse_app=parse_app, check=check_notification, senders=build_senders
+)
