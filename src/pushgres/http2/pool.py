@@ -211,10 +211,17 @@ class _Batch:
         """The :data:`~pushgres.http2.transport.ResultCallback` of every stream of the batch."""
         self.streams[index] = None
         if isinstance(result, ResponseReceived):
-            self.settle(
-                index,
-                Response(result.status, dict(result.headers), result.body, conn.connection_id),
+            response = Response(
+                result.status, dict(result.headers), result.body, conn.connection_id
             )
+            if self.late is not None:
+                self.settle(index, response)
+                return
+            # The hot path, inlined: one call per response is measurable at 30,000/s.
+            self.results[index] = response
+            self.remaining -= 1
+            if not self.remaining or self.remaining == self.quorum:
+                self.wake()
             return
         if isinstance(result, StreamRefused):
             self.counters["refused"] += 1

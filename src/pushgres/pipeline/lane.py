@@ -300,9 +300,10 @@ class Lane:
         answered = [o for o in outcomes if o is not None]
         self._observer.sent(self.name, answered, time.perf_counter() - started)
         now = dt.datetime.now(dt.UTC)
+        retry, rng = self._retry, self._rng
         for row, outcome in zip(to_send, outcomes, strict=True):
             if outcome is not None:
-                decisions.append(self._decide(row, outcome, now))
+                decisions.append(decide(row, outcome, now=now, retry=retry, rng=rng))
         results, requeues, invalid = _split(decisions)
         requeues += [self._lease(row) for row in stragglers]
         started = time.perf_counter()
