@@ -29,11 +29,6 @@ SELECT to_regclass('pushgres.schema_migrations') IS NOT NULL
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM pushgres.schema_migrations
 
--- name: session_setup
-SELECT set_config('pushgres.daemon', 'on', false),
-       set_config('idle_in_transaction_session_timeout', $1, false),
-       set_config('statement_timeout', $2, false)
-
 -- name: claim_batch
 WITH c AS MATERIALIZED (
     SELECT id FROM pushgres.queue

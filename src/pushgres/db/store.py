@@ -60,6 +60,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL: Final = "pushgres_enqueued"
+DAEMON_MARK: Final = "pushgres.daemon"  # keeps the daemon's own re-inserts from NOTIFYing
 LISTEN_CONNECT_TIMEOUT_S: Final = 5.0
 LISTEN_RETRY_INITIAL_S: Final = 0.1
 LISTEN_RETRY_MAX_S: Final = 1.0  # the database back → NOTIFY works again within a second
@@ -225,14 +226,14 @@ class Store:
         statement_timeout_s: float,
         connect_timeout_s: float = 10.0,
     ) -> Store:
-        idle_ms = str(int(idle_in_transaction_timeout_s * 1000))
-        statement_ms = str(int(statement_timeout_s * 1000))
-
-        async def setup(conn: asyncpg.Connection) -> None:
-            # On every acquire, not once per connection: the pool's release runs RESET ALL,
-            # which would leave every later use unmarked and without timeouts.
-            await conn.execute(QUERIES["session_setup"], idle_ms, statement_ms)
-
+        # Session settings sent in the startup packet are the session's defaults: the RESET
+        # ALL that the pool runs on every release returns to them, so every use of every
+        # connection is marked and has its timeouts, at no round trip per use.
+        session = {
+            DAEMON_MARK: "on",
+            "idle_in_transaction_session_timeout": str(int(idle_in_transaction_timeout_s * 1000)),
+            "statement_timeout": str(int(statement_timeout_s * 1000)),
+        }
         with map_db_errors("connecting to PostgreSQL"):
             pool = await asyncpg.create_pool(
                 dsn,
@@ -240,7 +241,7 @@ class Store:
                 # during an outage and log a traceback for each failed attempt.
                 min_size=0,
                 max_size=max_size,
-                setup=setup,
+                server_settings=session,
                 timeout=connect_timeout_s,
                 command_timeout=statement_timeout_s + 5,
             )
