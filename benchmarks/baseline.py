@@ -3,7 +3,7 @@
 ``python -m benchmarks.baseline '<spec>'``, started by :func:`benchmarks.client.run_client`.
 
 aioapns hard-codes Apple's host and port on its connection class and matches responses to
-callers by the ``apns-id`` response header (protocol.md C.1.2-C.1.3). The patch is the least
+callers by the ``apns-id`` response header. The patch is the least
 that makes it talk to the sink, with its send path unchanged:
 
 * a subclass of its production connection class with ``APNS_SERVER``/``APNS_PORT`` pointing

@@ -9,7 +9,7 @@ The obvious alternative, ``nghttpd --echo-upload``, spools every request body to
 temporary file under the hard-coded ``/tmp`` (mkstemp, unlink, write, lseek, read, close) and
 echoes it back: on a disk-backed ``/tmp`` that costs the sink far more CPU per request than
 the sender, and the echoed body eats the client's flow-control window (aioapns never returns
-it, protocol.md C.1.4). :func:`benchmarks.ceiling.probe_echo_upload` measures it so every report shows the difference.
+it). :func:`benchmarks.ceiling.probe_echo_upload` measures it so every report shows the difference.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ SINK_DESCRIPTION = (
 )
 LISTEN_TIMEOUT_S = 10.0
 # A 16 MiB connection window: no client waits for the sink's WINDOW_UPDATE. aioapns sleeps 1 s
-# on a FlowControlError (protocol.md C.1.4) and idled ~40% of its run with nghttpd's 64 KiB.
+# on a FlowControlError and idled ~40% of its run with nghttpd's 64 KiB.
 CONNECTION_WINDOW_BITS = 24
 _PORT_ATTEMPTS = 3
 

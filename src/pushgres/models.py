@@ -42,7 +42,7 @@ class Status(enum.StrEnum):
 
 
 class Action(enum.StrEnum):
-    """What the daemon does with a provider answer (protocol.md A.8 action classes)."""
+    """What the daemon does with a provider answer."""
 
     SENT = "sent"  # accepted by the provider
     DEAD = "dead"  # the device token is invalid: record it, never retry

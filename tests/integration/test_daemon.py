@@ -24,7 +24,7 @@ from .harness import (
     write_config,
 )
 
-# HTTP status APNs uses for each reason (protocol.md A.8).
+# HTTP status APNs uses for each reason (Apple, "Handling notification responses from APNs").
 APNS_STATUS = {
     **dict.fromkeys(
         [

@@ -1,4 +1,4 @@
-"""The APNs simulator on the wire (protocol.md D.2), through a bare h2 client."""
+"""The APNs simulator on the wire, through a bare h2 client."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ async def test_sandbox_adds_unique_id(sims: Simulators, dev_setup: devkit.DevSet
 
 
 CASES: list[tuple[str, dict[str, Any], int, str]] = [
-    # (name, request changes, status, reason); see protocol.md D.2 steps 1-12.
+    # (name, request changes, status, reason); in the order Apple checks them.
     ("method", {"method": b"GET"}, 405, "MethodNotAllowed"),
     ("no token", {"path": b"/3/device/"}, 400, "MissingDeviceToken"),
     ("bad path", {"path": b"/4/device/" + OK.encode()}, 404, "BadPath"),

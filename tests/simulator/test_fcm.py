@@ -1,4 +1,4 @@
-"""The FCM simulator and its OAuth endpoint (protocol.md D.3), through a bare h2 client."""
+"""The FCM simulator and its OAuth endpoint, through a bare h2 client."""
 
 from __future__ import annotations
 

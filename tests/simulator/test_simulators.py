@@ -77,7 +77,7 @@ def apns_pool(sims: Simulators, *, connections: int = 1) -> Http2Pool:
 
 
 async def test_token_connection_allows_one_stream_until_authenticated(sims: Simulators) -> None:
-    """protocol.md A.3: MAX_CONCURRENT_STREAMS is 1 until a request with a valid token."""
+    """APNs token connections: MAX_CONCURRENT_STREAMS is 1 until a request with a valid token."""
     ctx = ssl.create_default_context(cafile=sims.ca_file)
     ctx.set_alpn_protocols(["h2"])
     reader, writer = await asyncio.open_connection(

@@ -1,4 +1,4 @@
-"""Connection-level knobs shared by both simulators (protocol.md D.1, D.4)."""
+"""Connection-level knobs shared by both simulators."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reason tables cover every code protocol.md documents, with the documented class."""
+"""The reason tables cover every code Apple and Google document, with the documented class."""
 
 from __future__ import annotations
 
@@ -63,6 +63,6 @@ def test_fcm_table_covers_every_error_code() -> None:
     assert set(FCM_ERROR_CODES) == DOCUMENTED_FCM
     assert FCM_ERROR_CODES["UNREGISTERED"] is Action.DEAD
     assert FCM_ERROR_CODES["SENDER_ID_MISMATCH"] is Action.DEAD
-    # INVALID_ARGUMENT is not a dead token in general (protocol.md B.8).
+    # INVALID_ARGUMENT is not a dead token in general (Google, "FCM error codes").
     assert FCM_ERROR_CODES["INVALID_ARGUMENT"] is Action.FIX
     assert FCM_ERROR_CODES["THIRD_PARTY_AUTH_ERROR"] is Action.CFG

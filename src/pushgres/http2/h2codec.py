@@ -1,4 +1,4 @@
-"""The ``h2``-based codec: :class:`H2ClientConnection`, the reference implementation.
+"""The ``h2``-based codec: :class:`H2ClientConnection`, the implementation the fast codec is tested against.
 
 :class:`H2ClientConnection` implements :class:`~pushgres.http2.streams.ClientConnection` on
 the ``h2`` library's state machine, and this module owns only what ties the two together:

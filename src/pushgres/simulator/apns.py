@@ -1,4 +1,4 @@
-"""The APNs simulator: Apple's provider API over HTTP/2 (protocol.md D.2).
+"""The APNs simulator: Apple's provider API over HTTP/2.
 
 Each stream is checked in the order of D.2's table, and answers with Apple's exact status and
 reason (A.8):
@@ -39,7 +39,7 @@ from .server import COMMON_KNOBS, Connection, Reply, Request, Service
 
 __all__ = ["PUSH_TYPES", "ApnsSimulator"]
 
-# apns-push-type → topic suffix (protocol.md A.5).
+# apns-push-type → topic suffix (Apple, "Sending notification requests to APNs": apns-push-type).
 PUSH_TYPES = {
     "alert": "",
     "background": "",
@@ -406,7 +406,7 @@ class ApnsSimulator(Service):
         return None
 
     def _registered(self, spec: dict[str, Any], base_topic: str, apns_id: bytes) -> Reply | None:
-        """A token registered with a state dict (protocol.md D.2 ``device_tokens``)."""
+        """A token registered with a state dict."""
         env = spec.get("env")
         if env and env != self.environment:
             return self._error(400, "BadDeviceToken", apns_id)

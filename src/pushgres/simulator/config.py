@@ -7,7 +7,7 @@ builds one that matches the credentials it generates (``DevSetup.config``), and
 
     seed = 7
     [ports]            # apns_production, apns_sandbox, fcm, oauth, control (0: any free port)
-    [apns]             # knobs for both APNs virtual hosts (protocol.md D.2, D.4)
+    [apns]             # knobs for both APNs virtual hosts
     [apns_sandbox]     # knobs for the sandbox host only
     [fcm]              # FCM knobs (D.3, D.4)
     [oauth]            # token_lifetime_s, fail_rate, latency_ms
@@ -46,7 +46,7 @@ _SECTIONS = {
 class SimulatorConfig:
     """Everything :class:`pushgres.simulator.Simulators` needs.
 
-    ``teams``/``certificates`` are the APNs configuration of protocol.md D.2; ``projects`` and
+    ``teams``/``certificates`` are the simulated APNs accounts; ``projects`` and
     ``service_accounts`` the FCM and OAuth configuration of D.3.
     """
 

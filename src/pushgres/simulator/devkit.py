@@ -8,7 +8,7 @@ Everything is generated locally with ``cryptography``:
   certificate verification stays on everywhere.
 * :func:`generate_apns_key`: an APNs signing key (``AuthKey_<kid>.p8``, PKCS#8 PEM, EC P-256)
   and its public key for the simulator.
-* :func:`generate_service_account`: a Google service-account JSON (protocol.md B.2; RSA 2048
+* :func:`generate_service_account`: a Google service-account JSON (the key file format of Google's "Creating and managing service account keys"; RSA 2048
   PKCS#8 key) whose ``token_uri`` points at the simulator's OAuth endpoint.
 * :func:`generate_apns_client_cert`: an APNs provider certificate for certificate auth (subject
   UID = bundle id, signed by the CA; PEM and password-protected PKCS#12).
@@ -368,7 +368,7 @@ def generate_service_account(
     *,
     file_name: str = "service-account.json",
 ) -> ServiceAccount:
-    """Write a Google service-account JSON (protocol.md B.2) with a fresh RSA 2048 key."""
+    """Write a Google service-account JSON with a fresh RSA 2048 key."""
     folder = pathlib.Path(directory).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -1,6 +1,6 @@
 """APNs requests and responses, pure: a claimed row → (headers, body); a response → Outcome.
 
-Follows Apple's "Sending notification requests to APNs" (protocol.md A.4-A.6, A.8): every
+Follows Apple's "Sending notification requests to APNs": every
 ``apns-*`` header, the topic suffix per push type, priority rules, the payload size limit
 (4096 bytes, 5120 for VoIP) checked before a stream is opened, and an ``apns-id`` derived from
 the notification id so a duplicate delivery is recognisable. No I/O here.

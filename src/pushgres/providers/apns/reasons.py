@@ -1,4 +1,4 @@
-"""Apple's reason strings → what the daemon does (protocol.md A.8), as a data table.
+"""Apple's reason strings → what the daemon does (Apple, "Handling notification responses from APNs"), as a data table.
 
 DEAD records the device token as invalid for the app; FIX fails the notification; CFG retries
 with backoff and alerts (a credential or topic problem hits every notification of the app);

@@ -3,7 +3,7 @@
 The stored payload is the v1 ``message`` object without ``token``; the daemon adds the token and,
 when the caller left them out, ``android.priority`` from the row's priority, ``android.ttl``
 from its expiry and ``android.collapse_key`` from its collapse id. Local checks before sending
-(protocol.md B.9.5): ``data`` values are strings, no reserved data keys, TTL range, size.
+(Google, "FCM HTTP v1 API", Message resource): ``data`` values are strings, no reserved data keys, TTL range, size.
 """
 
 from __future__ import annotations

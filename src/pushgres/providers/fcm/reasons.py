@@ -1,4 +1,4 @@
-"""FCM error codes → what the daemon does (protocol.md B.5, B.8), as a data table.
+"""FCM error codes → what the daemon does (Google, "FCM error codes", ErrorCode), as a data table.
 
 A response is classified by the ``errorCode`` of its ``FcmError`` detail, else by the
 envelope's ``status``, else by the HTTP status, as firebase-admin does. ``INVALID_ARGUMENT``
