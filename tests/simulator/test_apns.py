@@ -54,7 +54,9 @@ async def test_sandbox_adds_unique_id(sims: Simulators, dev_setup: devkit.DevSet
 
 
 CASES: list[tuple[str, dict[str, Any], int, str]] = [
-    # (name, request changes, status, reason); in the order Apple checks them.
+    # (name, request changes, status, reason), in the order of the simulator's checks 1-12
+    # (pushgres.simulator.apns); statuses and reasons as in Apple's "Handling notification
+    # responses from APNs".
     ("method", {"method": b"GET"}, 405, "MethodNotAllowed"),
     ("no token", {"path": b"/3/device/"}, 400, "MissingDeviceToken"),
     ("bad path", {"path": b"/4/device/" + OK.encode()}, 404, "BadPath"),

@@ -77,7 +77,11 @@ def apns_pool(sims: Simulators, *, connections: int = 1) -> Http2Pool:
 
 
 async def test_token_connection_allows_one_stream_until_authenticated(sims: Simulators) -> None:
-    """APNs token connections: MAX_CONCURRENT_STREAMS is 1 until a request with a valid token."""
+    """APNs token connections: MAX_CONCURRENT_STREAMS is 1 until a request with a valid token.
+
+    Apple, "Establishing a token-based connection to APNs": APNs allows one stream on a token
+    connection until a request carrying a valid provider token has been posted.
+    """
     ctx = ssl.create_default_context(cafile=sims.ca_file)
     ctx.set_alpn_protocols(["h2"])
     reader, writer = await asyncio.open_connection(

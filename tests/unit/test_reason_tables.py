@@ -55,7 +55,7 @@ DOCUMENTED_FCM = {
 }
 
 
-def test_apns_table_matches_the_reference() -> None:
+def test_apns_table_matches_apples_documented_reasons() -> None:
     assert APNS_REASONS == DOCUMENTED_APNS
 
 

@@ -1,7 +1,8 @@
 """The APNs simulator: Apple's provider API over HTTP/2.
 
-Each stream is checked in the order of D.2's table, and answers with Apple's exact status and
-reason (A.8):
+Each stream is checked in this order, and answers with the exact status and reason of Apple's
+"Handling notification responses from APNs"
+(developer.apple.com/documentation/usernotifications/handling-notification-responses-from-apns):
 
 1. method (405 ``MethodNotAllowed``); 2. path (400 ``MissingDeviceToken``, 404 ``BadPath``);
 3. repeated ``apns-*``/``authorization`` headers (400 ``DuplicateHeaders``); 4. ``apns-id``
@@ -14,7 +15,8 @@ reason (A.8):
 ``BadCollapseId``); 11. payload (400 ``PayloadEmpty``, 413 ``PayloadTooLarge``); 12. device
 token (400 ``BadDeviceToken``, ``DeviceTokenNotForTopic``, 410 ``Unregistered``/
 ``ExpiredToken`` with ``timestamp``); 13. per-token rate (429 ``TooManyRequests``); 14. token
-kinds (``devkit.APNS_KINDS``), scripts and injected faults (D.4); 15. 200.
+kinds (``devkit.APNS_KINDS``), scripts and injected faults (``fail_rates`` and the other
+fault knobs); 15. 200.
 
 ES256 verification is expensive, so a provider token is verified once: per connection the
 token in use is compared by string, and verified tokens are cached process-wide (bounded).

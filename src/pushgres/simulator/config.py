@@ -9,7 +9,7 @@ builds one that matches the credentials it generates (``DevSetup.config``), and
     [ports]            # apns_production, apns_sandbox, fcm, oauth, control (0: any free port)
     [apns]             # knobs for both APNs virtual hosts
     [apns_sandbox]     # knobs for the sandbox host only
-    [fcm]              # FCM knobs (D.3, D.4)
+    [fcm]              # FCM knobs
     [oauth]            # token_lifetime_s, fail_rate, latency_ms
     [apns_tokens]      # token = "Unregistered" or {state = "unregistered", env = "sandbox"}
     [fcm_tokens]       # token = "UNREGISTERED" or {state = "sender_mismatch"}
@@ -47,7 +47,7 @@ class SimulatorConfig:
     """Everything :class:`pushgres.simulator.Simulators` needs.
 
     ``teams``/``certificates`` are the simulated APNs accounts; ``projects`` and
-    ``service_accounts`` the FCM and OAuth configuration of D.3.
+    ``service_accounts`` the simulated FCM projects and the OAuth endpoint's accounts.
     """
 
     ca_file: str

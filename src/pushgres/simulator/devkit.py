@@ -8,8 +8,9 @@ Everything is generated locally with ``cryptography``:
   certificate verification stays on everywhere.
 * :func:`generate_apns_key`: an APNs signing key (``AuthKey_<kid>.p8``, PKCS#8 PEM, EC P-256)
   and its public key for the simulator.
-* :func:`generate_service_account`: a Google service-account JSON (the key file format of Google's "Creating and managing service account keys"; RSA 2048
-  PKCS#8 key) whose ``token_uri`` points at the simulator's OAuth endpoint.
+* :func:`generate_service_account`: a Google service-account JSON (the key file of Google's
+  "Using OAuth 2.0 for Server to Server Applications",
+  developers.google.com/identity/protocols/oauth2/service-account; RSA 2048 PKCS#8 key) whose ``token_uri`` points at the simulator's OAuth endpoint.
 * :func:`generate_apns_client_cert`: an APNs provider certificate for certificate auth (subject
   UID = bundle id, signed by the CA; PEM and password-protected PKCS#12).
 * :func:`make_dev_setup`: all of the above in one folder (reused when present) plus the

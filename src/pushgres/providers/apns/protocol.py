@@ -52,7 +52,8 @@ MAX_COLLAPSE_ID_BYTES = 64
 # Values that change per message would churn the peer's HPACK dynamic table (RFC 7541 7.1.3).
 NEVER_INDEXED_HEADERS = frozenset({b":path", b"apns-id", b"apns-collapse-id", b"apns-expiration"})
 
-# apns-push-type → suffix appended to the bundle id in apns-topic (A.5).
+# apns-push-type → suffix appended to the bundle id in apns-topic (Apple, "Sending notification
+# requests to APNs": apns-push-type).
 TOPIC_SUFFIXES: dict[str, str] = {
     "alert": "",
     "background": "",
