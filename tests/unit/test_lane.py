@@ -250,28 +250,14 @@ async def test_fake_sender_answers_stragglers_exactly_once() -> None:
 
 
 def _row(row_id: int, **fields: object) -> ClaimedRow:
-    now = dt.datetime.now(dt.UTC)
     values: dict[str, object] = {
-        "id": row_id,
         "app": APP,
         "platform": "apns",
         "device_token": f"token-{row_id}",
         "payload": "{}",
-        "priority": 10,
-        "push_type": None,
-        "collapse_id": None,
-        "expires_at": None,
-        "topic": None,
-        "send_at": now,
-        "dedupe_key": None,
-        "max_attempts": 5,
-        "metadata": None,
-        "attempts": 0,
-        "last_reason": None,
-        "enqueued_at": now,
+        **fields,
     }
-    values.update(fields)
-    return ClaimedRow(**values)  # type: ignore[arg-type]
+    return ClaimedRow.fresh(id=row_id, now=dt.datetime.now(dt.UTC), **values)  # type: ignore[arg-type]
 
 
 def test_not_sendable_settles_expired_dead_token_and_exhausted_rows() -> None:

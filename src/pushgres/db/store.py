@@ -67,6 +67,8 @@ LISTEN_RETRY_MAX_S: Final = 1.0  # the database back → NOTIFY works again with
 LISTEN_KEEPALIVE_S: Final = 10.0  # a silent network loss is found by a ping this often
 LISTEN_PING_TIMEOUT_S: Final = 5.0
 CLOSE_TIMEOUT_S: Final = 5.0
+RECOVERED_AFTER_S: Final = 1.0  # an outage ends with a success begun this long after a failure
+ACQUIRE_TIMEOUT_S: Final = 30.0  # waiting for a pooled connection (or a new one) at most
 
 # Errors that say the database cannot be reached, not that a statement was wrong.
 _UNAVAILABLE = (
@@ -105,9 +107,10 @@ class _Availability:
             )
 
     def succeeded(self, started_at: float) -> None:
-        # Only an operation begun after the last failure proves the database is back: one that
-        # was already running when the outage began may still finish.
-        if not self.is_up and started_at > self._failed_at:
+        # Only an operation begun a while after the last failure proves the database is back:
+        # one already running when the outage began, or started as the server was shutting
+        # down on a session it had not closed yet, may still succeed.
+        if not self.is_up and started_at > self._failed_at + RECOVERED_AFTER_S:
             self.is_up = True
             logger.warning("PostgreSQL is available again", extra={"action": "db_available"})
 
@@ -267,7 +270,7 @@ class Store:
 
     async def check_schema(self) -> int:
         with self._guard("checking the schema"):
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 return await check_schema(conn)
 
     @contextlib.asynccontextmanager
@@ -278,7 +281,7 @@ class Store:
         and rolls back on any exception or cancellation, putting the rows back.
         """
         with self._guard("claiming a batch"):
-            conn = await self._pool.acquire()
+            conn = await self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
         try:
             tx = conn.transaction()
             with self._guard("claiming a batch"):
@@ -312,7 +315,7 @@ class Store:
         claim sends and records them.
         """
         with self._guard("recording late answers"):
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
                 records = await conn.fetch(
                     QUERIES["take_back_stragglers"],
                     [r.id for r in leased],
@@ -330,12 +333,12 @@ class Store:
     async def heartbeat(self, daemon_id: str, host: str, pid: int, apps: Sequence[str]) -> None:
         """Record that this daemon is alive and serves ``apps``."""
         with self._guard("recording the daemon heartbeat"):
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 await conn.execute(QUERIES["heartbeat"], daemon_id, host, pid, list(apps))
 
     async def forget_daemon(self, daemon_id: str) -> None:
         with self._guard("removing the daemon heartbeat"):
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 await conn.execute(QUERIES["forget_daemon"], daemon_id)
 
     async def fail_unserved_apps(
@@ -347,7 +350,7 @@ class Store:
         has time to record its heartbeat.
         """
         with self._guard("failing rows of unknown apps"):
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 present = {r["app"] for r in await conn.fetch(QUERIES["queue_apps"])}
                 if not present - set(served):
                     return []
@@ -358,7 +361,7 @@ class Store:
             return failed
 
     async def _fail_app(self, app: str, grace_s: float, limit: int) -> list[ResultRecord]:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
             records = await conn.fetch(QUERIES["claim_unknown_app"], app, grace_s, limit)
             results = [
                 ResultRecord(
@@ -377,7 +380,7 @@ class Store:
     async def maintenance(self, *, retention_days: int, dedupe_retention_days: int) -> None:
         """Create upcoming result partitions, drop expired ones, prune old keys and daemons."""
         with self._guard("maintenance"):
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
                 if not await conn.fetchval(QUERIES["maintenance_lock"]):
                     return
                 await conn.execute(QUERIES["ensure_partitions"], 2)
