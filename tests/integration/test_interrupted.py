@@ -179,18 +179,25 @@ async def test_stragglers_at_the_shutdown_deadline_come_back_with_attempts_uncha
 
 async def test_connections_lost_mid_send_lose_no_keyed_row(env: dict[str, Any]) -> None:
     # The simulators cut every connection (TCP reset, no GOAWAY) while streams are on the
-    # wire, a few times: the cut-off sends are retried, re-inserted with their keys.
+    # wire, a few times: the cut-off sends are retried, re-inserted with their keys. Each
+    # round enqueues its own rows, so that a drain faster than the rounds still leaves
+    # streams on the wire to cut.
     sims, dsn = env["sims"], env["dsn"]
     sims.patch({"apns": {"latency": {"dist": "fixed", "ms": 300}}})
     sims.patch({"fcm": {"latency": {"dist": "fixed", "ms": 300}}})
-    tokens_a = _tokens(5000, 1500)
-    tokens_f = [devkit.fcm_token("ok", 60_000 + i) for i in range(1000)]
-    items = [apns(t, dedupe_key=f"c-{t}") for t in tokens_a]
-    items += [fcm(t, dedupe_key=f"c-{t}") for t in tokens_f]
-    ids = await enqueue(dsn, items)
+    tokens: list[str] = []  # in enqueue order, as ids
+    ids: list[int] = []
+    items: list[Any] = []
     dropped = 0
     async with running_daemon(settings_for(env["config"])):
-        for _ in range(4):
+        for round_ in range(4):
+            round_a = _tokens(5000 + 400 * round_, 400)
+            round_f = [devkit.fcm_token("ok", 60_000 + 250 * round_ + i) for i in range(250)]
+            round_items = [apns(t, dedupe_key=f"c-{t}") for t in round_a]
+            round_items += [fcm(t, dedupe_key=f"c-{t}") for t in round_f]
+            ids += await enqueue(dsn, round_items)
+            tokens += round_a + round_f
+            items += round_items
             deadline = time.monotonic() + 20
             while _open_streams(sims) < 20:
                 assert time.monotonic() < deadline, "no streams in flight"
@@ -212,7 +219,7 @@ async def test_connections_lost_mid_send_lose_no_keyed_row(env: dict[str, Any]) 
     assert retried  # some sends were cut off and went back to the queue
     counts = sims.accepted_counts()
     accepted = {**counts["apns"], **counts["fcm"]}
-    by_token = {t: nid for t, nid in zip(tokens_a + tokens_f, ids, strict=True)}
+    by_token = {t: nid for t, nid in zip(tokens, ids, strict=True)}
     assert set(accepted) == set(by_token)  # every row delivered
     # A token accepted twice is one whose answer was cut off with its connection: its row
     # was sent again, so it shows more than one attempt.
