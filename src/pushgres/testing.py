@@ -415,6 +415,18 @@ class FakeSender:
     def describe(self) -> str:
         return f"fake,streams={self.streams},in_flight={self.in_flight}"
 
+    def stats(self) -> dict[str, int]:
+        return {"connections": 1, "in_flight": self.in_flight, "stream_limit": self.streams}
+
+    def record_response_times(self, histogram: Any) -> None:
+        self.response_times = histogram
+
+    async def warm_up(self, timeout_s: float) -> str | None:
+        return self.problem()
+
+    def problem(self) -> str | None:
+        return None if self.is_open else "not open"
+
     @property
     def in_flight(self) -> int:
         """Rows in batches on the wire, and stragglers not answered yet."""

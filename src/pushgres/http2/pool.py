@@ -16,6 +16,7 @@ connect failures back off exponentially with full jitter, shared by the whole po
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import logging
@@ -27,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, overload
+from typing import Any, Final, Protocol, overload
 
 from ..exceptions import (
     ConfigError,
@@ -137,6 +138,12 @@ class Response:
     connection_id: int
 
 
+class Observe(Protocol):
+    """Something that records values (a histogram), called on the hot path."""
+
+    def observe(self, value: float) -> None: ...
+
+
 BatchResult = Response | TransportError
 """What :meth:`Http2Pool.send_batch` reports per request: the response or why there is none."""
 
@@ -171,14 +178,17 @@ class _Batch:
         "avoid",
         "changed",
         "counters",
+        "clock",
         "expiry",
         "late",
+        "observe",
         "pending",
         "quorum",
         "quorum_at",
         "remaining",
         "results",
         "retries",
+        "sent_at",
         "streams",
     )
 
@@ -199,6 +209,10 @@ class _Batch:
         self.late: LateResult | None = None
         self.expiry: asyncio.TimerHandle | None = None
         self.abort: asyncio.Future[None] | None = None
+        # Response times, when the pool records them: when each request's stream opened.
+        self.observe = pool.response_times.observe if pool.response_times is not None else None
+        self.sent_at: list[float] = [0.0] * size if self.observe is not None else []
+        self.clock = asyncio.get_running_loop().time
 
     def wake(self, _: object = None) -> None:
         changed = self.changed
@@ -214,6 +228,8 @@ class _Batch:
             response = Response(
                 result.status, dict(result.headers), result.body, conn.connection_id
             )
+            if self.observe is not None:
+                self.observe(self.clock() - self.sent_at[index])
             if self.late is not None:
                 self.settle(index, response)
                 return
@@ -382,8 +398,20 @@ class Http2Pool:
         self._last_connect_error: ConnectError | None = None
         self._last_stream_limit: int | None = None
         self._counters = dict.fromkeys(
-            ("opened", "closed", "goaways", "resets", "timeouts", "refused"), 0
+            (
+                "opened",
+                "closed",
+                "goaways",
+                "resets",
+                "timeouts",
+                "refused",
+                "reconnects",
+                "connect_failures",
+            ),
+            0,
         )
+        self.response_times: Observe | None = None
+        """Receives each response's time since its stream was opened, in seconds, if set."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -610,6 +638,8 @@ class Http2Pool:
         on_result = batch.on_result
         streams = batch.streams
         avoided = batch.avoid
+        sent_at = batch.sent_at if batch.observe is not None else None
+        now = batch.clock() if sent_at is not None else 0.0
         while pending:
             conn = self._pick(avoided.get(pending[0]) if avoided else None)
             if conn is None:
@@ -627,6 +657,8 @@ class Http2Pool:
                     batch.settle(index, RequestRejected(f"request not sent: {exc}"))
                     continue
                 streams[index] = (conn, stream_id)
+                if sent_at is not None:
+                    sent_at[index] = now
                 free -= 1
 
     def _pick(self, avoid: int | None) -> Http2Protocol | None:
@@ -669,9 +701,56 @@ class Http2Pool:
         """Requests currently waiting for a response on some connection."""
         return sum(c.in_flight for c in self._conns.values())
 
+    def stream_limit(self) -> int:
+        """The stream limits of the READY connections, summed."""
+        return sum(c.stream_limit for c in self._conns.values() if c.state is ConnState.READY)
+
     def stats(self) -> dict[str, int]:
-        """Counters: connections, in_flight, opened, closed, goaways, resets, timeouts, refused."""
-        return {"connections": len(self._conns), "in_flight": self.in_flight(), **self._counters}
+        """Gauges (connections, in_flight, stream_limit) and counters since the pool started:
+        opened, closed, reconnects (opened after one closed), connect_failures, goaways, resets,
+        timeouts, refused."""
+        return {
+            "connections": len(self._conns),
+            "in_flight": self.in_flight(),
+            "stream_limit": self.stream_limit(),
+            **self._counters,
+        }
+
+    def problem(self) -> str | None:
+        """Why no request could be sent now, or None: a READY connection, or one that closed
+        while idle with no connect failing since."""
+        if self._state is not PoolState.OPENED:
+            return f"pool {self._state.value}"
+        if any(c.state is ConnState.READY for c in self._conns.values()):
+            return None
+        if self._last_connect_error is not None:
+            return f"cannot connect to {self.host}:{self.port}: {self._last_connect_error}"
+        if not self._counters["opened"]:
+            return "not connected yet"
+        return None
+
+    async def connect(self, timeout_s: float) -> str | None:
+        """Open a first connection ahead of any request; :meth:`problem` after ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._state is PoolState.OPENED and not any(
+            c.state is ConnState.READY for c in self._conns.values()
+        ):
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            self._maybe_grow()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                break
+            finally:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake(1)  # a slot handed to us is passed on
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+        return self.problem()
 
     def retire(self, connection_id: int) -> None:
         """Stop opening streams on ``connection_id``; it closes once its streams finish.
@@ -785,6 +864,8 @@ class Http2Pool:
             return
         self._conns[conn.connection_id] = conn
         self._empty.clear()
+        if self._counters["closed"]:
+            self._counters["reconnects"] += 1
         self._counters["opened"] += 1
         self._last_stream_limit = conn.stream_limit
         self._watchers[conn.connection_id] = self._spawn(self._watch(conn), "watch")
@@ -801,6 +882,7 @@ class Http2Pool:
 
     def _connect_failed(self, exc: ConnectError) -> None:
         self._failures += 1
+        self._counters["connect_failures"] += 1
         self._last_connect_error = exc
         s = self._settings
         ceiling = min(

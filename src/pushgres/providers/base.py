@@ -26,7 +26,7 @@ from typing import Protocol
 
 from ..config import AppConfig, PoolConfig, Section
 from ..exceptions import PoolClosed, RequestRejected, TransportError
-from ..http2.pool import BatchResult, Http2Pool, Response, Stragglers
+from ..http2.pool import BatchResult, Http2Pool, Observe, Response, Stragglers
 from ..models import Action, ClaimedRow, Notification, Outcome, Request
 
 __all__ = [
@@ -57,6 +57,22 @@ class Sender(Protocol):
 
     def describe(self) -> str:
         """A short state line for the report (connections, streams in flight)."""
+        ...
+
+    def stats(self) -> Mapping[str, int]:
+        """Connection gauges and counters, as :meth:`Http2Pool.stats` gives them."""
+        ...
+
+    def record_response_times(self, histogram: Observe) -> None:
+        """From now on, give ``histogram`` each provider response time, in seconds."""
+        ...
+
+    async def warm_up(self, timeout_s: float) -> str | None:
+        """Get credentials and open a first connection ahead of any send; what failed, or None."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why this app could not send now (no usable connection, credentials refused), or None."""
         ...
 
     async def send_batch(
@@ -135,6 +151,29 @@ class BatchSender(abc.ABC):
     def describe(self) -> str:
         stats = self.pool.stats()
         return f"conns={stats['connections']},streams={stats['in_flight']}"
+
+    def stats(self) -> Mapping[str, int]:
+        return self.pool.stats()
+
+    def record_response_times(self, histogram: Observe) -> None:
+        self.pool.response_times = histogram
+
+    async def warm_up(self, timeout_s: float) -> str | None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                auth = await self._authorization()
+        except TimeoutError:
+            return f"credentials not obtained within {timeout_s:g}s"
+        if isinstance(auth, Outcome):
+            return f"{auth.reason}: {auth.detail}" if auth.detail else auth.reason
+        return await self.pool.connect(timeout_s)
+
+    def problem(self) -> str | None:
+        return self._credential_problem() or self.pool.problem()
+
+    def _credential_problem(self) -> str | None:
+        """Why the credentials cannot be used now, or None (the default: they always can)."""
+        return None
 
     def _outcome(self, result: BatchResult, authorization: bytes) -> Outcome:
         if isinstance(result, TransportError):

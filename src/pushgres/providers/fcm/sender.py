@@ -43,6 +43,7 @@ class FcmSender(BatchSender):
         self._builder = builder
         self._tokens = tokens
         self._timeout_s = request_timeout_s
+        self._auth_problem: str | None = None
 
     async def aclose(self) -> None:
         await self._tokens.aclose()
@@ -55,10 +56,16 @@ class FcmSender(BatchSender):
 
     async def _authorization(self) -> list[tuple[bytes, bytes]] | Outcome:
         try:
-            return [(b"authorization", await self._tokens.header())]
+            header = await self._tokens.header()
         except ProviderAuthError as exc:
+            self._auth_problem = f"OAuthError: {exc}"
             action = Action.CFG if exc.permanent else Action.WAIT
             return Outcome(action=action, reason="OAuthError", detail=str(exc))
+        self._auth_problem = None
+        return [(b"authorization", header)]
+
+    def _credential_problem(self) -> str | None:
+        return self._auth_problem
 
     def _after_failure(self, outcome: Outcome, response: Response, authorization: bytes) -> None:
         # FCM: on 401 the access token is refreshed once and the request retried once.
