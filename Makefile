@@ -28,18 +28,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy --strict src benchmarks
 
-# nghttpd (Debian's nghttp2-server) is the HTTP/2 interop peer of the client tests; make bench
-# also needs h2load (nghttp2-client) and sets these two for itself.
-NGHTTP2_TOOLS = nghttpd
-NGHTTP2_MISSING = its interop tests will be skipped
+# nghttpd (Debian's nghttp2-server) is the HTTP/2 interop peer of the client tests, and chromium
+# (Debian's) renders the dashboard in its page tests; make bench also needs h2load
+# (nghttp2-client) and sets these for itself. Installed with apt-get when run as root.
+SYSTEM_TOOLS = nghttpd chromium
+SYSTEM_PACKAGES = nghttp2-server nghttp2-client chromium
+SYSTEM_MISSING = the tests that need them will be skipped
 system-deps:
-	@for tool in $(NGHTTP2_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing=1; done; \
+	@for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing=1; done; \
 	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get install -y -qq nghttp2-server nghttp2-client >/dev/null 2>&1 || \
-	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nghttp2-server nghttp2-client >/dev/null 2>&1; } || \
-	    echo "warning: could not install nghttp2-server, nghttp2-client; $(NGHTTP2_MISSING)"; \
-	  else echo "warning: $(NGHTTP2_TOOLS) not found (apt-get install nghttp2-server nghttp2-client); $(NGHTTP2_MISSING)"; fi; }
+	    apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null 2>&1; } || \
+	    echo "warning: could not install $(SYSTEM_PACKAGES); $(SYSTEM_MISSING)"; \
+	  else echo "warning: $(SYSTEM_TOOLS) not all found (apt-get install $(SYSTEM_PACKAGES)); $(SYSTEM_MISSING)"; fi; }
 
 test: lint system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
@@ -47,8 +49,9 @@ test: lint system-deps
 # The benchmark harness (benchmarks/, not part of `make test`): h2load, pushgres's HTTP/2 pool,
 # aioapns and the daemon against one nghttpd sink; prints a table and writes
 # benchmarks/results/bench-*.json. Options: make bench BENCH_ARGS="--quick" (python -m benchmarks -h).
-bench: NGHTTP2_TOOLS = nghttpd h2load
-bench: NGHTTP2_MISSING = make bench reports the steps that need them as failed
+bench: SYSTEM_TOOLS = nghttpd h2load
+bench: SYSTEM_PACKAGES = nghttp2-server nghttp2-client
+bench: SYSTEM_MISSING = make bench reports the steps that need them as failed
 bench: $(BENCH_STAMP) system-deps
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
