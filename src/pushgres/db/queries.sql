@@ -152,6 +152,15 @@ FROM pushgres.queue
 GROUP BY app, platform
 ORDER BY app
 
+-- name: queue_sample
+-- The metrics' per-app gauges, on a timer: rows queued, rows due now, age of the oldest due row.
+SELECT app, count(*) AS depth,
+       count(*) FILTER (WHERE send_at <= now()) AS ready,
+       coalesce(extract(epoch FROM now() - min(send_at) FILTER (WHERE send_at <= now())), 0)::float8
+           AS oldest_ready_age_s
+FROM pushgres.queue
+GROUP BY app
+
 -- name: recent_outcomes
 SELECT app, status, coalesce(reason, '') AS reason, count(*) AS n
 FROM pushgres.results

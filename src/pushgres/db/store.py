@@ -268,6 +268,31 @@ class Store:
     def _guard(self, action: str) -> contextlib.AbstractContextManager[None]:
         return map_db_errors(action, self._availability)
 
+    def pool_stats(self) -> tuple[int, int, int]:
+        """Database connections: open, in use, and the most the pool may open."""
+        size = self._pool.get_size()
+        return size, size - self._pool.get_idle_size(), self._pool.get_max_size()
+
+    async def ping(self, timeout_s: float) -> str | None:
+        """Whether the database answers a trivial query within ``timeout_s``: None, or why not."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                with self._guard("pinging the database"):
+                    async with self._pool.acquire(timeout=timeout_s) as conn:
+                        await conn.execute(QUERIES["ping"])
+        except TimeoutError:
+            return f"no answer within {timeout_s:g}s"
+        except StoreError as exc:
+            return str(exc)
+        return None
+
+    async def queue_sample(self) -> dict[str, tuple[int, int, float]]:
+        """Per app: rows queued, rows due now, and the age of the oldest due row in seconds."""
+        with self._guard("sampling the queue"):
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                records = await conn.fetch(QUERIES["queue_sample"])
+        return {r["app"]: (r["depth"], r["ready"], r["oldest_ready_age_s"]) for r in records}
+
     async def check_schema(self) -> int:
         with self._guard("checking the schema"):
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:

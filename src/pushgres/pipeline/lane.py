@@ -153,6 +153,8 @@ class Lane:
         self._late: list[tuple[_Batch, ClaimedRow, Outcome]] = []
         self._open_stragglers = 0  # detached, answer not yet in _late
         self._claiming = False
+        self.last_tick = time.monotonic()
+        """When the claim loop last went round (the watchdog's sign of life)."""
         self._writing_late = False  # late answers taken out of _late, not yet written
         self._batch_ids = 0
         self.lease_s = settings.request_timeout_s + LEASE_MARGIN_S
@@ -198,6 +200,7 @@ class Lane:
         stopping = self._stopping
         capacity = self.capacity
         while not stopping.is_set():
+            self.last_tick = time.monotonic()
             grant = capacity.grant()
             if not grant.rows:
                 if grant.wait_s is None:
