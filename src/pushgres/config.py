@@ -12,6 +12,7 @@ never the whole tree.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
@@ -25,6 +26,7 @@ from .exceptions import ConfigError
 from .http2.codecs import CODECS, DEFAULT_CODEC
 
 __all__ = [
+    "AdminConfig",
     "AppConfig",
     "DaemonConfig",
     "DatabaseConfig",
@@ -50,6 +52,8 @@ DEFAULT_STATEMENT_TIMEOUT_S = 30.0
 DEFAULT_RETENTION_DAYS = 14
 DEFAULT_DEDUPE_RETENTION_DAYS = 7
 DEFAULT_UNKNOWN_APP_GRACE_S = 60.0
+DEFAULT_READY_TIMEOUT_S = 30.0
+DEFAULT_QUEUE_SAMPLE_INTERVAL_S = 15.0
 DEFAULT_RETRY_BASE_S = 2.0
 DEFAULT_RETRY_MAX_S = 300.0
 DEFAULT_QUOTA_RETRY_S = 60.0
@@ -77,7 +81,17 @@ class DaemonConfig:
     results_retention_days: int = DEFAULT_RETENTION_DAYS
     dedupe_retention_days: int = DEFAULT_DEDUPE_RETENTION_DAYS
     unknown_app_grace_s: float = DEFAULT_UNKNOWN_APP_GRACE_S
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
     log_level: str = "info"
+    log_format: str = "text"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    """The admin HTTP listener (metrics, health, dashboard); off when ``listen`` is None."""
+
+    listen: tuple[str, int] | None = None
+    queue_sample_interval_s: float = DEFAULT_QUEUE_SAMPLE_INTERVAL_S
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +124,9 @@ class AppConfig:
     rate_limit_per_s: float | None = None
     provider: object = None
     """The provider's own settings for this app (``providers/<platform>/config.py``)."""
+    files_digest: str = ""
+    """SHA-256 of the contents of the files the app's table names (keys, certificates):
+    two configs of an app differ when a credential file was replaced in place."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,6 +135,7 @@ class Settings:
     daemon: DaemonConfig
     retry: RetryConfig
     apps: tuple[AppConfig, ...]
+    admin: AdminConfig = AdminConfig()
 
     def app(self, name: str) -> AppConfig:
         for app in self.apps:
@@ -150,6 +168,8 @@ class Section:
         self.data: dict[str, Any] = data
         self.path = path
         self.used: set[str] = set()
+        self.files: list[Path] = []
+        """The files named by this table's keys, in the order they were read."""
 
     def _key(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -208,6 +228,7 @@ class Section:
             path = base_dir / path
         if not path.is_file():
             raise ConfigError(f"{self._key(key)}: file {path} does not exist")
+        self.files.append(path)
         return str(path)
 
     def finish(self) -> None:
@@ -304,9 +325,21 @@ def parse_config(
             "dedupe_retention_days", DEFAULT_DEDUPE_RETENTION_DAYS, 1, 3650
         ),
         unknown_app_grace_s=d.float_("unknown_app_grace_s", DEFAULT_UNKNOWN_APP_GRACE_S, 0, 86400),
+        ready_timeout_s=d.float_("ready_timeout_s", DEFAULT_READY_TIMEOUT_S, 0, 3600),
         log_level=d.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        log_format=d.choice("log_format", ("text", "json"), "text"),
     )
     d.finish()
+
+    a = Section(root.get("admin") or {}, "admin")
+    listen = a.str_("listen")
+    admin = AdminConfig(
+        listen=_listen_address(listen, "admin.listen") if listen is not None else None,
+        queue_sample_interval_s=a.float_(
+            "queue_sample_interval_s", DEFAULT_QUEUE_SAMPLE_INTERVAL_S, 1, 3600
+        ),
+    )
+    a.finish()
 
     r = Section(root.get("retry") or {}, "retry")
     retry = RetryConfig(
@@ -335,13 +368,40 @@ def parse_config(
                 pool=pool,
                 rate_limit_per_s=section.optional_float("rate_limit_per_s", 1, 1e7),
                 provider=options,
+                files_digest=_digest(section.files, f"apps.{name}"),
             )
         )
         section.finish()
     if not apps:
         raise ConfigError("no apps configured: add at least one [apps.<name>] table")
     root.finish()
-    return Settings(database=database, daemon=daemon, retry=retry, apps=tuple(apps))
+    return Settings(database=database, daemon=daemon, retry=retry, apps=tuple(apps), admin=admin)
+
+
+def _listen_address(value: str, key: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or a bare port (loopback)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        host, port_text = "127.0.0.1", value
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{key} must be host:port (for example 127.0.0.1:9464), got {value!r}")
+    return host, port
+
+
+def _digest(files: list[Path], where: str) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        try:
+            digest.update(path.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"{where}: file {path} cannot be read: {exc.strerror}") from None
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def resolve_dsn(dsn: str | None, config_path: str | None) -> str:

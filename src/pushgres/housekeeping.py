@@ -52,6 +52,10 @@ class Housekeeping:
         self._settings = settings
         self._observer = observer
 
+    def serve(self, apps: Sequence[str]) -> None:
+        """The apps this daemon serves from now on (after a reload), as the next heartbeat says."""
+        self._apps = list(apps)
+
     async def maintain(self) -> None:
         """One round of maintenance (also run once at start, before the lanes)."""
         await self._store.maintenance(

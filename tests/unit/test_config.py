@@ -105,3 +105,40 @@ def test_example_config_is_complete_and_valid(tmp_path: pathlib.Path) -> None:
         text = text.replace(f"/etc/pushgres/{name}", str(tmp_path / name))
     settings = load_config(write(tmp_path, text), environ={})
     assert [a.name for a in settings.apps] == ["android", "ios"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        ("9464", ("127.0.0.1", 9464)),
+        (":9464", ("127.0.0.1", 9464)),
+        ("0.0.0.0:9100", ("0.0.0.0", 9100)),
+        ("[::1]:9464", ("::1", 9464)),
+    ],
+)
+def test_admin_listen_addresses(
+    tmp_path: pathlib.Path, value: str, expected: tuple[str, int]
+) -> None:
+    settings = load_config(write(tmp_path, BASE + f'[admin]\nlisten = "{value}"\n'), environ={})
+    assert settings.admin.listen == expected
+
+
+def test_admin_is_off_unless_configured(tmp_path: pathlib.Path) -> None:
+    assert load_config(write(tmp_path, BASE), environ={}).admin.listen is None
+
+
+@pytest.mark.parametrize("value", ["localhost", "127.0.0.1:99999", "a:b", ""])
+def test_bad_admin_listen_addresses(tmp_path: pathlib.Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"admin\.listen"):
+        load_config(write(tmp_path, BASE + f'[admin]\nlisten = "{value}"\n'), environ={})
+
+
+def test_a_credential_replaced_in_place_changes_the_app(tmp_path: pathlib.Path) -> None:
+    # A reload must see a renewed key or certificate written over the old file.
+    path = write(tmp_path, BASE)
+    before = load_config(path, environ={})
+    (tmp_path / "key.p8").write_text("renewed")
+    after = load_config(path, environ={})
+    assert before.app("ios") != after.app("ios")
+    assert before.app("android") == after.app("android")
