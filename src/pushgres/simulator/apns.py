@@ -22,6 +22,20 @@ ES256 verification is expensive, so a provider token is verified once: per conne
 token in use is compared by string, and verified tokens are cached process-wide (bounded).
 A token connection allows one stream until its first authenticated request, then
 ``streams_after_auth``. Every 200 is counted per device token and per ``apns-id``.
+
+A client certificate signed by the CA but not listed in ``certificates`` is judged as Apple
+judges a provider certificate: its environment from Apple's extensions (development/sandbox
+``1.2.840.113635.100.6.3.1``, production ``…6.3.2``; a topics list ``…6.3.6`` alone means
+"Sandbox & Production"), its topics from that list or else its subject UID (plus ``.voip`` and
+``.complication``); the wrong environment is 403 ``BadCertificateEnvironment``. An expired or
+untrusted certificate fails the TLS handshake, as Apple's does (the connection just closes: the
+server's TLS layer sends no alert naming why, so under TLS 1.3 the client sees an end of file
+right after its handshake).
+
+A device token whose bits are all zero is never issued by Apple: it is answered 400
+``BadDeviceToken`` whatever ``unknown_token_policy`` says, after the credential and topic
+checks, so it probes a credential without delivering anything (``pushgres
+check-credentials`` sends it).
 """
 
 from __future__ import annotations
@@ -34,9 +48,10 @@ from typing import Any, NamedTuple
 
 import jwt
 import orjson
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .devkit import apns_kind
+from .devkit import APNS_CERT_OIDS, apns_kind
 from .server import COMMON_KNOBS, Connection, Reply, Request, Service
 
 __all__ = ["PUSH_TYPES", "ApnsSimulator"]
@@ -70,6 +85,7 @@ _STATUS_BY_KIND = {
     "Shutdown": 503,
 }
 _VERIFIED_CACHE_SIZE = 4096
+_NEVER_ISSUED = re.compile(r"^0+$")
 
 DEFAULT_KNOBS: dict[str, Any] = {
     **COMMON_KNOBS,
@@ -109,7 +125,9 @@ class ApnsSimulator(Service):
     "sandbox"|"production"|"both", "scope": "team"|"topic", "topics": [...],
     "related_key": kid}}}}``. ``certificates``: ``{sha256 hex of the DER client certificate:
     {"team", "env", "topics"}}``; a certificate not listed but signed by the CA is accepted for
-    the bundle id in its subject UID (plus ``.voip`` and ``.complication``).
+    the environment and topics its Apple extensions give (see the module docstring), else for
+    both environments and the bundle id in its subject UID (plus ``.voip`` and
+    ``.complication``).
     """
 
     name = "apns"
@@ -375,6 +393,8 @@ class ApnsSimulator(Service):
         entry = self.registry.get(token)
         if isinstance(entry, dict):
             return self._registered(entry, base_topic, apns_id)
+        if entry is None and _NEVER_ISSUED.match(token):
+            return self._error(400, "BadDeviceToken", apns_id)
         kind = entry or apns_kind(token)
         if kind == "ok":
             if entry is None and self.knobs["unknown_token_policy"] == "bad_device_token":
@@ -542,15 +562,9 @@ class ApnsSimulator(Service):
         spec = self.certificates.get(fingerprint)
         uid_based = spec is None
         if spec is None:
-            subject = dict(item[0] for item in state.get("client_cert", {}).get("subject", ()))
-            uid = subject.get("userId")
-            if not uid:
+            spec = _certificate_spec(state["client_cert_der"])
+            if spec is None:
                 return (403, "BadCertificate")
-            spec = {
-                "team": f"cert:{uid}",
-                "env": "both",
-                "topics": [uid, uid + ".voip", uid + ".complication"],
-            }
         if spec.get("env", "both") not in ("both", self.environment):
             return (403, "BadCertificateEnvironment")
         state["team"] = spec.get("team")
@@ -561,3 +575,66 @@ class ApnsSimulator(Service):
             state["authed"] = True
             self.count("cert_connections")
         return set(spec["topics"])
+
+
+def _certificate_spec(der: bytes) -> dict[str, Any] | None:
+    """What an unlisted provider certificate allows, read as Apple reads it; None: nothing."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return None
+    uids = cert.subject.get_attributes_for_oid(x509.NameOID.USER_ID)
+    uid = str(uids[0].value) if uids else ""
+    found = {
+        name: ext.value.value
+        for ext in cert.extensions
+        if isinstance(ext.value, x509.UnrecognizedExtension)
+        for name, oid in APNS_CERT_OIDS.items()
+        if ext.oid == oid
+    }
+    topics = _der_strings(found["topics"]) if "topics" in found else []
+    if not topics and uid:
+        topics = [uid, uid + ".voip", uid + ".complication"]
+    if not topics:
+        return None
+    envs = {env for env in ("sandbox", "production") if env in found}
+    # A topics list without an environment marker is a "Sandbox & Production" certificate; a
+    # certificate without Apple's extensions at all is accepted in both (older test setups).
+    env = envs.pop() if len(envs) == 1 else "both"
+    return {"team": f"cert:{uid or topics[0]}", "env": env, "topics": topics}
+
+
+def _der_strings(data: bytes) -> list[str]:
+    """The UTF8Strings directly inside a DER SEQUENCE (the topics list); [] if malformed."""
+    elements = _der_elements(data)
+    if len(elements) == 1 and elements[0][0] == 0x04:  # wrapped once more in an OCTET STRING
+        elements = _der_elements(elements[0][1])
+    if len(elements) != 1 or elements[0][0] != 0x30:
+        return []
+    return [
+        content.decode("utf-8", "replace")
+        for tag, content in _der_elements(elements[0][1])
+        if tag == 0x0C
+    ]
+
+
+def _der_elements(data: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, contents) of consecutive DER elements (X.690 section 8.1); [] if malformed."""
+    out: list[tuple[int, bytes]] = []
+    i = 0
+    while i < len(data):
+        if i + 2 > len(data):
+            return []
+        tag, length = data[i], data[i + 1]
+        i += 2
+        if length & 0x80:
+            size = length & 0x7F
+            if not 0 < size <= 4 or i + size > len(data):
+                return []
+            length = int.from_bytes(data[i : i + size], "big")
+            i += size
+        if i + length > len(data):
+            return []
+        out.append((tag, data[i : i + length]))
+        i += length
+    return out

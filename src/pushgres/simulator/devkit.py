@@ -12,7 +12,9 @@ Everything is generated locally with ``cryptography``:
   "Using OAuth 2.0 for Server to Server Applications",
   developers.google.com/identity/protocols/oauth2/service-account; RSA 2048 PKCS#8 key) whose ``token_uri`` points at the simulator's OAuth endpoint.
 * :func:`generate_apns_client_cert`: an APNs provider certificate for certificate auth (subject
-  UID = bundle id, signed by the CA; PEM and password-protected PKCS#12).
+  UID = bundle id, signed by the CA; PEM and password-protected PKCS#12) carrying Apple's
+  environment and topic extensions (:data:`APNS_CERT_OIDS`): for the sandbox, for production,
+  or "Sandbox & Production" with its topics list; any validity period, expired included.
 * :func:`make_dev_setup`: all of the above in one folder (reused when present) plus the
   matching :class:`~pushgres.simulator.config.SimulatorConfig` (``DevSetup.config``).
 
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from .config import SimulatorConfig
 
 __all__ = [
+    "APNS_CERT_OIDS",
     "APNS_KINDS",
     "FCM_KINDS",
     "SERVER_HOSTNAMES",
@@ -121,6 +124,17 @@ FCM_KINDS = (
 
 
 _FCM_BY_LENGTH = sorted(FCM_KINDS, key=len, reverse=True)
+
+# Apple's extensions on APNs provider certificates ("Apple Worldwide Developer Relations
+# Certification Practice Statement", apple.com/certificateauthority): the certificate is for
+# the development (sandbox) environment, for production, and the topics of a "Sandbox &
+# Production" certificate.
+APNS_CERT_OIDS: dict[str, x509.ObjectIdentifier] = {
+    "sandbox": x509.ObjectIdentifier("1.2.840.113635.100.6.3.1"),
+    "production": x509.ObjectIdentifier("1.2.840.113635.100.6.3.2"),
+    "topics": x509.ObjectIdentifier("1.2.840.113635.100.6.3.6"),
+}
+_CERT_ENVIRONMENTS = ("sandbox", "production", "both")
 
 
 def apns_token(kind: str, n: int) -> str:
@@ -400,6 +414,28 @@ def generate_service_account(
     )
 
 
+def _der(tag: int, content: bytes) -> bytes:
+    """One DER element (X.690 section 8.1: identifier, definite length, contents)."""
+    n = len(content)
+    if n < 0x80:
+        return bytes([tag, n]) + content
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + content
+
+
+def _topics_extension(topics: tuple[str, ...]) -> bytes:
+    """The topics list as Apple encodes it: a SEQUENCE alternating each topic (UTF8String)
+    with a SEQUENCE naming its kind (``app``, ``voip``, ``complication``)."""
+    parts = b""
+    for topic in topics:
+        kind = "app"
+        for suffix in ("voip", "complication"):
+            if topic.endswith("." + suffix):
+                kind = suffix
+        parts += _der(0x0C, topic.encode()) + _der(0x30, _der(0x0C, kind.encode()))
+    return _der(0x30, parts)
+
+
 def generate_apns_client_cert(
     directory: str | pathlib.Path,
     ca: CaFiles,
@@ -407,8 +443,24 @@ def generate_apns_client_cert(
     password: str,
     *,
     name: str = "apns",
+    environment: str | None = "both",
+    topics: tuple[str, ...] | None = None,
+    valid_days: float = 365,
+    not_after: dt.datetime | None = None,
 ) -> ClientCertificate:
-    """An APNs provider certificate (subject UID = bundle id) signed by the test CA."""
+    """An APNs provider certificate (subject UID = bundle id) signed by the test CA.
+
+    ``environment`` is what Apple's extensions say the certificate is for: ``sandbox``,
+    ``production``, ``both`` (a "Sandbox & Production" certificate, whose topics extension
+    lists ``topics``, by default the bundle id and its ``.voip`` and ``.complication``
+    topics), or ``None`` (no Apple extension at all). ``topics`` given with one environment
+    adds the topics extension too. The certificate expires ``valid_days`` from now, or at
+    ``not_after`` (in the past for an expired one). Apple marks its extensions critical; here
+    they are not, since OpenSSL (the simulator's TLS) refuses certificates carrying critical
+    extensions it does not know.
+    """
+    if environment not in (*_CERT_ENVIRONMENTS, None):
+        raise ValueError(f"environment must be one of {_CERT_ENVIRONMENTS} or None")
     folder = pathlib.Path(directory).resolve()
     ca_key = serialization.load_pem_private_key(
         pathlib.Path(ca.ca_key_file).read_bytes(), password=None
@@ -417,8 +469,9 @@ def generate_apns_client_cert(
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise TypeError("the test CA key must be an EC key")
     now = dt.datetime.now(dt.UTC)
+    expires = not_after or now + dt.timedelta(days=valid_days)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(
             x509.Name(
@@ -431,13 +484,25 @@ def generate_apns_client_cert(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=365))
+        .not_valid_before(min(now, expires) - dt.timedelta(days=1))
+        .not_valid_after(expires)
         .add_extension(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
-        .sign(ca_key, hashes.SHA256())
     )
+    null = _der(0x05, b"")
+    for env in ("sandbox", "production"):
+        if environment in (env, "both"):
+            builder = builder.add_extension(
+                x509.UnrecognizedExtension(APNS_CERT_OIDS[env], null), critical=False
+            )
+    if environment == "both" or topics is not None:
+        listed = topics or (topic, topic + ".voip", topic + ".complication")
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(APNS_CERT_OIDS["topics"], _topics_extension(listed)),
+            critical=False,
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
     cert_file, key_file, p12_file = (
         folder / f"{name}-cert.pem",
         folder / f"{name}-cert.key",
