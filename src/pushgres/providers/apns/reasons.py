@@ -4,13 +4,17 @@ DEAD records the device token as invalid for the app; FIX fails the notification
 with backoff and alerts (a credential or topic problem hits every notification of the app);
 AUTH refreshes the provider token and/or moves to a new connection; WAIT retries with backoff;
 CONN retries at once on another connection. An unknown reason is treated by its status class.
+
+:data:`APNS_HINTS` names, for the reasons that mean the app's credential or configuration is
+wrong, what to fix, in words an operator acts on (``pushgres check-credentials`` and the
+daemon's alerts show it).
 """
 
 from __future__ import annotations
 
 from ...models import Action
 
-__all__ = ["APNS_REASONS", "action_for"]
+__all__ = ["APNS_HINTS", "APNS_REASONS", "action_for", "hint_for"]
 
 APNS_REASONS: dict[str, Action] = {
     "BadCollapseId": Action.FIX,
@@ -47,6 +51,54 @@ APNS_REASONS: dict[str, Action] = {
     "ServiceUnavailable": Action.WAIT,
     "Shutdown": Action.CONN,
 }
+
+_OTHER_ENVIRONMENT = (
+    "the {what} belongs to the other APNs environment: check `environment` (production or "
+    "sandbox), or use a {what} valid for both"
+)
+
+APNS_HINTS: dict[str, str] = {
+    "BadCertificate": (
+        "APNs does not accept this certificate: use the app's Apple Push Notification service "
+        "certificate from the developer account (Certificates, Identifiers & Profiles)"
+    ),
+    "BadCertificateEnvironment": _OTHER_ENVIRONMENT.format(what="certificate"),
+    "BadEnvironmentKeyIdInToken": _OTHER_ENVIRONMENT.format(what="key"),
+    "BadEnvironmentKeyInToken": _OTHER_ENVIRONMENT.format(what="key"),
+    "InvalidProviderToken": (
+        "APNs does not know this key for this team: check `key_id` and `team_id` against the "
+        "developer account (Keys), that `key_file` is that key, and that it is not revoked"
+    ),
+    "ExpiredProviderToken": (
+        "APNs found the provider token older than an hour: check the host's clock (NTP)"
+    ),
+    "MissingProviderToken": "no credential reached APNs: configure a token key or a certificate",
+    "Forbidden": (
+        "APNs refused this credential: check that the key or certificate is not revoked and "
+        "has the Apple Push Notifications service enabled"
+    ),
+    "TopicDisallowed": (
+        "this credential may not push to `topic`: use a bundle id of the key's team (or the "
+        "certificate's app)"
+    ),
+    "BadTopic": "`topic` is not a valid bundle id",
+    "MissingTopic": "set `topic` to the app's bundle id",
+    "DeviceTokenNotForTopic": "the device token belongs to another app: check `topic`",
+    "UnrelatedKeyIdInToken": (
+        "requests on one connection were signed with unrelated keys: give apps that use "
+        "different keys their own pools"
+    ),
+    "TooManyProviderTokenUpdates": (
+        "the provider token was replaced too often: keep `token_refresh_s` at 1200 or more and "
+        "one daemon process per key"
+    ),
+}
+"""Reason → what to fix, for the reasons that point at the app's credential or configuration."""
+
+
+def hint_for(reason: str | None) -> str | None:
+    """The fix for an APNs reason, or None when the reason names no configuration problem."""
+    return APNS_HINTS.get(reason) if reason is not None else None
 
 
 def action_for(status: int, reason: str | None) -> Action:
