@@ -2,7 +2,7 @@
 
 A provider (``providers/<name>/``) owns everything about one push service: its config
 section, enqueue validation, request building and response parsing, reason table,
-credentials and :class:`Sender`. :class:`Provider` is the face the rest of pushgres sees;
+credentials (and their check, :meth:`Provider.check_credentials`) and :class:`Sender`. :class:`Provider` is the face the rest of pushgres sees;
 ``providers/__init__.py`` registers one per platform, and adding a provider is one new folder
 and one registry line.
 
@@ -20,14 +20,17 @@ import abc
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import AppConfig, PoolConfig, Section
 from ..exceptions import PoolClosed, RequestRejected, TransportError
 from ..http2.pool import BatchResult, Http2Pool, Observe, Response, Stragglers
 from ..models import Action, ClaimedRow, Notification, Outcome, Request
+
+if TYPE_CHECKING:
+    from .credentials import CredentialReport
 
 __all__ = [
     "BatchSender",
@@ -274,9 +277,29 @@ class Provider(Protocol):
         """
         ...
 
+    async def check_credentials(
+        self, app: AppConfig, *, timeout_s: float, now: dt.datetime
+    ) -> CredentialReport:
+        """What the app's credential is and whether the provider accepts it, delivering nothing.
+
+        Reads the credential, checks it offline, then makes one live request that cannot
+        deliver anything, through the same pool and TLS settings as the daemon's. Finishes
+        within about ``timeout_s``; every failure is a failed check in the report, never an
+        exception. ``now`` is the time expiry is judged against.
+        """
+        ...
+
+    def credential_expiry(self, app: AppConfig) -> dt.datetime | None:
+        """When the app's credential stops working (a certificate's notAfter), else None.
+
+        Offline and cheap (reads local files only, never raises): the daemon calls it at start
+        and daily to warn ahead of expiry.
+        """
+        ...
+
 
 class ProviderModule:
-    """A :class:`Provider` made of a provider folder's three functions."""
+    """A :class:`Provider` made of a provider folder's functions."""
 
     def __init__(
         self,
@@ -285,11 +308,15 @@ class ProviderModule:
         parse_app: Callable[..., tuple[PoolConfig, object]],
         check: Callable[[Notification], str | None],
         senders: Callable[..., list[Sender]],
+        check_credentials: Callable[..., Awaitable[CredentialReport]],
+        credential_expiry: Callable[[AppConfig], dt.datetime | None],
     ) -> None:
         self.platform = platform
         self._parse_app = parse_app
         self._check = check
         self._senders = senders
+        self._check_credentials = check_credentials
+        self._credential_expiry = credential_expiry
 
     def parse_app(
         self, section: Section, *, base_dir: Path, environ: Mapping[str, str]
@@ -301,3 +328,11 @@ class ProviderModule:
 
     def senders(self, apps: Sequence[AppConfig], *, request_timeout_s: float) -> list[Sender]:
         return self._senders(apps, request_timeout_s=request_timeout_s)
+
+    async def check_credentials(
+        self, app: AppConfig, *, timeout_s: float, now: dt.datetime
+    ) -> CredentialReport:
+        return await self._check_credentials(app, timeout_s=timeout_s, now=now)
+
+    def credential_expiry(self, app: AppConfig) -> dt.datetime | None:
+        return self._credential_expiry(app)
