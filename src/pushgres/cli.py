@@ -32,6 +32,8 @@ from .db.migrate import check_schema, migrate
 from .exceptions import EnqueueError, PushgresError
 from .models import Notification
 from .observability.logging import setup_logging
+from .providers.credentials import DEFAULT_TIMEOUT_S as DEFAULT_CHECK_TIMEOUT_S
+from .providers.credentials import DEFAULT_WARN_DAYS, check_apps, exit_status, format_table, to_json
 
 __all__ = ["main"]
 
@@ -286,6 +288,28 @@ async def _cmd_outcome(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _cmd_check_credentials(args: argparse.Namespace) -> int:
+    settings = load_config(args.config)
+    # The pools' connect warnings would interleave with the report; failures are in it.
+    setup_logging("error")
+    apps = list(settings.apps)
+    if args.app:
+        known = {app.name: app for app in apps}
+        for name in args.app:
+            if name not in known:
+                raise PushgresError(
+                    f"{args.config} has no app {name!r} (apps: {', '.join(sorted(known))})"
+                )
+        apps = [known[name] for name in dict.fromkeys(args.app)]
+    now = dt.datetime.now(dt.UTC)
+    reports = await check_apps(apps, timeout_s=args.timeout_s, now=now)
+    if args.json:
+        print(to_json(reports, warn_days=args.warn_days, now=now))
+    else:
+        print(format_table(reports, warn_days=args.warn_days, now=now))
+    return exit_status(reports, args.warn_days, now=now)
+
+
 # ---------------------------------------------------------------------------------------------
 # Argument parsing: the texts below are what `pushgres … --help` shows.
 
@@ -342,6 +366,34 @@ id, app, platform, status (queued, sent, failed, token_invalid or expired), prov
 enqueued_at, finished_at and metadata (the caller's JSON object, or null). An id the database
 does not know prints {"id": ID, "status": "unknown"}."""
 
+CHECK_CREDENTIALS = """\
+Check every app's credential and whether its provider accepts it, delivering nothing.
+
+For each app of the config (or each --app): what the credential is, when it expires, and
+one live request over the app's own endpoint, CA file and pool settings, as the daemon
+would send it:
+
+  APNs token key    the .p8 key is an EC P-256 key, the key id and team id are well formed;
+  APNs certificate  its subject, its topic (UID, or the topics of a Sandbox & Production
+                    certificate) against `topic`, the environment it is for against
+                    `environment`, and its expiry;
+                    then, for both, a push to a device token that cannot exist: APNs
+                    answering BadDeviceToken proves the credential and topic are accepted,
+                    any other answer (InvalidProviderToken, BadCertificateEnvironment,
+                    TopicDisallowed, ...) names what is wrong.
+  FCM               the service-account file, the OAuth token exchange, then a
+                    validate_only send to a dummy registration token: FCM answering that
+                    the token is invalid proves the account may send for the project;
+                    PERMISSION_DENIED, SENDER_ID_MISMATCH or NOT_FOUND name what is wrong.
+
+Prints a table, then for each app that needs attention what to fix (--json: a JSON array,
+one object per app with every check). Secrets (keys, passwords, tokens) are never printed.
+Every app is checked at once, each within --timeout-s. Needs the config file, not the
+database.
+
+Exit status: 0 when every credential works and none expires within --warn-days days, 1
+otherwise (or on an error), 2 on a usage error."""
+
 
 def _seconds(text: str) -> float:
     try:
@@ -360,6 +412,16 @@ def _notification_id(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a notification id: {text!r}") from None
     if not -BIGINT_MAX - 1 <= value <= BIGINT_MAX:
         raise argparse.ArgumentTypeError(f"not a notification id: {text!r} (out of range)")
+    return value
+
+
+def _days(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more days, got {text!r}")
     return value
 
 
@@ -491,6 +553,44 @@ def _parser() -> argparse.ArgumentParser:
     _add_db_args(p)
     p.add_argument("ids", type=_notification_id, nargs="+", metavar="ID", help="notification id(s)")
 
+    p = _add_command(
+        sub,
+        "check-credentials",
+        "check each app's credential with its provider, delivering nothing",
+        CHECK_CREDENTIALS,
+    )
+    p.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="pushgres TOML config whose apps to check",
+    )
+    p.add_argument(
+        "--app",
+        action="append",
+        metavar="NAME",
+        help="check only this app (an [apps.<name>] table); repeat for several; default: all",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array (one object per app) instead of a table",
+    )
+    p.add_argument(
+        "--warn-days",
+        type=_days,
+        default=DEFAULT_WARN_DAYS,
+        metavar="N",
+        help=f"fail when a credential expires within N days; default {DEFAULT_WARN_DAYS}",
+    )
+    p.add_argument(
+        "--timeout-s",
+        type=_seconds,
+        default=DEFAULT_CHECK_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"how long each app's check may take; default {DEFAULT_CHECK_TIMEOUT_S:g}",
+    )
+
     # These two parse their own arguments (see `pushgres simulate --help`).
     sub.add_parser("simulate", help="run local APNs/FCM simulators for development", add_help=False)
     sub.add_parser("demo", help="the end-to-end demo on an embedded PostgreSQL", add_help=False)
@@ -503,6 +603,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "enqueue": _cmd_enqueue,
     "status": _cmd_status,
     "outcome": _cmd_outcome,
+    "check-credentials": _cmd_check_credentials,
 }
 
 
