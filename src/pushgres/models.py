@@ -175,7 +175,9 @@ class Outcome:
 
     ``provider_status`` is the HTTP status (None when no response came back); ``reason`` the
     provider's reason string or ours; ``retry_after_s`` a server-requested wait;
-    ``provider_timestamp`` APNs's 410 timestamp.
+    ``provider_timestamp`` APNs's 410 timestamp. ``detail`` is for logs (and, for outcomes
+    found without a response, the result); ``note`` is what the result records after the
+    provider's reason when the provider's code alone would mislead.
     """
 
     action: Action
@@ -186,6 +188,8 @@ class Outcome:
     provider_timestamp: dt.datetime | None = None
     # Extra detail for logs (never credentials).
     detail: str | None = field(default=None, compare=False)
+    # Recorded with the reason in the notification's result ("BadDeviceToken: <note>").
+    note: str | None = field(default=None, compare=False)
 
     @classmethod
     def invalid(cls, reason: str, detail: str) -> Outcome:

@@ -34,6 +34,8 @@ class Decision:
 
 def _reason_text(outcome: Outcome) -> str:
     reason = outcome.reason or outcome.action.value
+    if outcome.note:
+        return f"{reason}: {outcome.note}"
     if outcome.provider_status is None and outcome.detail:
         return f"{reason}: {outcome.detail}"
     return reason

@@ -91,13 +91,23 @@ class StatsObserver:
         self.stats.batches += 1
 
     def sent(self, app: str, outcomes: Sequence[Outcome], seconds: float) -> None:
-        config_errors = Counter(o.reason for o in outcomes if o.action is Action.CFG)
+        config_errors: Counter[str] = Counter()
+        fixes: dict[str, str] = {}
+        for outcome in outcomes:
+            if outcome.action is Action.CFG:
+                reason = outcome.reason or "Unknown"
+                config_errors[reason] += 1
+                if outcome.detail:
+                    fixes.setdefault(reason, outcome.detail)
         if config_errors:
             logger.error(
                 "app %s: configuration or credential error from the provider: %s; "
                 "fix the app's credentials/topic/project (the notifications are retried)",
                 app,
-                ", ".join(f"{reason} x{n}" for reason, n in config_errors.items()),
+                "; ".join(
+                    f"{reason} x{n}" + (f" ({fixes[reason]})" if reason in fixes else "")
+                    for reason, n in config_errors.items()
+                ),
                 extra={"action": "provider_config_error", "app": app},
             )
 

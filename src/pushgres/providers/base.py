@@ -28,6 +28,7 @@ from ..config import AppConfig, PoolConfig, Section
 from ..exceptions import PoolClosed, RequestRejected, TransportError
 from ..http2.pool import BatchResult, Http2Pool, Observe, Response, Stragglers
 from ..models import Action, ClaimedRow, Notification, Outcome, Request
+from ..observability.diagnosis import Diagnosis
 
 if TYPE_CHECKING:
     from .credentials import CredentialReport
@@ -297,6 +298,10 @@ class Provider(Protocol):
         """
         ...
 
+    def diagnoses(self, app: AppConfig) -> Sequence[Diagnosis]:
+        """The misconfigurations an app's answers can reveal, watched by the daemon."""
+        ...
+
 
 class ProviderModule:
     """A :class:`Provider` made of a provider folder's functions."""
@@ -310,6 +315,7 @@ class ProviderModule:
         senders: Callable[..., list[Sender]],
         check_credentials: Callable[..., Awaitable[CredentialReport]],
         credential_expiry: Callable[[AppConfig], dt.datetime | None],
+        diagnoses: Callable[[AppConfig], Sequence[Diagnosis]] = lambda app: (),
     ) -> None:
         self.platform = platform
         self._parse_app = parse_app
@@ -317,6 +323,7 @@ class ProviderModule:
         self._senders = senders
         self._check_credentials = check_credentials
         self._credential_expiry = credential_expiry
+        self._diagnoses = diagnoses
 
     def parse_app(
         self, section: Section, *, base_dir: Path, environ: Mapping[str, str]
@@ -336,3 +343,6 @@ class ProviderModule:
 
     def credential_expiry(self, app: AppConfig) -> dt.datetime | None:
         return self._credential_expiry(app)
+
+    def diagnoses(self, app: AppConfig) -> Sequence[Diagnosis]:
+        return self._diagnoses(app)

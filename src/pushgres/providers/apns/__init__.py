@@ -13,6 +13,7 @@ from ..base import ProviderModule
 from .config import parse_app
 from .credentials import check_credentials, credential_expiry
 from .protocol import check_notification
+from .reasons import diagnoses
 from .sender import build_senders
 
 __all__ = ["PROVIDER"]
@@ -24,4 +25,5 @@ PROVIDER = ProviderModule(
     senders=build_senders,
     check_credentials=check_credentials,
     credential_expiry=credential_expiry,
+    diagnoses=diagnoses,
 )

@@ -15,7 +15,7 @@ from typing import Any
 
 from ... import codec
 from ...models import Action, ClaimedRow, Notification, Outcome, Request
-from .reasons import action_for
+from .reasons import action_for, hint_for
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -181,12 +181,14 @@ def parse_response(status: int, headers: Mapping[bytes, bytes], body: bytes) -> 
             ts = data.get("timestamp")
             if isinstance(ts, int | float) and not isinstance(ts, bool) and ts > 0:
                 timestamp = dt.datetime.fromtimestamp(ts / 1000, dt.UTC)
+    action = action_for(status, reason)
     return Outcome(
-        action=action_for(status, reason),
+        action=action,
         provider_status=status,
         reason=reason or f"HTTP{status}",
         provider_id=provider_id,
         provider_timestamp=timestamp,
+        detail=hint_for(reason) if action is Action.CFG else None,
     )
 
 

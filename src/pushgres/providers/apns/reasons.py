@@ -7,14 +7,25 @@ CONN retries at once on another connection. An unknown reason is treated by its 
 
 :data:`APNS_HINTS` names, for the reasons that mean the app's credential or configuration is
 wrong, what to fix, in words an operator acts on (``pushgres check-credentials`` and the
-daemon's alerts show it).
+daemon's alerts show it). :func:`diagnoses` is what the daemon watches an app's answers for:
+``BadDeviceToken`` on most sends means tokens of the other environment.
 """
 
 from __future__ import annotations
 
+from ...config import AppConfig
 from ...models import Action
+from ...observability.diagnosis import Diagnosis
+from .config import ApnsConfig
 
-__all__ = ["APNS_HINTS", "APNS_REASONS", "action_for", "hint_for"]
+__all__ = [
+    "APNS_HINTS",
+    "APNS_REASONS",
+    "action_for",
+    "bad_device_token_detail",
+    "diagnoses",
+    "hint_for",
+]
 
 APNS_REASONS: dict[str, Action] = {
     "BadCollapseId": Action.FIX,
@@ -114,3 +125,33 @@ def action_for(status: int, reason: str | None) -> Action:
     if status == 403:
         return Action.CFG
     return Action.FIX
+
+
+_OTHER = {"production": "sandbox", "sandbox": "production"}
+
+
+def bad_device_token_detail(environment: str) -> str:
+    """What a ``BadDeviceToken`` means for an app sending to ``environment``."""
+    return (
+        f"not a {environment} device token: a {_OTHER[environment]} token (a development "
+        "build's), or malformed"
+    )
+
+
+def diagnoses(app: AppConfig) -> list[Diagnosis]:
+    """An APNs app's tokens look like the other environment's when most sends get
+    ``BadDeviceToken`` (Apple: "the specified device token is invalid", which is also what a
+    token of the other environment gets)."""
+    apns = app.provider
+    assert isinstance(apns, ApnsConfig)
+    env = apns.environment
+    return [
+        Diagnosis(
+            name="environment_mismatch",
+            reason="BadDeviceToken",
+            message=(
+                f"tokens of app {app.name} look like {_OTHER[env]} tokens sent to {env}: "
+                "check `environment` (development builds register sandbox tokens)"
+            ),
+        )
+    ]

@@ -11,6 +11,7 @@ from APNs" (developer.apple.com/documentation/usernotifications).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from .auth import ProviderToken, load_client_certificate
 from .config import ApnsConfig
 from .protocol import NEVER_INDEXED_HEADERS, ApnsRequestBuilder
 from .protocol import parse_response as parse_apns
+from .reasons import bad_device_token_detail
 
 __all__ = ["ApnsSender", "build_sender", "build_senders"]
 
@@ -47,18 +49,23 @@ class ApnsSender(BatchSender):
         builder: ApnsRequestBuilder,
         token: ProviderToken | None,
         request_timeout_s: float,
+        environment: str,
     ) -> None:
         self.pool = pool
         self._builder = builder
         self._token = token
         self._timeout_s = request_timeout_s
         self._generation = token.generation if token else 0
+        self._bad_token_detail = bad_device_token_detail(environment)
 
     def _build(self, row: ClaimedRow, now: dt.datetime) -> Request | Outcome:
         return self._builder.build(row, now=now)
 
     def _parse(self, response: Response) -> Outcome:
-        return parse_apns(response.status, response.headers, response.body)
+        outcome = parse_apns(response.status, response.headers, response.body)
+        if outcome.reason == "BadDeviceToken":  # name the environment the token was not for
+            return dataclasses.replace(outcome, note=self._bad_token_detail)
+        return outcome
 
     async def _authorization(self) -> list[tuple[bytes, bytes]]:
         if self._token is None:
@@ -145,4 +152,5 @@ def build_sender(
         builder=ApnsRequestBuilder(authority=authority(app.pool), topic=apns.topic),
         token=token if cert is None else None,
         request_timeout_s=request_timeout_s,
+        environment=apns.environment,
     )

@@ -16,7 +16,7 @@ from typing import Any
 from ... import codec
 from ...models import Action, ClaimedRow, Notification, Outcome, Request
 from ...retry import parse_retry_after
-from .reasons import action_for
+from .reasons import action_for, hint_for
 
 __all__ = ["MAX_PAYLOAD_BYTES", "FcmRequestBuilder", "check_notification", "parse_response"]
 
@@ -140,6 +140,10 @@ def parse_response(status: int, headers: Mapping[bytes, bytes], body: bytes) -> 
     reason = error_code or envelope_status or f"HTTP{status}"
     if action is Action.DEAD and error_code == "INVALID_ARGUMENT" and apns_reason:
         reason = f"INVALID_ARGUMENT/{apns_reason}"
+    if action is Action.CFG:
+        hint = hint_for(reason)
+        if hint:
+            message = f"{message} ({hint})" if message else hint
     return Outcome(
         action=action,
         provider_status=status,
