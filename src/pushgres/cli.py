@@ -1,6 +1,7 @@
 """The ``pushgres`` command: argument parsing, logging setup, the uvloop runner, exit codes.
 
-Commands: ``migrate``, ``run``, ``enqueue``, ``status``, ``outcome``, ``simulate``, ``demo``.
+Commands: ``migrate``, ``run``, ``enqueue``, ``status``, ``outcome``, ``check-credentials``,
+``simulate``, ``demo``.
 Every expected failure (bad config, missing schema, bad input, unreachable database) ends
 with one line on stderr naming the problem and a non-zero exit, never a traceback.
 """
@@ -113,10 +114,15 @@ async def _cmd_migrate(args: argparse.Namespace) -> int:
 async def _cmd_run(args: argparse.Namespace) -> int:
     # Imported here: the tool commands need none of the delivery stack (and start faster).
     from .daemon import Daemon
+    from .systemd import SystemdNotifier
 
     settings = load_config(args.config)
-    setup_logging(settings.daemon.log_level)
-    daemon = Daemon(settings)
+    setup_logging(settings.daemon.log_level, settings.daemon.log_format)
+    daemon = Daemon(
+        settings,
+        notifier=SystemdNotifier.from_environ(),
+        reload_config=lambda: load_config(args.config),
+    )
     loop = asyncio.get_running_loop()
     signals = 0
 
@@ -131,8 +137,13 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             logging.shutdown()
             os._exit(EXIT_ERROR)
 
+    def on_hangup() -> None:
+        logger.info("SIGHUP received: reloading %s", args.config, extra={"action": "reload"})
+        daemon.reload()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await daemon.run()
     return EXIT_OK
 
@@ -339,7 +350,13 @@ their outcomes to pushgres.results.
 Refuses to start on an invalid config or on a database without this version's schema (run
 `pushgres migrate` first). SIGTERM or SIGINT drains: no new claims, in-flight sends finish
 within daemon.shutdown_timeout_s, the rest stays queued, exit 0. A second signal exits at once
-(open batches roll back and stay queued)."""
+(open batches roll back and stay queued).
+
+SIGHUP re-reads the config file: apps added, removed or changed (credentials, endpoint, rate
+limit) take effect without a restart and without dropping sends in flight; a config that does
+not load is refused with an error line and the running one stays. Under systemd (Type=notify)
+it reports READY=1, STATUS=, WATCHDOG=1 and STOPPING=1; with [admin] listen it serves
+/metrics, /healthz, /readyz and /dashboard/."""
 
 ENQUEUE = """\
 Enqueue one notification given by flags, or many from JSON Lines (--file).
