@@ -1,0 +1,1 @@
+"""Helpers shared by several test folders (the headless-Chromium harness)."""
