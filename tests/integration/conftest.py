@@ -10,6 +10,7 @@ import pytest
 
 from pushgres.simulator import Simulators, devkit
 
+from ..support.chromium import chromium
 from .harness import write_config
 
 
@@ -19,3 +20,6 @@ async def env(tmp_path: pathlib.Path, dsn: str) -> AsyncIterator[dict[str, Any]]
     async with Simulators(setup) as sims:
         config = write_config(tmp_path / "pushgres.toml", dsn=dsn, setup=setup, sims=sims)
         yield {"setup": setup, "sims": sims, "config": config, "dsn": dsn, "tmp": tmp_path}
+
+
+__all__ = ["chromium", "env"]
