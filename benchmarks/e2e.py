@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import asyncpg
 import uvloop
 
@@ -35,6 +36,7 @@ from pushgres.config import load_config
 from pushgres.db import store
 from pushgres.demo import start_postgres
 from pushgres.exceptions import ConfigError
+from pushgres.simulator.devkit import free_port
 
 from .procs import Child, StepFailed, peak_rss_bytes, run_child, tree_cpu_s
 from .sink import Sink
@@ -44,6 +46,7 @@ __all__ = ["run_e2e"]
 
 ENQUEUE_CHUNK = 10_000
 POLL_S = 0.5
+SCRAPE_S = 5.0  # how often the metrics-on run scrapes /metrics (Prometheus: 15-60 s)
 MIGRATE_TIMEOUT_S = 120.0
 MIN_ENQUEUE_PER_S = 1_000  # for the deadline only
 INSERTED_SQL = """
@@ -72,6 +75,7 @@ class _Sample:
     sink_cpu_s: float
     sent: int
     total: int
+    scrapes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +101,10 @@ def run_e2e(
     streams: int,
     batch_size: int,
     timeout_s: float,
+    metrics: bool = True,
 ) -> dict[str, Any]:
     """The end-to-end figures (see the module docstring); raises :class:`StepFailed`."""
-    state = workdir / "e2e"
+    state = workdir / ("e2e" if metrics else "e2e-nometrics")
     state.mkdir(parents=True, exist_ok=True)
     bench_dsn = os.environ.get("PUSHGRES_BENCH_DSN")
     server: Any = None
@@ -110,6 +115,8 @@ def run_e2e(
     daemon: Child | None = None
     try:
         sink.ensure()
+        admin_port = free_port() if metrics else None
+        metrics_url = f"http://127.0.0.1:{admin_port}/metrics" if admin_port else None
         config = _write_config(
             state / "bench.toml",
             dsn,
@@ -119,6 +126,7 @@ def run_e2e(
             connections=connections,
             streams=streams,
             batch_size=batch_size,
+            admin_port=admin_port,
         )
         migrated = run_child(
             [sys.executable, "-m", "pushgres", "migrate", "--dsn", dsn],
@@ -134,7 +142,9 @@ def run_e2e(
                 [sys.executable, "-m", "pushgres", "run", "--config", str(config)],
                 log=state / "daemon.log",
             )
-            first, last = runner.run(_measure(dsn, queue, target, daemon, sink, timeout_s))
+            first, last = runner.run(
+                _measure(dsn, queue, target, daemon, sink, timeout_s, metrics_url)
+            )
             peak_rss = peak_rss_bytes(daemon.pid)
             stopping = time.monotonic()
             exit_status = daemon.stop()
@@ -154,6 +164,8 @@ def run_e2e(
     result: dict[str, Any] = {
         "postgres": f"{queue.server_version} ({where})",
         "codec": codec,
+        "metrics": metrics,
+        "scrapes": last.scrapes,
         "connections": connections,
         "streams": streams,
         "batch_size": batch_size,
@@ -240,8 +252,13 @@ def _write_config(
     connections: int,
     streams: int,
     batch_size: int,
+    admin_port: int | None,
 ) -> pathlib.Path:
-    """The daemon's config: one APNs token-auth app aimed at the sink; validated here."""
+    """The daemon's config: one APNs token-auth app aimed at the sink; validated here.
+
+    With ``admin_port``, the admin listener is on (metrics counted, scraped during the run).
+    """
+    admin = f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n' if admin_port else ""
     path.write_text(
         f"""# Written by `make bench`: one APNs token-auth app against the sink.
 [database]
@@ -265,7 +282,7 @@ ca_file = {json.dumps(credentials.ca_file)}
 max_connections = {connections}
 max_streams_per_connection = {streams}
 codec = {json.dumps(codec)}
-""",
+{admin}""",
         encoding="utf-8",
     )
     try:
@@ -290,10 +307,22 @@ async def _sample(conn: asyncpg.Connection, queue: _Queue, daemon: Child, sink: 
 
 
 async def _measure(
-    dsn: str, queue: _Queue, target: int, daemon: Child, sink: Sink, timeout_s: float
+    dsn: str,
+    queue: _Queue,
+    target: int,
+    daemon: Child,
+    sink: Sink,
+    timeout_s: float,
+    metrics_url: str | None,
 ) -> tuple[_Sample, _Sample]:
-    """Poll until ``target`` results exist; the samples that open and close the window."""
+    """Poll until ``target`` results exist; the samples that open and close the window.
+
+    With ``metrics_url``, ``/metrics`` is scraped every ``SCRAPE_S`` as Prometheus would.
+    """
     conn = await asyncpg.connect(dsn)
+    session = aiohttp.ClientSession() if metrics_url else None
+    scrapes = 0
+    next_scrape = time.monotonic()
     try:
         baseline = await conn.fetchval(INSERTED_SQL)
         deadline = time.monotonic() + timeout_s
@@ -304,11 +333,16 @@ async def _measure(
                 raise StepFailed(
                     f"the daemon exited with status {daemon.proc.returncode}: {daemon.log_tail()}"
                 )
+            if session is not None and metrics_url and time.monotonic() >= next_scrape:
+                next_scrape = time.monotonic() + SCRAPE_S
+                await _scrape(session, metrics_url)
+                scrapes += 1
             written = await conn.fetchval(INSERTED_SQL) - baseline
             if first is None and written > 0:
                 first = await _sample(conn, queue, daemon, sink)
             elif first is not None and written >= target:
-                return first, await _sample(conn, queue, daemon, sink)
+                last = await _sample(conn, queue, daemon, sink)
+                return first, dataclasses.replace(last, scrapes=scrapes)
             if time.monotonic() > deadline:
                 counts = await conn.fetchrow(COUNT_SQL, queue.lo, queue.hi)
                 raise StepFailed(
@@ -317,6 +351,18 @@ async def _measure(
                 )
     finally:
         await conn.close()
+        if session is not None:
+            await session.close()
+
+
+async def _scrape(session: aiohttp.ClientSession, url: str) -> None:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            body = await resp.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise StepFailed(f"scraping {url} failed: {type(exc).__name__}: {exc}") from exc
+    if resp.status != 200 or b"pushgres_notifications_total" not in body:
+        raise StepFailed(f"scraping {url}: HTTP {resp.status}, {len(body)} bytes")
 
 
 async def _outcomes(dsn: str, queue: _Queue) -> tuple[dict[str, Any], dict[str, int]]:

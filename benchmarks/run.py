@@ -1,6 +1,7 @@
 """The command line of ``make bench``: which steps run, with how much load, and the cleanup.
 
-Steps run in order (sink probe, ceiling, transport per codec, aioapns, end to end), each in
+Steps run in order (sink probe, ceiling, transport per codec, aioapns, the observers' cost
+with metrics on and off, end to end with metrics off and then on), each in
 :func:`_step`: a failure is recorded with its reason and the next step still runs. Everything
 lives in one temporary folder, removed at the end (``--keep`` keeps it); only the JSON result
 is written into the repository, under ``benchmarks/results/``. SIGTERM and Ctrl-C unwind
@@ -28,8 +29,9 @@ from pushgres.http2.codecs import CODECS, DEFAULT_CODEC
 from .ceiling import probe_echo_upload, run_ceiling
 from .client import ROOT, run_client
 from .e2e import run_e2e
+from .observers import run_observers
 from .procs import StepFailed, reap_all
-from .report import machine_facts, ratios, render, targets, write_json
+from .report import machine_facts, metrics_cost, ratios, render, targets, write_json
 from .sink import Sink
 from .workload import build_requests, make_credentials
 
@@ -52,7 +54,7 @@ QUICK = {
     "queued": 40_000,
     "probe_requests": 5_000,
 }
-STEPS = ("probe", "ceiling", "transport", "aioapns", "e2e")
+STEPS = ("probe", "ceiling", "transport", "aioapns", "observers", "e2e-off", "e2e")
 
 _SINK_WHY = (
     "it costs a few µs of CPU per request, far below any Python sender, and answers like APNs "
@@ -199,11 +201,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "aioapns",
                     functools.partial(client, "baseline", requests=args.aioapns_requests),
                 )
-            if "e2e" in args.steps:
+            if "observers" in args.steps:
+                _step(steps, "observers", run_observers)
+            # Metrics off, then on (as users run it): the same run, so their difference is
+            # the metrics' cost end to end.
+            for name, metrics in (("e2e-off", False), ("e2e", True)):
+                if name not in args.steps:
+                    continue
                 _step(
                     steps,
-                    "e2e",
-                    lambda: run_e2e(
+                    name,
+                    functools.partial(
+                        run_e2e,
                         sink,
                         credentials,
                         workdir,
@@ -212,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         codec=args.e2e_codec,
                         batch_size=args.batch_size,
                         timeout_s=args.e2e_timeout,
+                        metrics=metrics,
                         **shape,
                     ),
                 )
@@ -227,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     run["ratios"] = ratios(steps)
     run["targets"] = targets(steps)
+    run["metrics_cost"] = metrics_cost(steps)
     path = write_json(run, pathlib.Path(args.results_dir))
     print(render(run))
     print(f"\nwritten: {os.path.relpath(path)}")

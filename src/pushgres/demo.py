@@ -6,6 +6,10 @@ over two apps (APNs with token auth, FCM) with about 2% dead tokens, runs the da
 process until the queue drains while printing a progress line, then prints the outcomes by
 reason, sends per second, enqueue→sent latency p50/p99, and checks that the simulators accepted
 exactly the notifications recorded as sent. Exits 0 only if that check holds.
+
+The daemon's admin listener is on (loopback): the demo prints the dashboard's and the metrics'
+addresses. With ``--serve`` the daemon and the simulators keep running after the check, fed a
+trickle of notifications (some to dead tokens, some failing and retried), until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from .config import env_flag
 from .db import store
 from .db.migrate import migrate
 from .models import Notification
-from .simulator.devkit import apns_token, fcm_token
+from .simulator.devkit import apns_token, fcm_token, free_port
 
 __all__ = ["main", "start_postgres", "stop_process"]
 
@@ -72,7 +76,9 @@ def _wait_for_file(path: pathlib.Path, proc: subprocess.Popen[bytes], what: str)
         time.sleep(0.2)
 
 
-def _write_config(state: pathlib.Path, dsn: str, sim: dict[str, Any]) -> pathlib.Path:
+def _write_config(
+    state: pathlib.Path, dsn: str, sim: dict[str, Any], admin_port: int
+) -> pathlib.Path:
     config = state / "demo.toml"
     config.write_text(
         f"""# Written by `pushgres demo`: two apps against the local simulators.
@@ -89,6 +95,10 @@ log_level = "warning"
 [retry]
 base_s = 0.5
 max_s = 5
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+queue_sample_interval_s = 2
 
 [apps.{APNS_APP}]
 platform = "apns"
@@ -203,6 +213,52 @@ async def _progress(
         await conn.close()
 
 
+def _trickle_item(rng: random.Random, n: int) -> Notification:
+    """One notification of the --serve trickle: mostly fine, some dead, some failing."""
+    roll = rng.random()
+    if n % 2 == 0:
+        kind = "Unregistered" if roll < 0.04 else "flaky" if roll < 0.10 else "ok"
+        if roll > 0.995:
+            kind = "BadDeviceToken"
+        return Notification(
+            app=APNS_APP,
+            platform="apns",
+            device_token=apns_token(kind, n),
+            payload={"aps": {"alert": {"title": "Back in stock", "body": "It is here"}}},
+        )
+    kind = "UNREGISTERED" if roll < 0.04 else "UNAVAILABLE" if roll < 0.07 else "ok"
+    return Notification(
+        app=FCM_APP,
+        platform="fcm",
+        device_token=fcm_token(kind, n),
+        payload={"notification": {"title": "Reorder?"}},
+    )
+
+
+async def _trickle(dsn: str, daemon: subprocess.Popen[bytes]) -> None:
+    """A few dozen notifications a second, in bursts, until cancelled or the daemon exits."""
+    rng = random.Random()
+    conn = await asyncpg.connect(dsn)
+    n = int(time.time()) % 100_000 * 10_000_000 + 5_000_000
+    try:
+        while daemon.poll() is None:
+            burst = rng.randint(5, 80)
+            await enqueue(conn, [_trickle_item(rng, n + i) for i in range(burst)])
+            n += burst
+            await asyncio.sleep(rng.uniform(0.2, 1.5))
+        _log(f"the daemon exited ({daemon.returncode}); see daemon.log")
+    finally:
+        await conn.close()
+
+
+def _serve(runner: asyncio.Runner, dsn: str, admin: str, daemon: subprocess.Popen[bytes]) -> None:
+    _log(f"serving: watch {admin}/dashboard/ (a trickle of traffic, some failing); Ctrl-C stops")
+    try:
+        runner.run(_trickle(dsn, daemon))
+    except KeyboardInterrupt:
+        _log("\nstopping")
+
+
 def _cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a live process (Linux /proc), else None."""
     try:
@@ -246,14 +302,22 @@ def _demo(args: argparse.Namespace, runner: asyncio.Runner) -> int:
             sim = json.loads(sim_file.read_text())
             _log(f"simulators: APNs :{sim['apns_production_port']}, FCM :{sim['fcm_port']}")
             lo, hi, total = runner.run(_prepare(dsn, args.count, args.dead_ratio))
-            config = _write_config(state, dsn, sim)
+            admin_port = args.admin_port or free_port()
+            config = _write_config(state, dsn, sim, admin_port)
             daemon_proc = subprocess.Popen(
                 [sys.executable, "-m", "pushgres", "run", "--config", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+            admin = f"http://127.0.0.1:{admin_port}"
+            _log(f"dashboard: {admin}/dashboard/   metrics: {admin}/metrics")
             if not runner.run(_progress(dsn, lo, hi, total, daemon_proc)):
                 return 1
+            if args.serve:
+                rc = runner.run(_summary(dsn, sim, lo, hi, total, 0))
+                _serve(runner, dsn, admin, daemon_proc)
+                daemon_rc = stop_process(daemon_proc)
+                return rc or (1 if daemon_rc else 0)
             for name, proc in (("daemon", daemon_proc), ("simulators", sim_proc)):
                 cpu_s = _cpu_seconds(proc.pid)
                 if cpu_s is not None:
@@ -323,6 +387,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--dead-ratio", type=float, default=0.02)
     parser.add_argument("--state-dir", default=os.path.join(os.getcwd(), ".pushgres"))
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the check, keep the daemon and the simulators running with a trickle of "
+        "traffic (some failing) for the dashboard, until Ctrl-C",
+    )
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        default=0,
+        help="the daemon's admin listener port on 127.0.0.1 (default: a free one)",
+    )
     args = parser.parse_args(argv)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
