@@ -333,7 +333,13 @@ async def _measure(
                 raise StepFailed(
                     f"the daemon exited with status {daemon.proc.returncode}: {daemon.log_tail()}"
                 )
-            if session is not None and metrics_url and time.monotonic() >= next_scrape:
+            # Scraped from the first results on: the listener is up by then.
+            if (
+                first is not None
+                and session is not None
+                and metrics_url
+                and time.monotonic() >= next_scrape
+            ):
                 next_scrape = time.monotonic() + SCRAPE_S
                 await _scrape(session, metrics_url)
                 scrapes += 1

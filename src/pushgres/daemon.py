@@ -62,6 +62,13 @@ READY_RETRY_S: Final = 30.0
 _RESTART_SECTIONS: Final = ("database", "daemon", "retry", "admin")
 
 
+def stalled_lanes(
+    ticks: Mapping[str, float | None], *, now: float, stall_s: float
+) -> list[str]:
+    """The lanes whose last tick is older than ``stall_s`` (None: the loop ended)."""
+    return sorted(name for name, tick in ticks.items() if tick is None or now - tick > stall_s)
+
+
 @dataclasses.dataclass(slots=True, eq=False)
 class _Running:
     """One app's lane, with the sender and config it was built from."""
@@ -410,21 +417,21 @@ class Daemon:
             line += f"; not ready: {', '.join(not_ready)}"
         return line
 
-    def _healthy(self) -> bool:
-        """Every claim loop that should be running went round recently."""
+    def _stalled(self) -> list[str]:
+        """The apps whose claim loop should be going round and has not lately (or died)."""
         daemon = self._settings.daemon
         stall_s = max(
             60.0, 2 * daemon.request_timeout_s + self._settings.database.statement_timeout_s
         )
-        now = time.monotonic()
-        for running in self._running.values():
-            if running.stop.is_set():
-                continue
-            if running.task is not None and running.task.done():
-                return False
-            if now - running.lane.last_tick > stall_s:
-                return False
-        return True
+        return stalled_lanes(
+            {
+                name: None if r.task is not None and r.task.done() else r.lane.last_tick
+                for name, r in self._running.items()
+                if not r.stop.is_set()
+            },
+            now=time.monotonic(),
+            stall_s=stall_s,
+        )
 
     async def _systemd(self) -> None:
         """WATCHDOG=1 while the claim loops are healthy; STATUS= with the current rate."""
@@ -435,11 +442,13 @@ class Daemon:
         while True:
             now = time.monotonic()
             if interval is not None:
-                if self._healthy():
+                stalled = self._stalled()
+                if not stalled:
                     self._notifier.watchdog()
                 else:
                     logger.error(
-                        "a claim loop has stalled: withholding the systemd watchdog",
+                        "claim loop of %s stalled: withholding the systemd watchdog",
+                        ", ".join(stalled),
                         extra={"action": "watchdog"},
                     )
             if now >= next_status:
