@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from pushgres.exceptions import ConfigError
@@ -221,31 +222,63 @@ async def test_sandbox_tokens_sent_to_production_raise_one_alert(
     assert all(found[i].status == "sent" for i in ids[60:])
 
 
-async def test_a_certificate_for_the_other_environment_names_the_fix(
-    env: dict[str, Any], caplog: pytest.LogCaptureFixture
-) -> None:
-    setup, dsn, tmp = env["setup"], env["dsn"], env["tmp"]
+def _certificate_config(
+    env: dict[str, Any], *, environment: str, valid_days: float = 365
+) -> tuple[pathlib.Path, Any]:
+    """The env's config with the ios app on a new certificate (made by the devkit's CA)."""
+    setup, tmp = env["setup"], env["tmp"]
     ca = devkit.CaFiles(
         setup.ca_file,
         str(pathlib.Path(setup.directory) / "ca.key"),
         setup.server_cert_file,
         setup.server_key_file,
     )
-    (tmp / "sandbox-cert").mkdir()
+    folder = tmp / f"cert-{environment}-{valid_days:g}"
+    folder.mkdir()
     cert = devkit.generate_apns_client_cert(
-        tmp / "sandbox-cert", ca, setup.apns_topic, "pw", environment="sandbox"
+        folder, ca, setup.apns_topic, "pw", environment=environment, valid_days=valid_days
     )
     config = _with_admin(
         env,
-        apns=(
-            f'auth = "certificate"\ncert_file = "{cert.cert_file}"\n'
-            f'cert_key_file = "{cert.key_file}"'
-        ),
+        name=f"{folder.name}.toml",
+        apns=f'auth = "certificate"\ncert_file = "{cert.cert_file}"\n'
+        f'cert_key_file = "{cert.key_file}"',
     )
     text = config.read_text()
     for key in ("key_file", "key_id", "team_id"):  # token-auth keys of the default app table
         text = "\n".join(line for line in text.splitlines() if not line.startswith(f"{key} = "))
     config.write_text(text + "\n")
+    return config, cert
+
+
+async def test_a_certificate_close_to_expiry_is_warned_about_and_exposed(
+    env: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    config, cert = _certificate_config(env, environment="both", valid_days=5)
+    not_after = x509.load_pem_x509_certificate(
+        pathlib.Path(cert.cert_file).read_bytes()
+    ).not_valid_after_utc.timestamp()
+    caplog.set_level(logging.INFO, logger="pushgres")
+    async with running_daemon(settings_for(config)) as daemon:
+        ids = await enqueue(env["dsn"], [apns(devkit.apns_token("ok", i)) for i in range(5)])
+        found = await wait_terminal(env["dsn"], ids)
+        assert daemon.admin_url is not None
+        _, _, text = await _get(f"{daemon.admin_url}/metrics")
+        _, _, data = await _get(f"{daemon.admin_url}/dashboard/data.json")
+    assert all(o.status == "sent" for o in found.values())
+    warnings = [r for r in caplog.records if getattr(r, "action", "") == "credential_expiry"]
+    assert len(warnings) == 1
+    assert "app ios: its credential expires in 5.0 days (within 7)" in warnings[0].getMessage()
+    expiry = _value(_samples(text), "pushgres_credential_expiry_timestamp_seconds", app="ios")
+    assert abs(expiry - not_after) < 1
+    assert '"days_left":5.0' in data or '"days_left":4.9' in data
+
+
+async def test_a_certificate_for_the_other_environment_names_the_fix(
+    env: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    dsn = env["dsn"]
+    config, _ = _certificate_config(env, environment="sandbox")
     caplog.set_level(logging.INFO, logger="pushgres")
     async with running_daemon(settings_for(config)) as daemon:
         await enqueue(dsn, [apns(devkit.apns_token("ok", i)) for i in range(5)])
