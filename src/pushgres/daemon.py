@@ -62,9 +62,7 @@ READY_RETRY_S: Final = 30.0
 _RESTART_SECTIONS: Final = ("database", "daemon", "retry", "admin")
 
 
-def stalled_lanes(
-    ticks: Mapping[str, float | None], *, now: float, stall_s: float
-) -> list[str]:
+def stalled_lanes(ticks: Mapping[str, float | None], *, now: float, stall_s: float) -> list[str]:
     """The lanes whose last tick is older than ``stall_s`` (None: the loop ended)."""
     return sorted(name for name, tick in ticks.items() if tick is None or now - tick > stall_s)
 
