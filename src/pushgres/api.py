@@ -18,10 +18,9 @@ schema, and :class:`~pushgres.exceptions.EnqueueError` for a notification that i
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ import asyncpg
 
 from . import codec
 from .db import store
-from .exceptions import EnqueueError, SchemaError
+from .exceptions import EnqueueError
 from .models import Notification
 from .providers import PROVIDERS
 
@@ -192,22 +191,6 @@ def _json(value: Mapping[str, Any] | None, index: int, field: str) -> str | None
     return text
 
 
-@contextlib.contextmanager
-def _schema_required() -> Iterator[None]:
-    """Turn "no such table/function/schema" into :class:`SchemaError`."""
-    try:
-        yield
-    except (
-        asyncpg.InvalidSchemaNameError,
-        asyncpg.UndefinedTableError,
-        asyncpg.UndefinedFunctionError,
-    ) as exc:
-        raise SchemaError(
-            f"the pushgres schema is missing from this database ({exc}); "
-            "run `pushgres migrate` first"
-        ) from None
-
-
 async def enqueue(
     conn: asyncpg.Connection | asyncpg.Pool,
     notifications: Iterable[Notification | Mapping[str, Any]],
@@ -258,7 +241,7 @@ async def _enqueue(
     conn: asyncpg.Connection, items: Sequence[Notification], rows: list[tuple[Any, ...]]
 ) -> list[Enqueued]:
     try:
-        with _schema_required():
+        with store.schema_required():
             return await _insert(conn, items, rows)
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise EnqueueError(f"the database rejected the notifications: {exc.args[0]}") from None
@@ -304,7 +287,7 @@ async def outcome(
     conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[int]
 ) -> dict[int, NotificationOutcome]:
     """The current outcome of each id, in the order of ``ids`` (unknown ids are absent)."""
-    with _schema_required():
+    with store.schema_required():
         records = await store.fetch_outcomes(conn, ids)
     return {
         int(r["id"]): NotificationOutcome(

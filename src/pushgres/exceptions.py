@@ -9,6 +9,7 @@ storage, connection-level and programmer errors, grouped by who must react::
     ├── SchemaError            database schema missing or newer than this build
     ├── StoreError             wraps asyncpg / OSError; the batch is retried later
     ├── EnqueueError           a notification handed to the enqueue API is invalid
+    ├── DeviceError            a device registry operation was given something invalid
     ├── TransportError         retry the request on another connection
     │   ├── ConnectError       TCP/TLS connect failed
     │   ├── ConnectTimeout
@@ -34,6 +35,7 @@ __all__ = [
     "ConnectError",
     "ConnectTimeout",
     "ConnectionLost",
+    "DeviceError",
     "EnqueueError",
     "LocalProtocolError",
     "PoolClosed",
@@ -83,6 +85,10 @@ class EnqueueError(PushgresError):
     def __init__(self, message: str, *, index: int | None = None) -> None:
         super().__init__(message)
         self.index = index
+
+
+class DeviceError(PushgresError):
+    """A device registry operation was given something invalid (the message names the token)."""
 
 
 class TransportError(PushgresError):

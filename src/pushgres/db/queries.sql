@@ -43,9 +43,16 @@ RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q
           q.push_type, q.collapse_id, q.expires_at, q.topic, q.send_at, q.dedupe_key,
           q.max_attempts, q.metadata::text AS metadata, q.attempts, q.last_reason, q.enqueued_at,
           (q.expires_at IS NOT NULL AND q.expires_at <= now()) AS is_expired,
-          EXISTS (SELECT 1 FROM pushgres.invalid_tokens t
-                  WHERE t.app = q.app AND t.device_token = q.device_token
-                    AND t.invalidated_at <= q.enqueued_at) AS is_token_invalid
+          -- A token the registry knows is judged by its state there; any other by the dead
+          -- tokens the providers named. Either way only since before the row was enqueued.
+          coalesce(
+              (SELECT d.state IN ('invalid', 'uninstalled', 'unregistered')
+                      AND d.state_changed_at <= q.enqueued_at
+               FROM pushgres.devices d
+               WHERE d.app = q.app AND d.token = q.device_token),
+              EXISTS (SELECT 1 FROM pushgres.invalid_tokens t
+                      WHERE t.app = q.app AND t.device_token = q.device_token
+                        AND t.invalidated_at <= q.enqueued_at)) AS is_token_invalid
 
 -- name: queue_apps
 -- The distinct apps in the queue, by a loose index scan (one probe per app, not a table scan).
@@ -73,14 +80,33 @@ RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q
           false AS is_expired, false AS is_token_invalid
 
 -- name: invalidate_tokens
-INSERT INTO pushgres.invalid_tokens (app, device_token, reason, provider_timestamp)
-SELECT DISTINCT ON (app, device_token) app, device_token, reason, provider_timestamp
-FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-    AS t(app, device_token, reason, provider_timestamp)
-ON CONFLICT (app, device_token) DO UPDATE
-SET reason = excluded.reason,
-    provider_timestamp = excluded.provider_timestamp,
-    invalidated_at = now()
+-- Dead tokens, in the transaction that writes their results: recorded for direct sends, and
+-- the registry's devices marked invalid with the provider's timestamp -- unless the device
+-- was registered again after that timestamp (Apple: such a token is valid again).
+WITH t AS (
+    SELECT DISTINCT ON (app, device_token) app, device_token, reason, provider_timestamp
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+        AS t(app, device_token, reason, provider_timestamp)
+), recorded AS (
+    INSERT INTO pushgres.invalid_tokens (app, device_token, reason, provider_timestamp)
+    SELECT app, device_token, reason, provider_timestamp FROM t
+    ON CONFLICT (app, device_token) DO UPDATE
+    SET reason = excluded.reason,
+        provider_timestamp = excluded.provider_timestamp,
+        invalidated_at = now()
+), dead AS (
+    UPDATE pushgres.devices d
+    SET state = 'invalid', state_reason = t.reason,
+        invalidated_at = coalesce(t.provider_timestamp, now()), state_changed_at = now()
+    FROM t
+    WHERE d.app = t.app AND d.token = t.device_token AND d.state <> 'invalid'
+      AND d.last_seen_at <= coalesce(t.provider_timestamp, now())
+    RETURNING d.app, d.token, d.user_id, t.reason, t.provider_timestamp
+)
+INSERT INTO pushgres.device_events (app, token, event, user_id, detail)
+SELECT app, token, 'invalidated', user_id,
+       jsonb_build_object('reason', reason, 'provider_timestamp', provider_timestamp)
+FROM dead
 
 -- name: requeue
 -- The arrays in pushgres.db.columns.REQUEUE_COLUMNS order.
@@ -224,3 +250,42 @@ FROM pushgres.results WHERE id BETWEEN $1 AND $2 AND status = 'sent'
 -- name: results_sent_tokens
 SELECT platform, device_token, count(*) AS n FROM pushgres.results
 WHERE id BETWEEN $1 AND $2 AND status = 'sent' GROUP BY platform, device_token
+
+-- name: register_device
+SELECT state, event FROM pushgres.register_device(
+    $1, $2, $3, user_id => $4, installation_id => $5, environment => $6, timezone => $7,
+    locale => $8, app_version => $9, attributes => $10::jsonb,
+    registered_at => coalesce($11::timestamptz, now()))
+
+-- name: identify_device
+SELECT pushgres.identify_device($1, $2, $3)
+
+-- name: logout_device
+SELECT pushgres.logout_device($1, $2)
+
+-- name: rotate_device_token
+SELECT pushgres.rotate_device_token($1, $2, $3)
+
+-- name: unregister_devices
+SELECT pushgres.unregister_devices($1, $2::text[])
+
+-- name: user_devices
+SELECT app, platform, token, user_id, installation_id, environment, timezone, locale,
+       app_version, attributes::text AS attributes, state, state_reason, invalidated_at,
+       registered_at, last_seen_at, state_changed_at
+FROM pushgres.devices
+WHERE app = $1 AND user_id = $2
+ORDER BY last_seen_at DESC
+
+-- name: device
+SELECT app, platform, token, user_id, installation_id, environment, timezone, locale,
+       app_version, attributes::text AS attributes, state, state_reason, invalidated_at,
+       registered_at, last_seen_at, state_changed_at
+FROM pushgres.devices
+WHERE app = $1 AND token = $2
+
+-- name: device_history
+SELECT at, event, user_id, detail::text AS detail
+FROM pushgres.device_events
+WHERE app = $1 AND token = $2
+ORDER BY id

@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from ..exceptions import StoreError
+from ..exceptions import SchemaError, StoreError
 from ..models import ClaimedRow, InvalidToken, Requeue, ResultRecord
 from .columns import ENQUEUE_COLUMNS, REQUEUE_COLUMNS, RESULT_COLUMNS, ROW_RESULT_COLUMNS
 from .migrate import check_schema
@@ -134,6 +134,22 @@ def map_db_errors(action: str, availability: _Availability = _NO_AVAILABILITY) -
             ) from exc
         raise StoreError(f"{action} failed: {type(exc).__name__}: {exc}") from exc
     availability.succeeded(started_at)
+
+
+@contextlib.contextmanager
+def schema_required() -> Iterator[None]:
+    """Turn "no such table/function/schema" into :class:`SchemaError` (for the APIs)."""
+    try:
+        yield
+    except (
+        asyncpg.InvalidSchemaNameError,
+        asyncpg.UndefinedTableError,
+        asyncpg.UndefinedFunctionError,
+    ) as exc:
+        raise SchemaError(
+            f"the pushgres schema is missing from this database ({exc}); "
+            "run `pushgres migrate` first"
+        ) from None
 
 
 def _result_records(results: Sequence[ResultRecord]) -> list[tuple[Any, ...]]:
@@ -564,3 +580,45 @@ async def results_timing(conn: asyncpg.Connection, lo: int, hi: int) -> asyncpg.
 
 async def results_sent_tokens(conn: asyncpg.Connection, lo: int, hi: int) -> list[asyncpg.Record]:
     return list(await conn.fetch(QUERIES["results_sent_tokens"], lo, hi))
+
+
+# -- the device registry (pushgres.devices; the API is pushgres.devices) -------------------
+
+
+async def register_device(conn: asyncpg.Connection, *args: Any) -> asyncpg.Record:
+    """``register_device``'s arguments in the order of its query; its (state, event)."""
+    record = await conn.fetchrow(QUERIES["register_device"], *args)
+    assert record is not None  # the function returns exactly one row
+    return record
+
+
+async def identify_device(conn: asyncpg.Connection, app: str, token: str, user_id: str) -> bool:
+    return bool(await conn.fetchval(QUERIES["identify_device"], app, token, user_id))
+
+
+async def logout_device(conn: asyncpg.Connection, app: str, token: str) -> bool:
+    return bool(await conn.fetchval(QUERIES["logout_device"], app, token))
+
+
+async def rotate_device_token(
+    conn: asyncpg.Connection, app: str, old_token: str, new_token: str
+) -> str | None:
+    event = await conn.fetchval(QUERIES["rotate_device_token"], app, old_token, new_token)
+    return None if event is None else str(event)
+
+
+async def unregister_devices(conn: asyncpg.Connection, app: str, tokens: Sequence[str]) -> int:
+    return int(await conn.fetchval(QUERIES["unregister_devices"], app, list(tokens)))
+
+
+async def user_devices(conn: asyncpg.Connection, app: str, user_id: str) -> list[asyncpg.Record]:
+    return list(await conn.fetch(QUERIES["user_devices"], app, user_id))
+
+
+async def device(conn: asyncpg.Connection, app: str, token: str) -> asyncpg.Record | None:
+    record: asyncpg.Record | None = await conn.fetchrow(QUERIES["device"], app, token)
+    return record
+
+
+async def device_history(conn: asyncpg.Connection, app: str, token: str) -> list[asyncpg.Record]:
+    return list(await conn.fetch(QUERIES["device_history"], app, token))
