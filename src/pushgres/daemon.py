@@ -34,7 +34,7 @@ from typing import Final
 
 from .admin.server import AdminServer
 from .config import AppConfig, Settings
-from .db.store import Store
+from .db.store import ACQUIRE_TIMEOUT_S, Store
 from .exceptions import ConfigError, StoreError
 from .expiry import ExpiryWatch
 from .housekeeping import Housekeeping
@@ -59,6 +59,7 @@ EXPIRY_CHECK_S: Final = 86400.0
 STATUS_INTERVAL_S: Final = 10.0
 HISTORY_INTERVAL_S: Final = 5.0
 READY_RETRY_S: Final = 30.0
+STALL_MARGIN_S: Final = 60.0
 _RESTART_SECTIONS: Final = ("database", "daemon", "retry", "admin")
 
 
@@ -374,8 +375,14 @@ class Daemon:
     async def _warm_up(self, apps: Sequence[_Running], *, notify: bool) -> None:
         """Credentials and a first connection for each app; then READY=1 if ``notify``."""
         timeout_s = self._settings.daemon.ready_timeout_s
-        problems = await asyncio.gather(*(r.sender.warm_up(timeout_s) for r in apps))
+        problems = await asyncio.gather(
+            *(r.sender.warm_up(timeout_s) for r in apps), return_exceptions=True
+        )
         for name, problem in zip((r.app.name for r in apps), problems, strict=True):
+            if isinstance(problem, asyncio.CancelledError):
+                raise problem
+            if isinstance(problem, BaseException):
+                problem = f"{type(problem).__name__}: {problem}"
             if not problem:
                 continue
             logger.warning(
@@ -417,9 +424,14 @@ class Daemon:
 
     def _stalled(self) -> list[str]:
         """The apps whose claim loop should be going round and has not lately (or died)."""
+        # The longest a healthy claim-loop turn may take: a batch slot freed by a batch on the
+        # wire (its deadline), then a connection from a busy pool, then a slow claim.
         daemon = self._settings.daemon
-        stall_s = max(
-            60.0, 2 * daemon.request_timeout_s + self._settings.database.statement_timeout_s
+        stall_s = (
+            2 * daemon.request_timeout_s
+            + ACQUIRE_TIMEOUT_S
+            + self._settings.database.statement_timeout_s
+            + STALL_MARGIN_S
         )
         return stalled_lanes(
             {
@@ -498,11 +510,11 @@ class Daemon:
             logger.warning(message, extra={"action": "credential_expiry", "app": running.app.name})
 
     async def _watch_expiry(self) -> None:
+        """Daily: the expiry of the credential each app uses (read when its lane started; a
+        file renewed on disk counts once it is reloaded)."""
         while True:
             await asyncio.sleep(EXPIRY_CHECK_S)
             for running in list(self._running.values()):
-                expiry = PROVIDERS[running.app.platform].credential_expiry(running.app)
-                running.expires_at = expiry.timestamp() if expiry is not None else None
                 self._check_expiry(running)
 
     # -- reload ----------------------------------------------------------------------------
@@ -516,6 +528,12 @@ class Daemon:
             self._notifier.reloading()
             try:
                 await self._apply(chores)
+            except Exception:
+                # A reload must never take the running daemon down with it.
+                logger.exception(
+                    "config reload failed; the running config stays",
+                    extra={"action": "reload_refused"},
+                )
             finally:
                 if not self._stopping.is_set():
                     self._notifier.ready(self._status_line())

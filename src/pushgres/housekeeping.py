@@ -23,6 +23,7 @@ from typing import Final
 from .config import DaemonConfig
 from .db.store import Store
 from .exceptions import StoreError
+from .models import ResultRecord
 from .pipeline.observer import Observer
 
 __all__ = ["HEARTBEAT_LIVE_S", "HEARTBEAT_S", "Housekeeping"]
@@ -105,9 +106,12 @@ class Housekeeping:
                     record.row.app,
                     extra={"action": "sweep"},
                 )
-            if failed:
-                self._observer.written(failed[0].row.app, failed, (), (), 0.0)
-            else:
+            by_app: dict[str, list[ResultRecord]] = {}
+            for record in failed:
+                by_app.setdefault(record.row.app, []).append(record)
+            for app, records in by_app.items():
+                self._observer.written(app, records, (), (), 0.0)
+            if not failed:
                 await asyncio.sleep(max(1.0, min(UNKNOWN_APP_SWEEP_S, grace)))
 
 

@@ -288,6 +288,9 @@ async def test_a_certificate_for_the_other_environment_names_the_fix(
             await asyncio.sleep(0.05)
         assert daemon.admin_url is not None
         _, _, data = await _get(f"{daemon.admin_url}/dashboard/data.json")
+        # Not ready: the provider refuses the app's credential.
+        status, _, ready = await _get(f"{daemon.admin_url}/readyz")
+        assert status == 503 and "BadCertificateEnvironment" in ready, ready
     assert "belongs to the other APNs environment: check `environment`" in caplog.text
     assert '"reason":"BadCertificateEnvironment"' in data
     assert "other APNs environment" in data

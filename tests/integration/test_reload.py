@@ -91,6 +91,11 @@ async def test_reload_adds_changes_and_removes_apps_without_dropping_sends(
         daemon.reload()
         await _wait(lambda: "config reload refused" in caplog.text, "no refusal logged")
         assert "is not valid TOML" in caplog.text
+        # Nor does a file that is not UTF-8 (a Latin-1 comment) take the daemon down.
+        live.write_bytes((tmp / "changed.toml").read_bytes() + "# caf\xe9\n".encode("latin-1"))
+        caplog.clear()
+        daemon.reload()
+        await _wait(lambda: "is not UTF-8 text" in caplog.text, "latin-1 config not refused")
         more = await enqueue(dsn, [fcm(devkit.fcm_token("ok", 500 + i)) for i in range(20)])
         found = await wait_terminal(dsn, more)
         assert all(o.status == "sent" for o in found.values())

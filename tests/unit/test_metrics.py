@@ -182,7 +182,7 @@ def test_observer_counts_per_batch_and_the_collector_exposes_it() -> None:
 def test_history_gives_rates_and_the_dead_token_rate() -> None:
     metrics = MetricsObserver(clock=lambda: NOW)
     history = History(metrics, interval_s=5.0)
-    metrics.written("ios", [], [], [], 0.0)
+    metrics.app("ios", "apns")
     history.sample(NOW)
     metrics.written("ios", [_result(i, "sent") for i in range(50)], [], [], 0.0)
     history.sample(NOW + 5)
@@ -208,3 +208,14 @@ def test_history_keeps_fifteen_minutes() -> None:
         history.sample(NOW + 5 * i)
     rates = history.rates("ios")
     assert len(rates) == 180 and rates[-1][0] - rates[0][0] == 895
+
+
+def test_apps_no_lane_serves_share_one_label() -> None:
+    # Rows naming apps nobody serves (failed as UnknownApp) must not grow the metrics.
+    metrics = MetricsObserver(clock=lambda: NOW)
+    metrics.app("ios", "apns")
+    for i in range(100):
+        metrics.written(f"typo-{i}", [_result(i, "failed", "UnknownApp: no daemon")], [], [], 0.0)
+    assert sorted(metrics.apps) == ["(unserved)", "ios"]
+    s = _scrape(metrics)
+    assert _one(s, "pushgres_notifications_total", app="(unserved)", status="failed") == 100

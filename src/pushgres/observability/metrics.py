@@ -54,6 +54,7 @@ LATENCY_BUCKETS: Final = (
 DB_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 HISTORY_WINDOW_S: Final = 900.0
 CONFIG_ERRORS_KEPT: Final = 20
+UNSERVED_APP: Final = "(unserved)"
 
 
 class Histogram:
@@ -130,6 +131,11 @@ class MetricsObserver:
             counters = self._apps[name] = _AppCounters(platform)
         return counters
 
+    def _unserved(self) -> _AppCounters:
+        """Where the rows of apps no lane serves are counted (failed as UnknownApp): one
+        label value for all of them, however many names the queue holds."""
+        return self.app(UNSERVED_APP, "")
+
     def response_times(self, name: str, platform: str) -> Histogram:
         """The histogram an app's sender fills with provider response times."""
         return self.app(name, platform).response
@@ -139,9 +145,7 @@ class MetricsObserver:
         return self._apps
 
     def claimed(self, app: str, rows: int, seconds: float) -> None:
-        counters = self._apps.get(app)
-        if counters is None:
-            counters = self.app(app, "")
+        counters = self._apps.get(app) or self._unserved()
         counters.claimed += rows
         counters.claim.observe(seconds)
 
@@ -156,7 +160,7 @@ class MetricsObserver:
                 errors[reason] += 1
                 hints.setdefault(reason, outcome.detail)
         if errors:
-            counters = self._apps.get(app) or self.app(app, "")
+            counters = self._apps.get(app) or self._unserved()
             counters.config_errors.update(errors)
             now = self._clock()
             for reason, n in errors.items():
@@ -170,9 +174,7 @@ class MetricsObserver:
         invalid: Sequence[InvalidToken],
         seconds: float,
     ) -> None:
-        counters = self._apps.get(app)
-        if counters is None:
-            counters = self.app(app, "")
+        counters = self._apps.get(app) or self._unserved()
         counters.write.observe(seconds)
         outcomes = counters.outcomes
         now = self._clock()

@@ -210,6 +210,7 @@ class Lane:
                     await wait_any(stopping, stopping, grant.wait_s)
                 continue
             await self._batch_slots.acquire()
+            self.last_tick = time.monotonic()
             if stopping.is_set():
                 self._batch_slots.release()
                 capacity.unused(grant.rows)

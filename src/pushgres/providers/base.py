@@ -106,6 +106,9 @@ def transport_outcome(exc: TransportError) -> Outcome:
     return Outcome(action=action, reason=name, detail=str(exc))
 
 
+_ACCEPTED = frozenset({Action.SENT, Action.DEAD})
+
+
 class BatchSender(abc.ABC):
     """The batch loop shared by both providers: build, send, parse, one inline retry.
 
@@ -163,29 +166,46 @@ class BatchSender(abc.ABC):
         self.pool.response_times = histogram
 
     async def warm_up(self, timeout_s: float) -> str | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s  # one deadline for both steps
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout_at(deadline):
                 auth = await self._authorization()
         except TimeoutError:
             return f"credentials not obtained within {timeout_s:g}s"
         if isinstance(auth, Outcome):
             return f"{auth.reason}: {auth.detail}" if auth.detail else auth.reason
-        return await self.pool.connect(timeout_s)
+        return await self.pool.connect(max(0.0, deadline - loop.time()))
 
     def problem(self) -> str | None:
-        return self._credential_problem() or self.pool.problem()
+        return self._credential_problem() or self._rejected or self.pool.problem()
 
     def _credential_problem(self) -> str | None:
         """Why the credentials cannot be used now, or None (the default: they always can)."""
         return None
 
+    _rejected: str | None = None
+    """The provider's last word against the app's credentials or configuration, until an
+    answer shows them accepted again (a send, or a dead token: both passed authentication)."""
+
     def _outcome(self, result: BatchResult, authorization: bytes) -> Outcome:
         if isinstance(result, TransportError):
             return transport_outcome(result)
         outcome = self._parse(result)
-        if outcome.action in self._RETRY_ACTIONS:
+        action = outcome.action
+        if action in self._RETRY_ACTIONS:
             self._after_failure(outcome, result, authorization)
+        elif action is Action.CFG:
+            self._reject(outcome)
+        elif self._rejected is not None and action in _ACCEPTED:
+            self._rejected = None
         return outcome
+
+    def _reject(self, outcome: Outcome) -> None:
+        reason = outcome.reason or "refused"
+        self._rejected = f"the provider answered {reason}" + (
+            f" ({outcome.detail})" if outcome.detail else ""
+        )
 
     async def send_batch(
         self,
@@ -239,6 +259,8 @@ class BatchSender(abc.ABC):
                         again.append((index, request))
                         continue
                     outcome = self._exhausted(outcome)
+                    if outcome.action is Action.CFG:
+                        self._reject(outcome)
                 outcomes[index] = outcome
             built = again
         return outcomes
