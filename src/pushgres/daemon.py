@@ -34,7 +34,7 @@ from typing import Final
 
 from .admin.server import AdminServer
 from .config import AppConfig, Settings
-from .db.store import ACQUIRE_TIMEOUT_S, Store
+from .db.store import ACQUIRE_TIMEOUT_S, Listener, Store
 from .exceptions import ConfigError, StoreError
 from .expiry import ExpiryWatch
 from .housekeeping import Housekeeping
@@ -111,6 +111,7 @@ class Daemon:
         self._expiry = ExpiryWatch()
         self._phase = "starting"
         self._store: Store | None = None
+        self._listener: Listener | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._abort: asyncio.Future[None] | None = None
         self._batch_slots = asyncio.Semaphore(
@@ -166,9 +167,13 @@ class Daemon:
         return self._queue
 
     async def ping_database(self, timeout_s: float) -> str | None:
-        if self._store is None:
+        """Whether the database answers, from the LISTEN connection's keepalive and the
+        outcome of the last operation (no query, no pooled connection: probes are free)."""
+        if self._store is None or self._listener is None:
             return "not connected yet"
-        return await self._store.ping(timeout_s)
+        if not self._store.is_available:
+            return "the last database operation failed"
+        return self._listener.problem()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -320,8 +325,9 @@ class Daemon:
             logger.exception("app %s: closing its connections failed", running.app.name)
 
     async def _supervise(self, store: Store, chores: Housekeeping, tg: asyncio.TaskGroup) -> None:
+        self._listener = store.listener(self._on_notify)
         background = [
-            tg.create_task(store.listener(self._on_notify).run(), name="listen"),
+            tg.create_task(self._listener.run(), name="listen"),
             tg.create_task(chores.heartbeat(), name="heartbeat"),
             tg.create_task(chores.maintenance(), name="maintenance"),
             tg.create_task(chores.sweep_unknown_apps(), name="unknown-app-sweeper"),

@@ -179,13 +179,28 @@ GROUP BY app, platform
 ORDER BY app
 
 -- name: queue_sample
--- The metrics' per-app gauges, on a timer: rows queued, rows due now, age of the oldest due row.
-SELECT app, count(*) AS depth,
-       count(*) FILTER (WHERE send_at <= now()) AS ready,
-       coalesce(extract(epoch FROM now() - min(send_at) FILTER (WHERE send_at <= now())), 0)::float8
-           AS oldest_ready_age_s
-FROM pushgres.queue
-GROUP BY app
+-- The metrics' per-app gauges, on a timer, at a bounded cost whatever the backlog: the apps by
+-- a loose index scan, rows queued and rows due counted up to $1 each (through the claim
+-- index), and the oldest due row found by one index probe per priority.
+WITH RECURSIVE apps AS (
+    (SELECT app FROM pushgres.queue ORDER BY app LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.app FROM pushgres.queue q WHERE q.app > apps.app ORDER BY q.app LIMIT 1)
+    FROM apps WHERE apps.app IS NOT NULL
+)
+SELECT a.app,
+       (SELECT count(*) FROM (SELECT 1 FROM pushgres.queue q WHERE q.app = a.app LIMIT $1) s)
+           AS depth,
+       (SELECT count(*) FROM (SELECT 1 FROM pushgres.queue q
+                              WHERE q.app = a.app AND q.send_at <= now() LIMIT $1) s) AS ready,
+       coalesce(extract(epoch FROM now() - (
+           SELECT min(o.send_at)
+           FROM unnest('{10,5,1}'::smallint[]) AS p(priority),
+                LATERAL (SELECT q.send_at FROM pushgres.queue q
+                         WHERE q.app = a.app AND q.priority = p.priority AND q.send_at <= now()
+                         ORDER BY q.send_at LIMIT 1) o)), 0)::float8 AS oldest_ready_age_s
+FROM apps a
+WHERE a.app IS NOT NULL
 
 -- name: recent_outcomes
 SELECT app, status, coalesce(reason, '') AS reason, count(*) AS n
@@ -289,3 +304,156 @@ SELECT at, event, user_id, detail::text AS detail
 FROM pushgres.device_events
 WHERE app = $1 AND token = $2
 ORDER BY id
+
+-- name: device_import_table
+-- The rows of one import, numbered from 1 as given; dropped at the end of the import (or of
+-- its transaction).
+CREATE TEMP TABLE pushgres_device_import (
+    n                integer     NOT NULL,
+    app              text        NOT NULL,
+    platform         text        NOT NULL,
+    token            text        NOT NULL,
+    user_id          text,
+    installation_id  text,
+    environment      text,
+    timezone         text,
+    locale           text,
+    app_version      text,
+    attributes       text,
+    registered_at    timestamptz,
+    last_seen_at     timestamptz
+) ON COMMIT DROP
+
+-- name: device_import_analyze
+-- A temporary table has no statistics until analyzed: without them the upsert's joins are
+-- planned for a handful of rows.
+ANALYZE pg_temp.pushgres_device_import
+
+-- name: device_import_problem
+-- The first imported row the registry refuses: a time zone the server does not know, or a
+-- known token of another platform. (n, field, value) or no row.
+SELECT n, field, value FROM (
+    SELECT i.n, 'timezone' AS field, i.timezone AS value
+    FROM pg_temp.pushgres_device_import i
+    WHERE i.timezone IS NOT NULL
+      AND lower(i.timezone) NOT IN (SELECT lower(z.name) FROM pg_timezone_names z)
+    UNION ALL
+    SELECT i.n, 'platform', d.platform
+    FROM pg_temp.pushgres_device_import i
+    JOIN pushgres.devices d ON d.app = i.app AND d.token = i.token
+    WHERE d.platform <> i.platform
+) AS problem
+ORDER BY n
+LIMIT 1
+
+-- name: device_import_apply
+-- One set-based upsert of the imported rows, with register_device's rules for a known device:
+-- descriptive fields filled (given values win), attributes merged, last seen the later of
+-- both, registered the earlier; a token of another user moves; a device not active becomes
+-- active when the row says it was seen after the device's state changed (for an invalid one:
+-- after the provider's invalidation timestamp, Apple's rule), and an invalid one's dead-token
+-- record goes. A new device is active, or invalid when a provider declared its token dead
+-- after the row's last sighting. One device_events row each: 'imported', or 'moved'.
+-- Returns how many rows inserted, updated (known, same user or none before) and moved.
+WITH i AS (
+    SELECT n, app, platform, token, user_id, installation_id, environment, timezone, locale,
+           app_version, coalesce(attributes::jsonb, '{}') AS attributes,
+           registered_at AS given_registered_at,
+           coalesce(registered_at, last_seen_at, now()) AS registered_at,
+           greatest(last_seen_at, coalesce(registered_at, last_seen_at, now())) AS last_seen_at
+    FROM pg_temp.pushgres_device_import
+), old AS (
+    SELECT d.app, d.token, d.user_id, d.state, d.invalidated_at, d.state_changed_at,
+           d.registered_at
+    FROM pushgres.devices d
+    JOIN pg_temp.pushgres_device_import i ON d.app = i.app AND d.token = i.token
+    FOR UPDATE OF d
+), merged AS (
+    SELECT i.*, o.token IS NOT NULL AS is_known, o.user_id AS old_user_id,
+           o.registered_at AS old_registered_at, t.reason AS dead_reason,
+           coalesce(t.provider_timestamp, t.invalidated_at) AS dead_at,
+           CASE
+               WHEN o.token IS NULL THEN
+                   CASE WHEN coalesce(t.provider_timestamp, t.invalidated_at) >= i.last_seen_at
+                        THEN 'invalid' ELSE 'active' END
+               WHEN o.state = 'active' THEN 'active'
+               WHEN i.last_seen_at > CASE WHEN o.state = 'invalid'
+                                          THEN coalesce(o.invalidated_at, o.state_changed_at)
+                                          ELSE o.state_changed_at END
+                   THEN 'active'
+               ELSE o.state
+           END AS new_state
+    FROM i
+    LEFT JOIN old o ON o.app = i.app AND o.token = i.token
+    LEFT JOIN pushgres.invalid_tokens t
+        ON o.token IS NULL AND t.app = i.app AND t.device_token = i.token
+), ups AS (
+    INSERT INTO pushgres.devices AS d (app, platform, token, user_id, installation_id,
+        environment, timezone, locale, app_version, attributes, state, state_reason,
+        invalidated_at, registered_at, last_seen_at, state_changed_at)
+    SELECT app, platform, token,
+           CASE WHEN NOT is_known OR new_state = 'active' THEN coalesce(user_id, old_user_id)
+                ELSE old_user_id END,
+           installation_id, environment, timezone, locale, app_version, attributes, new_state,
+           CASE WHEN new_state = 'invalid' AND NOT is_known THEN dead_reason END,
+           CASE WHEN new_state = 'invalid' AND NOT is_known THEN dead_at END,
+           CASE WHEN is_known THEN coalesce(given_registered_at, old_registered_at)
+                ELSE registered_at END,
+           last_seen_at, now()
+    FROM merged
+    ON CONFLICT (app, token) DO UPDATE
+    SET user_id = coalesce(excluded.user_id, d.user_id),
+        installation_id = coalesce(excluded.installation_id, d.installation_id),
+        environment = coalesce(excluded.environment, d.environment),
+        timezone = coalesce(excluded.timezone, d.timezone),
+        locale = coalesce(excluded.locale, d.locale),
+        app_version = coalesce(excluded.app_version, d.app_version),
+        attributes = d.attributes || excluded.attributes,
+        registered_at = least(d.registered_at, excluded.registered_at),
+        last_seen_at = greatest(d.last_seen_at, excluded.last_seen_at),
+        state = excluded.state,
+        state_reason = CASE WHEN excluded.state = d.state THEN d.state_reason
+                            ELSE excluded.state_reason END,
+        invalidated_at = CASE WHEN excluded.state = d.state THEN d.invalidated_at
+                              ELSE excluded.invalidated_at END,
+        state_changed_at = CASE WHEN excluded.state = d.state THEN d.state_changed_at
+                                ELSE now() END
+    RETURNING d.app, d.token, d.user_id, d.state
+), changes AS (
+    SELECT u.app, u.token, u.user_id, u.state, o.token IS NOT NULL AS is_known,
+           o.user_id AS old_user_id, o.state AS old_state,
+           o.user_id IS NOT NULL AND u.user_id IS DISTINCT FROM o.user_id AS is_moved
+    FROM ups u
+    LEFT JOIN old o ON o.app = u.app AND o.token = u.token
+), cleared AS (
+    DELETE FROM pushgres.invalid_tokens t
+    USING changes c
+    WHERE c.old_state = 'invalid' AND c.state = 'active'
+      AND t.app = c.app AND t.device_token = c.token
+), logged AS (
+    INSERT INTO pushgres.device_events (app, token, event, user_id, detail)
+    SELECT app, token, CASE WHEN is_moved THEN 'moved' ELSE 'imported' END, user_id,
+           CASE WHEN is_moved THEN jsonb_build_object('from', old_user_id, 'imported', true)
+                WHEN NOT is_known AND state <> 'active' THEN jsonb_build_object('state', state)
+                WHEN is_known AND state <> old_state
+                    THEN jsonb_build_object('reactivated_from', old_state)
+           END
+    FROM changes
+)
+SELECT count(*) FILTER (WHERE NOT is_known) AS inserted,
+       count(*) FILTER (WHERE is_known AND NOT is_moved) AS updated,
+       count(*) FILTER (WHERE is_moved) AS moved
+FROM changes
+
+-- name: device_import_drop
+DROP TABLE pg_temp.pushgres_device_import
+
+-- name: export_devices
+-- Every device of one app (NULL: all) in the given states (NULL: all), in key order.
+SELECT app, platform, token, user_id, installation_id, environment, timezone, locale,
+       app_version, attributes::text AS attributes, state, state_reason, invalidated_at,
+       registered_at, last_seen_at, state_changed_at
+FROM pushgres.devices
+WHERE ($1::text IS NULL OR app = $1::text)
+  AND ($2::text[] IS NULL OR state = ANY ($2::text[]))
+ORDER BY app, token

@@ -68,6 +68,7 @@ LISTEN_KEEPALIVE_S: Final = 10.0  # a silent network loss is found by a ping thi
 LISTEN_PING_TIMEOUT_S: Final = 5.0
 CLOSE_TIMEOUT_S: Final = 5.0
 RECOVERED_AFTER_S: Final = 1.0  # an outage ends with a success begun this long after a failure
+QUEUE_COUNT_CAP: Final = 1_000_000  # the queue gauges count this many rows per app at most
 ACQUIRE_TIMEOUT_S: Final = 30.0  # waiting for a pooled connection (or a new one) at most
 
 # Errors that say the database cannot be reached, not that a statement was wrong.
@@ -289,24 +290,12 @@ class Store:
         size = self._pool.get_size()
         return size, size - self._pool.get_idle_size(), self._pool.get_max_size()
 
-    async def ping(self, timeout_s: float) -> str | None:
-        """Whether the database answers a trivial query within ``timeout_s``: None, or why not."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                with self._guard("pinging the database"):
-                    async with self._pool.acquire(timeout=timeout_s) as conn:
-                        await conn.execute(QUERIES["ping"])
-        except TimeoutError:
-            return f"no answer within {timeout_s:g}s"
-        except StoreError as exc:
-            return str(exc)
-        return None
-
     async def queue_sample(self) -> dict[str, tuple[int, int, float]]:
-        """Per app: rows queued, rows due now, and the age of the oldest due row in seconds."""
+        """Per app: rows queued and rows due now (each counted up to ``QUEUE_COUNT_CAP``), and
+        the age of the oldest due row in seconds."""
         with self._guard("sampling the queue"):
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-                records = await conn.fetch(QUERIES["queue_sample"])
+                records = await conn.fetch(QUERIES["queue_sample"], QUEUE_COUNT_CAP)
         return {r["app"]: (r["depth"], r["ready"], r["oldest_ready_age_s"]) for r in records}
 
     async def check_schema(self) -> int:
@@ -450,6 +439,8 @@ class Listener:
         self._on_notify = on_notify
         self.is_listening = False
         self.reconnects = 0
+        self.alive_at: float | None = None
+        """When the database last answered on this connection (monotonic), if it ever did."""
 
     async def run(self) -> None:
         delay = LISTEN_RETRY_INITIAL_S
@@ -470,6 +461,7 @@ class Listener:
                 conn.add_termination_listener(lambda _, closed=closed: closed.set())
                 await conn.add_listener(NOTIFY_CHANNEL, self._callback)
                 self.is_listening = True
+                self.alive_at = time.monotonic()
                 delay = LISTEN_RETRY_INITIAL_S
                 if lost:
                     lost = False
@@ -497,6 +489,17 @@ class Listener:
                 raise ConnectionError("the connection closed")
             async with asyncio.timeout(LISTEN_PING_TIMEOUT_S):
                 await conn.execute(QUERIES["ping"])
+            self.alive_at = time.monotonic()
+
+    def problem(self) -> str | None:
+        """Why the database cannot be said to answer now, or None: judged from this
+        connection's keepalive, so that asking costs no query and no pooled connection."""
+        if not self.is_listening or self.alive_at is None:
+            return "the LISTEN connection to PostgreSQL is down (reconnecting)"
+        silent = time.monotonic() - self.alive_at
+        if silent > 2 * LISTEN_KEEPALIVE_S + LISTEN_PING_TIMEOUT_S:
+            return f"PostgreSQL has not answered for {silent:.0f}s"
+        return None
 
     def _callback(self, *_: object) -> None:
         self._on_notify()
@@ -622,3 +625,70 @@ async def device(conn: asyncpg.Connection, app: str, token: str) -> asyncpg.Reco
 
 async def device_history(conn: asyncpg.Connection, app: str, token: str) -> list[asyncpg.Record]:
     return list(await conn.fetch(QUERIES["device_history"], app, token))
+
+
+DEVICE_IMPORT_COLUMNS: Final = (
+    "n",
+    "app",
+    "platform",
+    "token",
+    "user_id",
+    "installation_id",
+    "environment",
+    "timezone",
+    "locale",
+    "app_version",
+    "attributes",
+    "registered_at",
+    "last_seen_at",
+)
+EXPORT_PREFETCH: Final = 5000  # rows per round trip of an export's cursor
+
+
+async def load_device_import(conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]]) -> None:
+    """COPY an import's rows (``DEVICE_IMPORT_COLUMNS``) into a temporary table.
+
+    Call it inside a transaction, then :func:`device_import_problem` and
+    :func:`apply_device_import`; the table goes with the transaction.
+    """
+    await conn.execute(QUERIES["device_import_table"])
+    await conn.copy_records_to_table(
+        "pushgres_device_import",
+        schema_name="pg_temp",
+        columns=DEVICE_IMPORT_COLUMNS,
+        records=records,
+    )
+    await conn.execute(QUERIES["device_import_analyze"])
+
+
+async def device_import_problem(conn: asyncpg.Connection) -> tuple[int, str, str] | None:
+    """The first loaded row the registry refuses, as (row number, field, value), or None."""
+    record = await conn.fetchrow(QUERIES["device_import_problem"])
+    return None if record is None else (record["n"], record["field"], record["value"])
+
+
+async def apply_device_import(conn: asyncpg.Connection) -> tuple[int, int, int]:
+    """Upsert the loaded rows into the registry; (inserted, updated, moved)."""
+    record = await conn.fetchrow(QUERIES["device_import_apply"])
+    assert record is not None  # an aggregate always returns its one row
+    await conn.execute(QUERIES["device_import_drop"])
+    return record["inserted"], record["updated"], record["moved"]
+
+
+async def export_devices(
+    conn: asyncpg.Connection, app: str | None, states: Sequence[str] | None
+) -> AsyncIterator[asyncpg.Record]:
+    """Every device of ``app`` (None: all) in ``states`` (None: all), by a server-side cursor.
+
+    The cursor's transaction stays open until the iteration ends: close the iterator
+    (``contextlib.aclosing``) when stopping early.
+    """
+    async with conn.transaction():
+        cursor = conn.cursor(
+            QUERIES["export_devices"],
+            app,
+            None if states is None else list(states),
+            prefetch=EXPORT_PREFETCH,
+        )
+        async for record in cursor:
+            yield record
