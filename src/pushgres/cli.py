@@ -1,7 +1,8 @@
 """The ``pushgres`` command: argument parsing, logging setup, the uvloop runner, exit codes.
 
 Commands: ``migrate``, ``run``, ``enqueue``, ``status``, ``outcome``, ``check-credentials``,
-``simulate``, ``demo``.
+``devices`` (``register``, ``identify``, ``logout``, ``rotate``, ``unregister``, ``show``,
+``history``, ``import``, ``export``), ``simulate``, ``demo``.
 Every expected failure (bad config, missing schema, bad input, unreachable database) ends
 with one line on stderr naming the problem and a non-zero exit, never a traceback.
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import datetime as dt
+import io
 import json
 import logging
 import math
@@ -25,14 +28,14 @@ from typing import Any
 import asyncpg
 import uvloop
 
-from . import __version__, codec
+from . import __version__, codec, devices
 from .api import as_notification, enqueue_detailed, outcome, validate
 from .config import load_config, resolve_dsn
 from .db import store
 from .db.migrate import check_schema, migrate
-from .exceptions import EnqueueError, PushgresError
+from .exceptions import DeviceError, EnqueueError, PushgresError
 from .models import Notification
-from .observability.logging import setup_logging
+from .observability.logging import setup_logging, short_token
 from .providers.credentials import DEFAULT_TIMEOUT_S as DEFAULT_CHECK_TIMEOUT_S
 from .providers.credentials import DEFAULT_WARN_DAYS, check_apps, exit_status, format_table, to_json
 
@@ -321,6 +324,199 @@ async def _cmd_check_credentials(args: argparse.Namespace) -> int:
     return exit_status(reports, args.warn_days, now=now)
 
 
+# -- pushgres devices ---------------------------------------------------------------------------
+
+
+async def _cmd_devices(args: argparse.Namespace) -> int:
+    return await _DEVICE_COMMANDS[args.devices_command](args)
+
+
+def _unknown_device(app: str, token: str) -> PushgresError:
+    return PushgresError(f"app {app!r} has no device {short_token(token)} in the registry")
+
+
+def _json_line(value: Any) -> str:
+    return codec.dumps(value).decode()
+
+
+async def _devices_register(args: argparse.Namespace) -> int:
+    attributes = (
+        None if args.attributes is None else _json_object_flag(args.attributes, "--attributes")
+    )
+    async with _database(args, "registering the device") as conn:
+        done = await devices.register(
+            conn,
+            args.app,
+            args.platform,
+            args.token,
+            user_id=args.user,
+            installation_id=args.installation,
+            environment=args.environment,
+            timezone=args.timezone,
+            locale=args.locale,
+            app_version=args.app_version,
+            attributes=attributes,
+        )
+    print(done.event, done.state)
+    return EXIT_OK
+
+
+async def _devices_identify(args: argparse.Namespace) -> int:
+    async with _database(args, "identifying the device") as conn:
+        if not await devices.identify(conn, args.app, args.token, args.user):
+            raise _unknown_device(args.app, args.token)
+    return EXIT_OK
+
+
+async def _devices_logout(args: argparse.Namespace) -> int:
+    async with _database(args, "logging the device out") as conn:
+        if not await devices.logout(conn, args.app, args.token):
+            raise _unknown_device(args.app, args.token)
+    return EXIT_OK
+
+
+async def _devices_rotate(args: argparse.Namespace) -> int:
+    async with _database(args, "rotating the token") as conn:
+        event = await devices.rotate(conn, args.app, args.old_token, args.new_token)
+    if event is None:
+        raise _unknown_device(args.app, args.old_token)
+    print(event)
+    return EXIT_OK
+
+
+async def _devices_unregister(args: argparse.Namespace) -> int:
+    if args.token is not None:
+        tokens = [args.token]
+    else:
+        text, _ = await _read_text(args.file)
+        tokens = [line.strip() for line in text.splitlines() if line.strip()]
+    async with _database(args, "unregistering devices") as conn:
+        count = await devices.unregister_many(conn, args.app, tokens)
+    print(count)
+    return EXIT_OK
+
+
+async def _devices_show(args: argparse.Namespace) -> int:
+    async with _database(args, "reading the registry") as conn:
+        if args.user is not None:
+            found = await devices.user_devices(conn, args.app, args.user)
+        else:
+            one = await devices.device(conn, args.app, args.token)
+            if one is None:
+                raise _unknown_device(args.app, args.token)
+            found = [one]
+    for device in found:
+        print(_json_line(devices.as_dict(device)))
+    return EXIT_OK
+
+
+async def _devices_history(args: argparse.Namespace) -> int:
+    async with _database(args, "reading the device's history") as conn:
+        events = await devices.history(conn, args.app, args.token)
+        if not events and await devices.device(conn, args.app, args.token) is None:
+            raise _unknown_device(args.app, args.token)
+    for e in events:
+        line = {"at": e.at.isoformat(), "event": e.event, "user_id": e.user_id, "detail": e.detail}
+        print(_json_line(line))
+    return EXIT_OK
+
+
+async def _devices_import(args: argparse.Namespace) -> int:
+    text, source = await _read_text(args.file)
+    is_csv = args.format == "csv" or (args.format is None and args.file.lower().endswith(".csv"))
+    rows = _csv_rows(text, source) if is_csv else _json_rows(text, source)
+    async with _database(args, "importing devices") as conn:
+        report = await devices.import_devices(conn, rows, default_app=args.app)
+    print(f"inserted {report.inserted}, updated {report.updated}, moved {report.moved}")
+    return EXIT_OK
+
+
+async def _devices_export(args: argparse.Namespace) -> int:
+    async with _database(args, "exporting devices") as conn:
+        found = devices.export_devices(conn, args.app, states=args.state)
+        async with contextlib.aclosing(found):
+            if args.format == "csv":
+                writer = csv.writer(sys.stdout, lineterminator="\n")
+                writer.writerow(devices.EXPORT_FIELDS)
+                async for device in found:
+                    writer.writerow(_csv_cells(device))
+            else:
+                async for device in found:
+                    sys.stdout.write(_json_line(device) + "\n")
+    return EXIT_OK
+
+
+_DEVICE_COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "register": _devices_register,
+    "identify": _devices_identify,
+    "logout": _devices_logout,
+    "rotate": _devices_rotate,
+    "unregister": _devices_unregister,
+    "show": _devices_show,
+    "history": _devices_history,
+    "import": _devices_import,
+    "export": _devices_export,
+}
+
+
+async def _read_text(path: str) -> tuple[str, str]:
+    """A UTF-8 file's text ('-': stdin's) and the name to give it in errors."""
+    if path == "-":
+        data, source = sys.stdin.buffer.read(), "stdin"
+    else:
+        try:
+            data = await asyncio.to_thread(pathlib.Path(path).read_bytes)
+        except OSError as exc:
+            raise DeviceError(f"cannot read {path}: {exc.strerror}") from None
+        source = path
+    try:
+        return data.decode("utf-8-sig"), source
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DeviceError(f"{source} line {line}: not valid UTF-8") from None
+
+
+def _csv_rows(text: str, source: str) -> list[dict[str, str]]:
+    """The rows of a CSV text under its header row (blank lines skipped)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        for row in reader:
+            if None in row:
+                raise DeviceError(f"{source} line {reader.line_num}: more cells than the header")
+            rows.append(row)
+    except csv.Error as exc:
+        raise DeviceError(f"{source} line {reader.line_num}: not valid CSV ({exc})") from None
+    return rows
+
+
+def _json_rows(text: str, source: str) -> list[dict[str, Any]]:
+    """The objects of a JSON Lines text (blank lines skipped)."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = codec.loads(line)
+        except codec.JSONDecodeError:
+            raise DeviceError(f"{source} line {number}: not valid JSON") from None
+        if not isinstance(row, dict):
+            raise DeviceError(f"{source} line {number}: expected a JSON object")
+        rows.append(row)
+    return rows
+
+
+def _csv_cells(device: dict[str, Any]) -> list[str]:
+    cells = []
+    for name in devices.EXPORT_FIELDS:
+        value = device[name]
+        if name == "attributes":
+            cells.append(_json_line(value))
+        else:
+            cells.append("" if value is None else str(value))
+    return cells
+
+
 # ---------------------------------------------------------------------------------------------
 # Argument parsing: the texts below are what `pushgres … --help` shows.
 
@@ -410,6 +606,109 @@ database.
 
 Exit status: 0 when every credential works and none expires within --warn-days days, 1
 otherwise (or on an error), 2 on a usage error."""
+
+DEVICES = """\
+Keep the device registry (pushgres.devices): which device tokens each app has, whose they
+are, and whether they can still receive notifications.
+
+The subcommands do what the Python API (pushgres.devices) and the registry's SQL functions
+do: register and refresh devices, attach them to users and detach them, replace and retire
+tokens, read devices and their history, and move whole registries in (import) and out
+(export). Each takes --dsn or --config like the other database commands. Errors are one line
+on stderr and exit 1; so is a token the registry does not know, for identify, logout,
+rotate, show --token and history."""
+
+DEVICES_REGISTER = """\
+Register a device, or refresh one the registry knows: its last-seen time, and the fields
+given (the others keep their values; --attributes is merged into the device's).
+
+A token belongs to one user per app: registering it with another --user moves it. A token a
+provider declared dead becomes active again, since it is registered after the provider's
+timestamp (Apple's rule). With --installation, a new token replaces the installation's
+previous one, whose user moves to it.
+
+Prints what happened and the device's state afterwards, such as `registered active`:
+registered (new), seen (known, nothing else changed), identified, moved (from another
+user), rotated (replaced the installation's previous token) or reactivated (it was invalid,
+stale, uninstalled or unregistered)."""
+
+DEVICES_IDENTIFY = """\
+Attach a device to a user (at login or checkout): the user's notifications go to it. A
+token belongs to one user per app, so identifying it for another user moves it.
+
+Prints nothing; exit 1 when the registry does not know the token."""
+
+DEVICES_LOGOUT = """\
+Detach a device from its user (at logout): it stays registered, anonymous, and stops
+receiving that user's notifications -- a shared device gets nothing of the previous user's.
+
+Prints nothing; exit 1 when the registry does not know the token."""
+
+DEVICES_ROTATE = """\
+Replace a device's token by a new one (the app was given a new token by APNs or FCM): the
+old token is retired (unregistered), the new one takes its user and its fields, and is
+registered if new.
+
+Prints the new token's event (registered, seen, moved, ...); exit 1 when the registry does
+not know the old token."""
+
+DEVICES_UNREGISTER = """\
+Retire tokens the app no longer uses (the user opted out, the app was reinstalled): they
+receive nothing more, until registered again. --token names one; --file reads one token per
+line (blank lines skipped; '-' reads stdin), all retired in one statement.
+
+Prints how many devices were unregistered: the tokens known and not unregistered already."""
+
+DEVICES_SHOW = """\
+Print a user's devices (--user; most recently seen first, in every state) or one device
+(--token), one JSON object per line: app, platform, token, user_id, installation_id,
+environment, timezone, locale, app_version, attributes, registered_at, last_seen_at, state
+(active, invalid, stale, uninstalled or unregistered), state_reason, invalidated_at and
+state_changed_at. Times are ISO 8601; tokens are printed whole.
+
+A user without devices prints nothing; a --token the registry does not know exits 1."""
+
+DEVICES_HISTORY = """\
+Print what happened to a device, oldest first, one JSON object per line: at, event
+(registered, imported, identified, moved, logged_out, rotated, invalidated, reactivated,
+unregistered), user_id (whose it was then) and detail (null, or an object: the previous
+user of a move, the new token of a rotation, the provider's reason of an invalidation).
+
+Exit 1 when the registry does not know the token."""
+
+DEVICES_IMPORT = """\
+Load devices from another system, or from another registry, in one transaction: a CSV file
+with a header row (--format csv, the default for a .csv file) or JSON Lines (one device
+object per line, the default otherwise and for stdin).
+
+The fields (CSV columns, JSON keys): app (or --app for the rows without one), platform
+(apns or fcm), token, and optionally user_id, installation_id, environment (production or
+sandbox), timezone (an IANA name, such as Europe/Paris), locale, app_version, attributes (a
+JSON object; in CSV, its JSON text), registered_at and last_seen_at (ISO 8601; no zone:
+UTC). An empty cell is a value not given; any other column is refused, the state columns of
+an export too (the registry decides states). A device appears once.
+
+Every row is checked first: a bad one is named by its number (rows count from 1; the CSV
+header and blank lines do not count) and its field, and nothing is imported. New devices
+are inserted, active -- or invalid, when a provider declared the token dead after the row's
+last_seen_at. Known devices are updated as `register` would: the given fields filled in,
+attributes merged, last seen the later time, a token of another user moved to the row's; a
+device not active becomes active when the row saw it after its state changed (an invalid
+one: after the provider's timestamp). A row without times counts as seen now. Each device's
+history gets `imported`, or `moved`.
+
+Prints the counts: inserted (new devices), updated (known ones) and moved (known as another
+user's)."""
+
+DEVICES_EXPORT = """\
+Print every device (of --app; in the --state states) to stdout: JSON Lines, or CSV with a
+header row (--format csv: attributes as JSON text, an empty cell for null).
+
+The fields are those `import` takes, then state, state_reason, invalidated_at and
+state_changed_at; times are ISO 8601 in UTC; tokens are printed whole. The devices come in
+(app, token) order from one consistent snapshot, through a server-side cursor, so a registry
+of millions streams in little memory. To load an export into another registry, drop its
+state columns (import refuses them)."""
 
 
 def _seconds(text: str) -> float:
@@ -608,10 +907,126 @@ def _parser() -> argparse.ArgumentParser:
         help=f"how long each app's check may take; default {DEFAULT_CHECK_TIMEOUT_S:g}",
     )
 
+    _add_devices_command(sub)
+
     # These two parse their own arguments (see `pushgres simulate --help`).
     sub.add_parser("simulate", help="run local APNs/FCM simulators for development", add_help=False)
     sub.add_parser("demo", help="the end-to-end demo on an embedded PostgreSQL", add_help=False)
     return parser
+
+
+def _add_devices_command(sub: Any) -> None:
+    p = _add_command(
+        sub, "devices", "the device registry: register, look up, import, export", DEVICES
+    )
+    commands = p.add_subparsers(
+        dest="devices_command",
+        required=True,
+        metavar="SUBCOMMAND",
+        title="subcommands",
+        help="what to do with the registry",
+    )
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        q = _add_command(commands, name, summary, description)
+        _add_db_args(q)
+        return q
+
+    def app(q: Any, *, required: bool = True) -> None:
+        q.add_argument("--app", required=required, help="the app (1-64 of A-Z a-z 0-9 _ . -)")
+
+    def token(q: Any, *, required: bool = True) -> None:
+        q.add_argument(
+            "--token",
+            required=required,
+            help="the device token (APNs: hexadecimal; FCM: the registration token)",
+        )
+
+    def user(q: Any, *, required: bool = True) -> None:
+        q.add_argument("--user", required=required, metavar="USER_ID", help="the user's id")
+
+    q = command("register", "register or refresh a device", DEVICES_REGISTER)
+    app(q)
+    q.add_argument("--platform", required=True, choices=("apns", "fcm"), help="its provider")
+    token(q)
+    user(q, required=False)
+    q.add_argument(
+        "--installation",
+        metavar="ID",
+        help="the app installation's id: a new token of the same installation replaces the "
+        "previous one",
+    )
+    q.add_argument(
+        "--environment",
+        choices=("production", "sandbox"),
+        help="the APNs environment the token is for",
+    )
+    q.add_argument("--timezone", metavar="ZONE", help="IANA time zone name (Europe/Paris)")
+    q.add_argument("--locale", help="the device's locale (fr-FR)")
+    q.add_argument("--app-version", metavar="VERSION", help="the app version it runs")
+    q.add_argument(
+        "--attributes",
+        metavar="JSON",
+        help="free attributes as a JSON object, merged into the device's",
+    )
+
+    q = command("identify", "attach a device to a user", DEVICES_IDENTIFY)
+    app(q)
+    token(q)
+    user(q)
+
+    q = command("logout", "detach a device from its user", DEVICES_LOGOUT)
+    app(q)
+    token(q)
+
+    q = command("rotate", "replace a device's token by a new one", DEVICES_ROTATE)
+    app(q)
+    q.add_argument("--old-token", required=True, metavar="TOKEN", help="the token replaced")
+    q.add_argument("--new-token", required=True, metavar="TOKEN", help="the token replacing it")
+
+    q = command("unregister", "retire tokens the app no longer uses", DEVICES_UNREGISTER)
+    app(q)
+    which = q.add_mutually_exclusive_group(required=True)
+    token(which, required=False)
+    which.add_argument(
+        "--file", metavar="PATH", help="file of tokens, one per line ('-' reads stdin)"
+    )
+
+    q = command("show", "print a user's devices, or one device, as JSON lines", DEVICES_SHOW)
+    app(q)
+    which = q.add_mutually_exclusive_group(required=True)
+    user(which, required=False)
+    token(which, required=False)
+
+    q = command("history", "print a device's history as JSON lines", DEVICES_HISTORY)
+    app(q)
+    token(q)
+
+    q = command("import", "load devices from CSV or JSON Lines", DEVICES_IMPORT)
+    q.add_argument(
+        "--file", required=True, metavar="PATH", help="the file to import ('-' reads stdin)"
+    )
+    q.add_argument(
+        "--format",
+        choices=("csv", "jsonl"),
+        help="csv (with a header row) or jsonl; default: csv for a .csv file, else jsonl",
+    )
+    q.add_argument("--app", help="the app of the rows that name none")
+
+    q = command("export", "print every device as JSON lines or CSV", DEVICES_EXPORT)
+    app(q, required=False)
+    q.add_argument(
+        "--state",
+        action="append",
+        choices=devices.STATES,
+        help="only devices in this state; repeat for several; default: every state",
+    )
+    q.add_argument(
+        "--format",
+        choices=("jsonl", "csv"),
+        default="jsonl",
+        help="jsonl (one object per line) or csv (with a header row); default jsonl",
+    )
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
@@ -621,6 +1036,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "status": _cmd_status,
     "outcome": _cmd_outcome,
     "check-credentials": _cmd_check_credentials,
+    "devices": _cmd_devices,
 }
 
 

@@ -29,7 +29,7 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from operator import attrgetter
 from typing import Any, Final
 
@@ -677,7 +677,7 @@ async def apply_device_import(conn: asyncpg.Connection) -> tuple[int, int, int]:
 
 async def export_devices(
     conn: asyncpg.Connection, app: str | None, states: Sequence[str] | None
-) -> AsyncIterator[asyncpg.Record]:
+) -> AsyncGenerator[asyncpg.Record, None]:
     """Every device of ``app`` (None: all) in ``states`` (None: all), by a server-side cursor.
 
     The cursor's transaction stays open until the iteration ends: close the iterator
