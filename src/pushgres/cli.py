@@ -257,6 +257,7 @@ async def _cmd_status(args: argparse.Namespace) -> int:
     async with _database(args, "reading the queue") as conn:
         depth = await store.queue_depth(conn)
         recent = await store.recent_outcomes(conn, float(args.window_s))
+        registry = await store.device_counts_of(conn)
     print("queue:")
     if not depth:
         print("  (empty)")
@@ -271,6 +272,13 @@ async def _cmd_status(args: argparse.Namespace) -> int:
     for r in recent:
         reason = f" {r['reason']}" if r["reason"] else ""
         print(f"  {r['app']:<24} {r['status']:<14}{reason:<32} {r['n']}")
+    print("devices:")
+    if not registry:
+        print("  (none registered)")
+    apps = sorted({app for app, _ in registry})
+    for app in apps:
+        counts = " ".join(f"{state}={n}" for (a, state), n in sorted(registry.items()) if a == app)
+        print(f"  {app:<24} {counts}")
     return EXIT_OK
 
 
@@ -570,7 +578,8 @@ outcome)."""
 
 STATUS = """\
 Print the queue depth per app and platform (all rows, rows ready to send, age of the oldest),
-then the outcomes of the last --window-s seconds per app, status and reason."""
+the outcomes of the last --window-s seconds per app, status and reason, and the registered
+devices per app by state (active, invalid, stale, uninstalled, unregistered)."""
 
 OUTCOME = """\
 Print the outcome of each notification id as one JSON object per line, in the order given:

@@ -53,6 +53,7 @@ DEFAULT_RETENTION_DAYS = 14
 DEFAULT_DEDUPE_RETENTION_DAYS = 7
 DEFAULT_UNKNOWN_APP_GRACE_S = 60.0
 DEFAULT_READY_TIMEOUT_S = 30.0
+DEFAULT_STALE_AFTER_DAYS = 60
 DEFAULT_QUEUE_SAMPLE_INTERVAL_S = 15.0
 DEFAULT_RETRY_BASE_S = 2.0
 DEFAULT_RETRY_MAX_S = 300.0
@@ -122,6 +123,8 @@ class AppConfig:
     platform: str
     pool: PoolConfig
     rate_limit_per_s: float | None = None
+    stale_after_days: int = DEFAULT_STALE_AFTER_DAYS
+    """Registered devices not seen for this long are marked stale (the provider may cap it)."""
     provider: object = None
     """The provider's own settings for this app (``providers/<platform>/config.py``)."""
     files_digest: str = ""
@@ -371,6 +374,9 @@ def parse_config(
                 platform=platform,
                 pool=pool,
                 rate_limit_per_s=section.optional_float("rate_limit_per_s", 1, 1e7),
+                stale_after_days=section.int_(
+                    "stale_after_days", DEFAULT_STALE_AFTER_DAYS, 1, 3650
+                ),
                 provider=options,
                 files_digest=_digest(section.files, f"apps.{name}"),
             )

@@ -29,7 +29,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
 from .admin.server import AdminServer
@@ -61,6 +61,16 @@ HISTORY_INTERVAL_S: Final = 5.0
 READY_RETRY_S: Final = 30.0
 STALL_MARGIN_S: Final = 60.0
 _RESTART_SECTIONS: Final = ("database", "daemon", "retry", "admin")
+
+
+def stale_days(apps: Iterable[AppConfig]) -> dict[str, int]:
+    """After how many days without contact each app's registered devices are stale: the app's
+    ``stale_after_days``, capped by its provider's token lifetime."""
+    found = {}
+    for app in apps:
+        lifetime = PROVIDERS[app.platform].token_lifetime_days
+        found[app.name] = min(app.stale_after_days, lifetime or app.stale_after_days)
+    return found
 
 
 def stalled_lanes(ticks: Mapping[str, float | None], *, now: float, stall_s: float) -> list[str]:
@@ -112,6 +122,7 @@ class Daemon:
         self._phase = "starting"
         self._store: Store | None = None
         self._listener: Listener | None = None
+        self._chores: Housekeeping | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._abort: asyncio.Future[None] | None = None
         self._batch_slots = asyncio.Semaphore(
@@ -166,6 +177,9 @@ class Daemon:
     def queue_samples(self) -> Mapping[str, QueueSample]:
         return self._queue
 
+    def device_counts(self) -> Mapping[tuple[str, str], int]:
+        return self._chores.device_counts if self._chores is not None else {}
+
     async def ping_database(self, timeout_s: float) -> str | None:
         """Whether the database answers, from the LISTEN connection's keepalive and the
         outcome of the last operation (no query, no pooled connection: probes are free)."""
@@ -218,7 +232,9 @@ class Daemon:
                 apps=[app.name for app in settings.apps],
                 settings=settings.daemon,
                 observer=self._observer,
+                stale_days=stale_days(settings.apps),
             )
+            self._chores = chores
             await chores.maintain()
             admin = await self._start_admin()
             self._abort = asyncio.get_running_loop().create_future()
@@ -594,7 +610,7 @@ class Daemon:
                 running.lane.poke()
                 self._tg.create_task(self._retire(running), name=f"retire:{running.app.name}")
         self._settings = dataclasses.replace(old, apps=tuple(r.app for r in self._running.values()))
-        chores.serve(list(self._running))
+        chores.serve(list(self._running), stale_days(r.app for r in self._running.values()))
         logger.info(
             "config reloaded: added %s; changed %s; removed %s",
             ", ".join(a.name for a in added) or "none",

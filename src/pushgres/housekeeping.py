@@ -17,7 +17,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from .config import DaemonConfig
@@ -46,16 +46,23 @@ class Housekeeping:
         apps: Sequence[str],
         settings: DaemonConfig,
         observer: Observer,
+        stale_days: Mapping[str, int] | None = None,
     ) -> None:
         self._store = store
         self._id = daemon_id
         self._apps = list(apps)
+        self._stale_days: dict[str, int] = dict(stale_days or {})
+        self.device_counts: dict[tuple[str, str], int] = {}
+        """Registered devices by (app, state), as of the last maintenance round."""
         self._settings = settings
         self._observer = observer
 
-    def serve(self, apps: Sequence[str]) -> None:
-        """The apps this daemon serves from now on (after a reload), as the next heartbeat says."""
+    def serve(self, apps: Sequence[str], stale_days: Mapping[str, int] | None = None) -> None:
+        """The apps this daemon serves from now on (after a reload), as the next heartbeat says,
+        and after how many days without contact each app's devices are stale."""
         self._apps = list(apps)
+        if stale_days is not None:
+            self._stale_days = dict(stale_days)
 
     async def maintain(self) -> None:
         """One round of maintenance (also run once at start, before the lanes)."""
@@ -63,6 +70,17 @@ class Housekeeping:
             retention_days=self._settings.results_retention_days,
             dedupe_retention_days=self._settings.dedupe_retention_days,
         )
+        for app, days in self._stale_days.items():
+            marked = await self._store.mark_stale_devices(app, days)
+            if marked:
+                logger.info(
+                    "app %s: %d device(s) not seen for %d days marked stale",
+                    app,
+                    marked,
+                    days,
+                    extra={"action": "stale_devices", "app": app},
+                )
+        self.device_counts = await self._store.device_counts()
 
     async def maintenance(self) -> None:
         while True:

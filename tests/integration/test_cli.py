@@ -62,6 +62,14 @@ async def test_migrate_enqueue_status_outcome(empty_dsn: str) -> None:
     status = cli("status", "--dsn", empty_dsn)
     assert status.returncode == 0
     assert "ios" in status.stdout and "depth=1" in status.stdout and "depth=3" in status.stdout
+    assert "devices:\n  (none registered)" in status.stdout
+    registered = cli(
+        "devices", "register", "--dsn", empty_dsn, "--app", "ios", "--platform", "apns",
+        "--token", TOKEN,
+    )  # fmt: skip
+    assert registered.returncode == 0, registered.stderr
+    status = cli("status", "--dsn", empty_dsn)
+    assert "devices:\n  ios" in status.stdout and "active=1" in status.stdout
 
     out = cli("outcome", "--dsn", empty_dsn, str(nid), "999999")
     records = [json.loads(line) for line in out.stdout.splitlines()]

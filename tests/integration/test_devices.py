@@ -9,9 +9,12 @@ to it are not made, and a re-registration after the provider's timestamp sends a
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -19,7 +22,16 @@ from pushgres import devices
 from pushgres.exceptions import DeviceError, SchemaError
 from pushgres.simulator import devkit
 
-from .harness import APNS_APP, apns, enqueue, running_daemon, settings_for, wait_terminal
+from .harness import (
+    APNS_APP,
+    FCM_APP,
+    apns,
+    enqueue,
+    running_daemon,
+    settings_for,
+    wait_terminal,
+    write_config,
+)
 
 APP = "ios"
 T1 = devkit.apns_token("ok", 1)
@@ -212,3 +224,61 @@ async def test_the_daemon_keeps_the_registry_true(env: dict[str, Any]) -> None:
 
 async def _events_of(conn: asyncpg.Connection, token: str) -> list[str]:
     return [e.event for e in await devices.history(conn, APNS_APP, token)]
+
+
+async def test_quiet_devices_become_stale_and_come_back(env: dict[str, Any]) -> None:
+    dsn, tmp = env["dsn"], env["tmp"]
+    # FCM keeps a token 270 days at most: a longer stale_after_days is capped to it.
+    config = write_config(
+        tmp / "stale.toml", dsn=dsn, setup=env["setup"], sims=env["sims"],
+        fcm="stale_after_days = 400",
+    )  # fmt: skip
+    config.write_text(config.read_text() + '\n[admin]\nlisten = "127.0.0.1:0"\n')
+    quiet, recent = devkit.apns_token("ok", 20), devkit.apns_token("ok", 21)
+    old_android, young_android = "fcm-old", "fcm-young"
+    conn = await asyncpg.connect(dsn)
+    try:
+        for token in (quiet, recent):
+            await devices.register(conn, APNS_APP, "apns", token, user_id="jo")
+        for token in (old_android, young_android):
+            await devices.register(conn, FCM_APP, "fcm", token, user_id="jo")
+        # The clock of the registry: last seen 61 days (ios) and 300 / 200 days (android) ago.
+        for app, token, days in (
+            (APNS_APP, quiet, 61), (APNS_APP, recent, 59),
+            (FCM_APP, old_android, 300), (FCM_APP, young_android, 200),
+        ):  # fmt: skip
+            await conn.execute(
+                "UPDATE pushgres.devices SET last_seen_at = now() - make_interval(days => $3)"
+                " WHERE app = $1 AND token = $2",
+                app,
+                token,
+                days,
+            )
+        async with running_daemon(settings_for(config)) as daemon:  # maintenance runs at start
+            deadline = time.monotonic() + 10
+            while daemon.admin_url is None:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{daemon.admin_url}/metrics") as resp,
+            ):
+                metrics = await resp.text()
+        states = {
+            (r["app"], r["token"]): r["state"]
+            for r in await conn.fetch("SELECT app, token, state FROM pushgres.devices")
+        }
+        assert states == {
+            (APNS_APP, quiet): "stale",
+            (APNS_APP, recent): "active",
+            (FCM_APP, old_android): "stale",
+            (FCM_APP, young_android): "active",
+        }
+        assert 'pushgres_devices{app="ios",state="stale"} 1.0' in metrics
+        assert (await _events_of(conn, quiet))[-1] == "stale"
+        stale = await devices.device(conn, APNS_APP, quiet)
+        assert stale is not None and stale.state_reason == "not seen for 60 days"
+        back = await devices.register(conn, APNS_APP, "apns", quiet)
+        assert back == devices.Registered("active", "reactivated")
+    finally:
+        await conn.close()

@@ -77,6 +77,9 @@ class _Source:
     def queue_samples(self) -> Mapping[str, QueueSample]:
         return {"ios": QueueSample(10, 4, 1.5, NOW)}
 
+    def device_counts(self) -> Mapping[tuple[str, str], int]:
+        return {("ios", "active"): 40, ("ios", "stale"): 2}
+
 
 def _scrape(metrics: MetricsObserver) -> dict[str, list[tuple[dict[str, str], float]]]:
     registry = CollectorRegistry(auto_describe=False)
@@ -168,6 +171,7 @@ def test_observer_counts_per_batch_and_the_collector_exposes_it() -> None:
     assert _one(s, "pushgres_db_pool_connections", state="in_use") == 2
     assert _one(s, "pushgres_db_pool_connections", state="idle") == 3
     assert _one(s, "pushgres_database_up") == 1
+    assert _one(s, "pushgres_devices", app="ios", state="stale") == 2
     assert s["pushgres_build_info"][0][1] == 1
     # The config errors the dashboard lists, with the provider's hint.
     event = metrics.config_errors[-1]

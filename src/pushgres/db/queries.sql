@@ -457,3 +457,27 @@ FROM pushgres.devices
 WHERE ($1::text IS NULL OR app = $1::text)
   AND ($2::text[] IS NULL OR state = ANY ($2::text[]))
 ORDER BY app, token
+
+-- name: mark_stale_devices
+-- Up to $3 of an app's active devices not seen for $2 days become stale (a registration later
+-- makes them active again); concurrent daemons skip each other's rows.
+WITH c AS (
+    SELECT app, token FROM pushgres.devices
+    WHERE app = $1 AND state = 'active' AND last_seen_at < now() - make_interval(days => $2::int)
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), stale AS (
+    UPDATE pushgres.devices d
+    SET state = 'stale', state_reason = format('not seen for %s days', $2::int),
+        state_changed_at = now()
+    FROM c
+    WHERE d.app = c.app AND d.token = c.token
+    RETURNING d.app, d.token, d.user_id
+), logged AS (
+    INSERT INTO pushgres.device_events (app, token, event, user_id)
+    SELECT app, token, 'stale', user_id FROM stale
+)
+SELECT count(*) FROM stale
+
+-- name: device_counts
+SELECT app, state, count(*) AS n FROM pushgres.devices GROUP BY app, state ORDER BY app, state

@@ -68,6 +68,7 @@ LISTEN_KEEPALIVE_S: Final = 10.0  # a silent network loss is found by a ping thi
 LISTEN_PING_TIMEOUT_S: Final = 5.0
 CLOSE_TIMEOUT_S: Final = 5.0
 RECOVERED_AFTER_S: Final = 1.0  # an outage ends with a success begun this long after a failure
+STALE_BATCH: Final = 10_000  # devices marked stale per statement
 QUEUE_COUNT_CAP: Final = 1_000_000  # the queue gauges count this many rows per app at most
 ACQUIRE_TIMEOUT_S: Final = 30.0  # waiting for a pooled connection (or a new one) at most
 
@@ -420,6 +421,26 @@ class Store:
         if dropped:
             logger.info("dropped %d old result partitions", dropped, extra={"action": "maintain"})
 
+    async def mark_stale_devices(self, app: str, days: int) -> int:
+        """Mark ``app``'s devices not seen for ``days`` stale, a bounded batch per statement;
+        how many were marked."""
+        marked = 0
+        with self._guard("marking stale devices"):
+            while True:
+                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                    n = int(
+                        await conn.fetchval(QUERIES["mark_stale_devices"], app, days, STALE_BATCH)
+                    )
+                marked += n
+                if n < STALE_BATCH:
+                    return marked
+
+    async def device_counts(self) -> dict[tuple[str, str], int]:
+        """Devices by app and state."""
+        with self._guard("counting devices"):
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                return await device_counts_of(conn)
+
     def listener(self, on_notify: Callable[[], None]) -> Listener:
         """The LISTEN connection that wakes the daemon on enqueues (run it as a task)."""
         return Listener(self._dsn, on_notify)
@@ -692,3 +713,9 @@ async def export_devices(
         )
         async for record in cursor:
             yield record
+
+
+async def device_counts_of(conn: asyncpg.Connection) -> dict[tuple[str, str], int]:
+    """Registered devices by (app, state)."""
+    records = await conn.fetch(QUERIES["device_counts"])
+    return {(r["app"], r["state"]): int(r["n"]) for r in records}

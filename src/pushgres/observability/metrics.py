@@ -252,6 +252,10 @@ class StateSource(Protocol):
 
     def queue_samples(self) -> Mapping[str, QueueSample]: ...
 
+    def device_counts(self) -> Mapping[tuple[str, str], int]:
+        """Registered devices by (app, state), as of the last maintenance round."""
+        ...
+
 
 class Collector(_Collector):
     """The Prometheus view of a :class:`MetricsObserver` and a :class:`StateSource`."""
@@ -434,6 +438,15 @@ class Collector(_Collector):
         yield ready
         yield oldest
         yield sampled
+
+        devices = GaugeMetricFamily(
+            "pushgres_devices",
+            "Registered devices by state (counted at each maintenance round)",
+            labels=["app", "state"],
+        )
+        for (app_name, state), n in sorted(source.device_counts().items()):
+            devices.add_metric([app_name, state], n)
+        yield devices
 
         size, in_use, max_size, up = source.database_state()
         pool = GaugeMetricFamily(

@@ -324,6 +324,9 @@ class Provider(Protocol):
         """The misconfigurations an app's answers can reveal, watched by the daemon."""
         ...
 
+    token_lifetime_days: int | None
+    """How long the provider keeps a token of a device that never checks in, if it says."""
+
 
 class ProviderModule:
     """A :class:`Provider` made of a provider folder's functions."""
@@ -338,6 +341,7 @@ class ProviderModule:
         check_credentials: Callable[..., Awaitable[CredentialReport]],
         credential_expiry: Callable[[AppConfig], dt.datetime | None],
         diagnoses: Callable[[AppConfig], Sequence[Diagnosis]] = lambda app: (),
+        token_lifetime_days: int | None = None,
     ) -> None:
         self.platform = platform
         self._parse_app = parse_app
@@ -346,6 +350,7 @@ class ProviderModule:
         self._check_credentials = check_credentials
         self._credential_expiry = credential_expiry
         self._diagnoses = diagnoses
+        self.token_lifetime_days = token_lifetime_days
 
     def parse_app(
         self, section: Section, *, base_dir: Path, environ: Mapping[str, str]

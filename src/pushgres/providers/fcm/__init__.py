@@ -24,4 +24,7 @@ PROVIDER = ProviderModule(
     senders=build_senders,
     check_credentials=check_credentials,
     credential_expiry=credential_expiry,
+    # Google: a token with no activity for 270 days is expired on Android ("Best practices
+    # for FCM registration token management").
+    token_lifetime_days=270,
 )
