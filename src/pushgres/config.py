@@ -51,6 +51,7 @@ DEFAULT_DB_POOL_SIZE = 12
 DEFAULT_STATEMENT_TIMEOUT_S = 30.0
 DEFAULT_RETENTION_DAYS = 14
 DEFAULT_DEDUPE_RETENTION_DAYS = 7
+DEFAULT_DEVICE_RETENTION_DAYS = 90
 DEFAULT_UNKNOWN_APP_GRACE_S = 60.0
 DEFAULT_READY_TIMEOUT_S = 30.0
 DEFAULT_STALE_AFTER_DAYS = 60
@@ -81,6 +82,7 @@ class DaemonConfig:
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     results_retention_days: int = DEFAULT_RETENTION_DAYS
     dedupe_retention_days: int = DEFAULT_DEDUPE_RETENTION_DAYS
+    device_retention_days: int = DEFAULT_DEVICE_RETENTION_DAYS
     unknown_app_grace_s: float = DEFAULT_UNKNOWN_APP_GRACE_S
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
     log_level: str = "info"
@@ -330,6 +332,9 @@ def parse_config(
         results_retention_days=d.int_("results_retention_days", DEFAULT_RETENTION_DAYS, 1, 3650),
         dedupe_retention_days=d.int_(
             "dedupe_retention_days", DEFAULT_DEDUPE_RETENTION_DAYS, 1, 3650
+        ),
+        device_retention_days=d.int_(
+            "device_retention_days", DEFAULT_DEVICE_RETENTION_DAYS, 1, 3650
         ),
         unknown_app_grace_s=d.float_("unknown_app_grace_s", DEFAULT_UNKNOWN_APP_GRACE_S, 0, 86400),
         ready_timeout_s=d.float_("ready_timeout_s", DEFAULT_READY_TIMEOUT_S, 0, 3600),

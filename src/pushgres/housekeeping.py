@@ -69,6 +69,7 @@ class Housekeeping:
         await self._store.maintenance(
             retention_days=self._settings.results_retention_days,
             dedupe_retention_days=self._settings.dedupe_retention_days,
+            device_retention_days=self._settings.device_retention_days,
         )
         for app, days in self._stale_days.items():
             marked = await self._store.mark_stale_devices(app, days)

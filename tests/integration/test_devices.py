@@ -282,3 +282,38 @@ async def test_quiet_devices_become_stale_and_come_back(env: dict[str, Any]) -> 
         assert back == devices.Registered("active", "reactivated")
     finally:
         await conn.close()
+
+
+async def test_long_retired_devices_are_purged(env: dict[str, Any]) -> None:
+    dsn = env["dsn"]
+    config = write_config(
+        env["tmp"] / "purge.toml", dsn=dsn, setup=env["setup"], sims=env["sims"],
+        daemon="device_retention_days = 30",
+    )  # fmt: skip
+    old, recent, active = (devkit.apns_token("ok", 30 + i) for i in range(3))
+    conn = await asyncpg.connect(dsn)
+    try:
+        for token in (old, recent, active):
+            await devices.register(conn, APNS_APP, "apns", token)
+        await devices.unregister_many(conn, APNS_APP, [old, recent])
+        await conn.execute(
+            "UPDATE pushgres.devices SET state_changed_at = now() - interval '31 days'"
+            " WHERE token = $1",
+            old,
+        )
+        await conn.execute(
+            "INSERT INTO pushgres.invalid_tokens (app, device_token, reason, invalidated_at)"
+            " VALUES ('ios', 'aa', 'Unregistered', now() - interval '31 days'),"
+            " ('ios', 'bb', 'Unregistered', now())"
+        )
+        async with running_daemon(settings_for(config)):  # maintenance runs at start
+            pass
+        left = {r["token"] for r in await conn.fetch("SELECT token FROM pushgres.devices")}
+        assert left == {recent, active}
+        assert await devices.history(conn, APNS_APP, old) == []
+        kept = [
+            r["device_token"] for r in await conn.fetch("SELECT * FROM pushgres.invalid_tokens")
+        ]
+        assert kept == ["bb"]
+    finally:
+        await conn.close()

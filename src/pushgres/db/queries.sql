@@ -481,3 +481,20 @@ SELECT count(*) FROM stale
 
 -- name: device_counts
 SELECT app, state, count(*) AS n FROM pushgres.devices GROUP BY app, state ORDER BY app, state
+
+-- name: purge_devices
+-- Devices unregistered or uninstalled for $1 days, and their history, are deleted.
+WITH gone AS (
+    DELETE FROM pushgres.devices
+    WHERE state IN ('unregistered', 'uninstalled')
+      AND state_changed_at < now() - make_interval(days => $1::int)
+    RETURNING app, token
+), history AS (
+    DELETE FROM pushgres.device_events e USING gone
+    WHERE e.app = gone.app AND e.token = gone.token
+)
+SELECT count(*) FROM gone
+
+-- name: prune_invalid_tokens
+-- Dead tokens recorded for direct sends are forgotten after $1 days.
+DELETE FROM pushgres.invalid_tokens WHERE invalidated_at < now() - make_interval(days => $1::int)

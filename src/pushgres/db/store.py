@@ -408,8 +408,11 @@ class Store:
             await _write(conn, results, (), ())
             return results
 
-    async def maintenance(self, *, retention_days: int, dedupe_retention_days: int) -> None:
-        """Create upcoming result partitions, drop expired ones, prune old keys and daemons."""
+    async def maintenance(
+        self, *, retention_days: int, dedupe_retention_days: int, device_retention_days: int
+    ) -> None:
+        """Create upcoming result partitions, drop expired ones, prune old keys and daemons,
+        purge long-retired devices and forget old dead tokens."""
         with self._guard("maintenance"):
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
                 if not await conn.fetchval(QUERIES["maintenance_lock"]):
@@ -418,8 +421,17 @@ class Store:
                 dropped = await conn.fetchval(QUERIES["drop_partitions"], retention_days)
                 await conn.execute(QUERIES["prune_dedupe_keys"], dedupe_retention_days)
                 await conn.execute(QUERIES["prune_daemons"])
+                purged = await conn.fetchval(QUERIES["purge_devices"], device_retention_days)
+                await conn.execute(QUERIES["prune_invalid_tokens"], device_retention_days)
         if dropped:
             logger.info("dropped %d old result partitions", dropped, extra={"action": "maintain"})
+        if purged:
+            logger.info(
+                "purged %d device(s) unregistered or uninstalled for %d days",
+                purged,
+                device_retention_days,
+                extra={"action": "maintain"},
+            )
 
     async def mark_stale_devices(self, app: str, days: int) -> int:
         """Mark ``app``'s devices not seen for ``days`` stale, a bounded batch per statement;
