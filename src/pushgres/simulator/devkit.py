@@ -45,6 +45,7 @@ import datetime as dt
 import ipaddress
 import json
 import pathlib
+import random
 import secrets
 import socket
 from dataclasses import dataclass
@@ -163,11 +164,39 @@ def fcm_kind(token: str) -> str:
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for listeners whose URL must be known early)."""
+    """A TCP port free on 127.0.0.1 now, for a listener whose URL must be known before it binds.
+
+    Taken below the range the system hands to outgoing connections (Linux:
+    ``net.ipv4.ip_local_port_range``), so that no connection made meanwhile can take it; a
+    port the system picks (bind to 0) would be from that range, and was seen taken by the time
+    the listener bound it.
+    """
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(200 if low > _FIRST_PORT + 1000 else 0):
+        port = rng.randrange(_FIRST_PORT, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        chosen: int = s.getsockname()[1]
+        return chosen
+
+
+_FIRST_PORT = 10_000
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the outgoing-connection range (0 when unknown)."""
+    try:
+        text = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @dataclass(frozen=True, slots=True)
