@@ -25,6 +25,7 @@ PURE = [
     "pipeline/stages.py",
     "models.py",
     "retry.py",
+    "der.py",
 ]
 FORBIDDEN = {"asyncio", "aiohttp", "asyncpg", "uvloop", "socket", "ssl"}
 

@@ -51,6 +51,7 @@ import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ..der import sequence_strings
 from .devkit import APNS_CERT_OIDS, apns_kind
 from .server import COMMON_KNOBS, Connection, Reply, Request, Service
 
@@ -592,7 +593,7 @@ def _certificate_spec(der: bytes) -> dict[str, Any] | None:
         for name, oid in APNS_CERT_OIDS.items()
         if ext.oid == oid
     }
-    topics = _der_strings(found["topics"]) if "topics" in found else []
+    topics = sequence_strings(found["topics"]) if "topics" in found else []
     if not topics and uid:
         topics = [uid, uid + ".voip", uid + ".complication"]
     if not topics:
@@ -602,39 +603,3 @@ def _certificate_spec(der: bytes) -> dict[str, Any] | None:
     # certificate without Apple's extensions at all is accepted in both (older test setups).
     env = envs.pop() if len(envs) == 1 else "both"
     return {"team": f"cert:{uid or topics[0]}", "env": env, "topics": topics}
-
-
-def _der_strings(data: bytes) -> list[str]:
-    """The UTF8Strings directly inside a DER SEQUENCE (the topics list); [] if malformed."""
-    elements = _der_elements(data)
-    if len(elements) == 1 and elements[0][0] == 0x04:  # wrapped once more in an OCTET STRING
-        elements = _der_elements(elements[0][1])
-    if len(elements) != 1 or elements[0][0] != 0x30:
-        return []
-    return [
-        content.decode("utf-8", "replace")
-        for tag, content in _der_elements(elements[0][1])
-        if tag == 0x0C
-    ]
-
-
-def _der_elements(data: bytes) -> list[tuple[int, bytes]]:
-    """The (tag, contents) of consecutive DER elements (X.690 section 8.1); [] if malformed."""
-    out: list[tuple[int, bytes]] = []
-    i = 0
-    while i < len(data):
-        if i + 2 > len(data):
-            return []
-        tag, length = data[i], data[i + 1]
-        i += 2
-        if length & 0x80:
-            size = length & 0x7F
-            if not 0 < size <= 4 or i + size > len(data):
-                return []
-            length = int.from_bytes(data[i : i + size], "big")
-            i += size
-        if i + length > len(data):
-            return []
-        out.append((tag, data[i : i + length]))
-        i += length
-    return out

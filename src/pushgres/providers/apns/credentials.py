@@ -27,6 +27,7 @@ from typing import Final
 from cryptography import x509
 
 from ...config import AppConfig
+from ...der import sequence_strings
 from ...exceptions import ConfigError, RequestTimeout, TransportError
 from ...http2.pool import Response
 from ...http2.tls import make_ssl_context
@@ -121,36 +122,7 @@ def certificate_info(cert_pem: bytes) -> CertificateInfo:
 def _topics(value: bytes) -> tuple[str, ...]:
     """The topics in the ``…6.3.6`` extension: a DER SEQUENCE alternating each topic
     (UTF8String) with a SEQUENCE of its kinds; () when it cannot be read."""
-    elements = _der(value)
-    if len(elements) == 1 and elements[0][0] == 0x04:  # some encoders wrap it in an OCTET STRING
-        elements = _der(elements[0][1])
-    if len(elements) != 1 or elements[0][0] != 0x30:
-        return ()
-    return tuple(
-        content.decode("utf-8", "replace") for tag, content in _der(elements[0][1]) if tag == 0x0C
-    )
-
-
-def _der(data: bytes) -> list[tuple[int, bytes]]:
-    """Consecutive DER elements as (tag, contents) (X.690 section 8.1); [] when malformed."""
-    out: list[tuple[int, bytes]] = []
-    i = 0
-    while i < len(data):
-        if i + 2 > len(data):
-            return []
-        tag, length = data[i], data[i + 1]
-        i += 2
-        if length & 0x80:
-            size = length & 0x7F
-            if not 0 < size <= 4 or i + size > len(data):
-                return []
-            length = int.from_bytes(data[i : i + size], "big")
-            i += size
-        if i + length > len(data):
-            return []
-        out.append((tag, data[i : i + length]))
-        i += length
-    return out
+    return tuple(sequence_strings(value))
 
 
 def _config(app: AppConfig) -> ApnsConfig:
