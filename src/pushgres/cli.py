@@ -203,20 +203,28 @@ def _notifications_from_lines(
             line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError:
             raise EnqueueError(f"{label}: not valid UTF-8") from None
-        if not line.strip():
+        data = _json_object(line, label, EnqueueError)
+        if data is None:
             continue
-        try:
-            data = codec.loads(line)
-        except codec.JSONDecodeError:
-            raise EnqueueError(f"{label}: not valid JSON") from None
-        if not isinstance(data, dict):
-            raise EnqueueError(f"{label}: expected a JSON object")
         where.append(label)
         try:
             items.append(as_notification(data, len(items)))
         except EnqueueError as exc:
             raise _relabel(exc, where) from None
     return items, where
+
+
+def _json_object(line: str, label: str, error: type[PushgresError]) -> dict[str, Any] | None:
+    """One line of JSON Lines as an object, None when blank; else ``error`` naming ``label``."""
+    if not line.strip():
+        return None
+    try:
+        data = codec.loads(line)
+    except codec.JSONDecodeError:
+        raise error(f"{label}: not valid JSON") from None
+    if not isinstance(data, dict):
+        raise error(f"{label}: expected a JSON object")
+    return data
 
 
 def _relabel(exc: EnqueueError, where: Sequence[str]) -> EnqueueError:
@@ -502,15 +510,9 @@ def _json_rows(text: str, source: str) -> list[dict[str, Any]]:
     """The objects of a JSON Lines text (blank lines skipped)."""
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = codec.loads(line)
-        except codec.JSONDecodeError:
-            raise DeviceError(f"{source} line {number}: not valid JSON") from None
-        if not isinstance(row, dict):
-            raise DeviceError(f"{source} line {number}: expected a JSON object")
-        rows.append(row)
+        row = _json_object(line, f"{source} line {number}", DeviceError)
+        if row is not None:
+            rows.append(row)
     return rows
 
 

@@ -168,11 +168,10 @@ class Daemon:
             )
         return states
 
-    def database_state(self) -> tuple[int, int, int, bool]:
+    def database_state(self) -> tuple[int, int, int]:
         if self._store is None:
-            return 0, 0, self._settings.database.pool_size, False
-        size, in_use, max_size = self._store.pool_stats()
-        return size, in_use, max_size, self._store.is_available
+            return 0, 0, self._settings.database.pool_size
+        return self._store.pool_stats()
 
     def queue_samples(self) -> Mapping[str, QueueSample]:
         return self._queue
@@ -180,9 +179,9 @@ class Daemon:
     def device_counts(self) -> Mapping[tuple[str, str], int]:
         return self._chores.device_counts if self._chores is not None else {}
 
-    async def ping_database(self, timeout_s: float) -> str | None:
-        """Whether the database answers, from the LISTEN connection's keepalive and the
-        outcome of the last operation (no query, no pooled connection: probes are free)."""
+    def database_problem(self) -> str | None:
+        """Why the database cannot be said to answer, or None: from the LISTEN connection's
+        keepalive and the outcome of the last operation (no query, no pooled connection)."""
         if self._store is None or self._listener is None:
             return "not connected yet"
         if not self._store.is_available:
@@ -274,7 +273,6 @@ class Daemon:
             source=self,
             metrics=self.metrics,
             history=self._history,
-            ping=self.ping_database,
         )
         await server.start()
         self.admin_url = server.url

@@ -71,8 +71,11 @@ class _Source:
             ),
         ]
 
-    def database_state(self) -> tuple[int, int, int, bool]:
-        return 5, 2, 12, True
+    def database_state(self) -> tuple[int, int, int]:
+        return 5, 2, 12
+
+    def database_problem(self) -> str | None:
+        return None
 
     def queue_samples(self) -> Mapping[str, QueueSample]:
         return {"ios": QueueSample(10, 4, 1.5, NOW)}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from aiohttp import web
@@ -37,7 +36,6 @@ __all__ = ["AdminServer", "dashboard_data"]
 
 logger = logging.getLogger(__name__)
 
-READY_DB_TIMEOUT_S: Final = 2.0
 _SECURITY_HEADERS: Final = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -51,9 +49,6 @@ _PAGE_HEADERS: Final = {
         "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     ),
 }
-
-Ping = Callable[[float], Awaitable[str | None]]
-"""Asks the database a trivial question within a deadline: None, or why it did not answer."""
 
 
 def dashboard_data(
@@ -111,8 +106,7 @@ def dashboard_data(
                 "alerts": [message for _, message in app.alerts],
             }
         )
-    _, _, _, db_up = source.database_state()
-    database = None if db_up else "the last database operation failed"
+    database = source.database_problem()
     return {
         "version": __version__,
         "now": now,
@@ -139,13 +133,11 @@ class AdminServer:
         source: StateSource,
         metrics: MetricsObserver,
         history: History,
-        ping: Ping,
     ) -> None:
         self._listen = listen
         self._source = source
         self._metrics = metrics
         self._history = history
-        self._ping = ping
         self._runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
         """Where it listens, once started (the port the system chose for port 0)."""
@@ -222,7 +214,7 @@ class AdminServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         source = self._source
-        database = await self._ping(READY_DB_TIMEOUT_S)
+        database = source.database_problem()
         apps = {app.name: app.problem for app in source.app_states()}
         ready = source.phase == "running" and database is None and not any(apps.values())
         body = {

@@ -246,8 +246,12 @@ class StateSource(Protocol):
 
     def app_states(self) -> list[AppState]: ...
 
-    def database_state(self) -> tuple[int, int, int, bool]:
-        """Connections open, in use, the most allowed, and whether the database is up."""
+    def database_state(self) -> tuple[int, int, int]:
+        """The daemon's database connections: open, in use, the most allowed."""
+        ...
+
+    def database_problem(self) -> str | None:
+        """Why the database cannot be said to answer now, or None."""
         ...
 
     def queue_samples(self) -> Mapping[str, QueueSample]: ...
@@ -448,7 +452,8 @@ class Collector(_Collector):
             devices.add_metric([app_name, state], n)
         yield devices
 
-        size, in_use, max_size, up = source.database_state()
+        size, in_use, max_size = source.database_state()
+        up = source.database_problem() is None
         pool = GaugeMetricFamily(
             "pushgres_db_pool_connections",
             "The daemon's database connections, by state",
@@ -462,7 +467,7 @@ class Collector(_Collector):
         )
         yield GaugeMetricFamily(
             "pushgres_database_up",
-            "1 unless the last database operation failed",
+            "1 while the database answers (as /readyz judges it)",
             value=1 if up else 0,
         )
         yield GaugeMetricFamily(
