@@ -26,6 +26,7 @@ MIN_E2E_PER_S = 25_000
 MAX_DAEMON_CPU_US = 30.0
 MIN_VS_AIOAPNS = 10.0
 MAX_METRICS_US = 1.0
+FANOUT_TARGET_PER_S = 50_000  # notifications enqueued per second by one fan-out
 MAX_PEAK_RSS_BYTES = 200 * 1024 * 1024
 RSS_QUEUED = 1_000_000
 SINK_BOUND_CORE = 0.9  # the sink is one thread: at this share of a core it was the limit
@@ -166,6 +167,12 @@ def targets(steps: Steps) -> list[dict[str, Any]]:
             "{:.2f} µs".format,
         ),
         (
+            f"fan-out >= {FANOUT_TARGET_PER_S:,} notifications/s enqueued",
+            _ok(steps, "fanout", "notifications_per_s"),
+            lambda v: v >= FANOUT_TARGET_PER_S,
+            "{:,.0f}/s".format,
+        ),
+        (
             f"peak RSS <= {MAX_PEAK_RSS_BYTES >> 20} MB with {RSS_QUEUED:,} queued",
             _ok(steps, "e2e", "peak_rss_bytes"),
             lambda v: v <= MAX_PEAK_RSS_BYTES,
@@ -200,6 +207,18 @@ def _step_line(label: str, step: dict[str, Any]) -> str:
         f"{_num(step.get('client_cpu_us', step.get('daemon_cpu_us')), '.1f'):>13} "
         f"{_num(sink_us, '.1f'):>11} {_num(sink_core, '.0%'):>9} "
         f"{_num(step.get('requests', step.get('measured'))):>11}{bound}"
+    )
+
+
+def _fanout_line(step: dict[str, Any]) -> str:
+    if step.get("status") != "ok":
+        return f"  {'fanout':<24} {step.get('status', 'n/a'):<8} {step.get('reason', '')}"
+    return (
+        f"  {'fanout':<24} ok       {_num(step['notifications_per_s']):>10} notifications/s "
+        f"enqueued: {step['notifications']:,} to {step['users']:,} users "
+        f"({step['devices']:,} devices, stale ones skipped) in {step['wall_s']:.1f}s; "
+        f"postgres {_num(step['postgres_cpu_us'], '.1f', ' µs')}, client "
+        f"{_num(step['client_cpu_us'], '.1f', ' µs')}/notification"
     )
 
 
@@ -238,6 +257,9 @@ def render(run: dict[str, Any]) -> str:
             label = f"aioapns {step['aioapns']}"
         if name == "observers":
             lines.append(_observers_line(step))
+            continue
+        if name == "fanout":
+            lines.append(_fanout_line(step))
             continue
         if name in ("e2e", "e2e-off"):
             metrics = "metrics on" if name == "e2e" else "metrics off"

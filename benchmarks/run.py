@@ -1,7 +1,8 @@
 """The command line of ``make bench``: which steps run, with how much load, and the cleanup.
 
 Steps run in order (sink probe, ceiling, transport per codec, aioapns, the observers' cost
-with metrics on and off, end to end with metrics off and then on), each in
+with metrics on and off, end to end with metrics off and then on, a fan-out to 1,000,000
+users' devices), each in
 :func:`_step`: a failure is recorded with its reason and the next step still runs. Everything
 lives in one temporary folder, removed at the end (``--keep`` keeps it); only the JSON result
 is written into the repository, under ``benchmarks/results/``. SIGTERM and Ctrl-C unwind
@@ -29,6 +30,7 @@ from pushgres.http2.codecs import CODECS, DEFAULT_CODEC
 from .ceiling import probe_echo_upload, run_ceiling
 from .client import ROOT, run_client
 from .e2e import run_e2e
+from .fanout import run_fanout
 from .observers import run_observers
 from .procs import StepFailed, reap_all
 from .report import machine_facts, metrics_cost, ratios, render, targets, write_json
@@ -45,6 +47,7 @@ FULL = {
     "rows": 1_000_000,
     "queued": 500_000,
     "probe_requests": 20_000,
+    "fanout_users": 1_000_000,
 }
 QUICK = {
     "h2load_requests": 100_000,
@@ -53,8 +56,9 @@ QUICK = {
     "rows": 60_000,
     "queued": 40_000,
     "probe_requests": 5_000,
+    "fanout_users": 100_000,
 }
-STEPS = ("probe", "ceiling", "transport", "aioapns", "observers", "e2e-off", "e2e")
+STEPS = ("probe", "ceiling", "transport", "aioapns", "observers", "e2e-off", "e2e", "fanout")
 
 _SINK_WHY = (
     "it costs a few µs of CPU per request, far below any Python sender, and answers like APNs "
@@ -79,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--aioapns-requests", type=int, help="aioapns: notifications")
     add("--h2load-requests", type=int, help="ceiling: h2load requests")
     add("--probe-requests", type=int, help="--echo-upload sink probe: h2load requests (0: skip)")
+    add("--fanout-users", type=int, help="fan-out: users in the registry, all sent to")
     add("--connections", type=int, default=2, help="HTTP/2 connections (pool, h2load -c)")
     add("--streams", type=int, default=500, help="streams per connection (pool, h2load -m)")
     add("--batch", type=int, default=250, help="transport: requests per send_batch call")
@@ -97,7 +102,14 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("h2load_requests", "requests", "aioapns_requests", "rows", "queued"):
+    for key in (
+        "h2load_requests",
+        "requests",
+        "aioapns_requests",
+        "rows",
+        "queued",
+        "fanout_users",
+    ):
         if getattr(args, key) < 1:
             _parser().error(f"--{key.replace('_', '-')} must be at least 1")
     if args.queued > args.rows:
@@ -226,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                 )
             run["sink"]["restarts"] = max(0, sink.restarts)
+        if "fanout" in args.steps:
+            _step(steps, "fanout", lambda: run_fanout(workdir, users=args.fanout_users))
     except BaseException:
         _log("[bench] stopped early; ending its processes and removing its files")
         raise

@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 
 from . import codec
+from . import message as portable
 from .db import store
 from .exceptions import EnqueueError
 from .models import Notification
@@ -122,6 +123,8 @@ def validate(n: Notification, index: int = 0) -> None:
         raise bad("max_attempts must be 1..100")
     if n.metadata is not None and not isinstance(n.metadata, Mapping):
         raise bad("metadata must be a JSON object")
+    if n.message is not None and not isinstance(n.message, Mapping):
+        raise bad("message must be a JSON object")
     for name in ("expires_at", "send_at"):
         value = getattr(n, name)
         if value is not None and (not isinstance(value, dt.datetime) or value.tzinfo is None):
@@ -213,28 +216,43 @@ async def enqueue_detailed(
         validate(n, i)
     if not items:
         return []
-    columns = [
-        (
-            n.app,
-            n.platform,
-            n.device_token,
-            _json(n.payload, i, "payload"),
-            n.priority,
-            n.push_type,
-            n.collapse_id,
-            n.expires_at,
-            n.topic,
-            n.send_at,
-            n.dedupe_key,
-            n.max_attempts,
-            _json(n.metadata, i, "metadata"),
-        )
-        for i, n in enumerate(items)
-    ]
+    columns = [_columns(n, i) for i, n in enumerate(items)]
     if isinstance(conn, asyncpg.Pool):
         async with conn.acquire() as c:
             return await _enqueue(c, items, columns)
     return await _enqueue(conn, items, columns)
+
+
+def _columns(n: Notification, i: int) -> tuple[Any, ...]:
+    """A notification as the row an enqueue writes (``ENQUEUE_COLUMNS`` but ``id``).
+
+    A portable message's delivery keys become the row's columns (they win over the fields):
+    ``collapse_key`` its collapse id, ``priority`` its priority, ``ttl`` its expiry.
+    """
+    priority, collapse_id, expires_at, content = n.priority, n.collapse_id, n.expires_at, None
+    if n.message is not None:
+        content, delivery = portable.split(n.message)
+        priority = delivery.priority or priority
+        collapse_id = delivery.collapse_id or collapse_id
+        if delivery.ttl_s is not None:
+            start = n.send_at or dt.datetime.now(dt.UTC)
+            expires_at = start + dt.timedelta(seconds=delivery.ttl_s)
+    return (
+        n.app,
+        n.platform,
+        n.device_token,
+        _json(n.payload, i, "payload"),
+        priority,
+        n.push_type,
+        collapse_id,
+        expires_at,
+        n.topic,
+        n.send_at,
+        n.dedupe_key,
+        n.max_attempts,
+        _json(n.metadata, i, "metadata"),
+        _json(content, i, "message"),
+    )
 
 
 async def _enqueue(

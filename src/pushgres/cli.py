@@ -2,7 +2,8 @@
 
 Commands: ``migrate``, ``run``, ``enqueue``, ``status``, ``outcome``, ``check-credentials``,
 ``devices`` (``register``, ``identify``, ``logout``, ``rotate``, ``unregister``, ``show``,
-``history``, ``import``, ``export``), ``simulate``, ``demo``.
+``history``, ``import``, ``export``, ``uninstalls``), ``send`` (a fan-out to users),
+``group`` (a fan-out's outcome), ``simulate``, ``demo``.
 Every expected failure (bad config, missing schema, bad input, unreachable database) ends
 with one line on stderr naming the problem and a non-zero exit, never a traceback.
 """
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -28,7 +30,7 @@ from typing import Any
 import asyncpg
 import uvloop
 
-from . import __version__, codec, devices
+from . import __version__, codec, devices, fanout
 from .api import as_notification, enqueue_detailed, outcome, validate
 from .config import load_config, resolve_dsn
 from .db import store
@@ -462,7 +464,22 @@ async def _devices_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _devices_uninstalls(args: argparse.Namespace) -> int:
+    async with _database(args, "reading the registry") as conn:
+        found = await store.uninstalls_by_day(conn, args.days, args.app)
+    if args.json:
+        for r in found:
+            print(_json_line({"day": r["day"].isoformat(), "app": r["app"], "uninstalls": r["n"]}))
+        return EXIT_OK
+    if not found:
+        print(f"no uninstalls found in the last {args.days} days")
+    for r in found:
+        print(f"{r['day'].isoformat()}  {r['app']:<24} {r['n']}")
+    return EXIT_OK
+
+
 _DEVICE_COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "uninstalls": _devices_uninstalls,
     "register": _devices_register,
     "identify": _devices_identify,
     "logout": _devices_logout,
@@ -589,6 +606,20 @@ id, app, platform, status (queued, sent, failed, token_invalid or expired), prov
 (the HTTP status), reason, provider_id (the apns-id or the FCM message name), attempts,
 enqueued_at, finished_at and metadata (the caller's JSON object, or null). An id the database
 does not know prints {"id": ID, "status": "unknown"}."""
+
+SEND = """\
+Send a portable message to users: one notification per active device of each user, on each
+app of the target (an app, or a group of apps from the config's [groups]; with --config, that
+file's groups are written to the database first). Stale, dead, uninstalled and unregistered
+devices are skipped, and so is a device whose user logged out of it. Prints the fan-out's
+group id and counts; `pushgres group ID` shows its outcome later.
+
+  pushgres send --config pushgres.toml --to shop --user 42 --user 43 \\
+      --title "Your cart misses you" --body "3 items are waiting" --data '{"cart": 7}'"""
+
+GROUP = """\
+Print a fan-out's outcome: its notifications by status (queued while not finished, then sent,
+failed, token_invalid or expired) and reason, per user with --per-user."""
 
 CHECK_CREDENTIALS = """\
 Check every app's credential and whether its provider accepts it, delivering nothing.
@@ -720,6 +751,12 @@ state_changed_at; times are ISO 8601 in UTC; tokens are printed whole. The devic
 (app, token) order from one consistent snapshot, through a server-side cursor, so a registry
 of millions streams in little memory. To load an export into another registry, drop its
 state columns (import refuses them)."""
+
+
+DEVICES_UNINSTALLS = """\
+Print how many devices were found uninstalled per day and app: devices whose uninstall probe
+(a silent push to a device not seen for [apps.<name>] uninstall_probe_after_days) was answered
+with a dead token. Newest day first."""
 
 
 def _seconds(text: str) -> float:
@@ -919,11 +956,71 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     _add_devices_command(sub)
+    _add_send_commands(sub)
 
     # These two parse their own arguments (see `pushgres simulate --help`).
     sub.add_parser("simulate", help="run local APNs/FCM simulators for development", add_help=False)
     sub.add_parser("demo", help="the end-to-end demo on an embedded PostgreSQL", add_help=False)
     return parser
+
+
+def _add_send_commands(sub: Any) -> None:
+    p = _add_command(sub, "send", "send a portable message to users' devices (a fan-out)", SEND)
+    _add_db_args(p)
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="APP_OR_GROUP",
+        help="an app, or a group of apps from the config's [groups]",
+    )
+    p.add_argument("--user", action="append", metavar="USER_ID", help="a user; repeatable")
+    p.add_argument("--users-file", metavar="PATH", help="user ids, one per line ('-' reads stdin)")
+    p.add_argument(
+        "--message", metavar="JSON", help="the portable message as a JSON object (flags add to it)"
+    )
+    for key in _MESSAGE_FLAGS:
+        p.add_argument(f"--{key}", help=f"the message's {key}")
+    p.add_argument("--data", metavar="JSON", help="custom data, a JSON object")
+    p.add_argument("--badge", type=int, metavar="N", help="the app icon's badge number")
+    p.add_argument("--collapse-key", help="a newer message with this key replaces an older one")
+    p.add_argument("--ttl", type=int, metavar="SECONDS", help="give up after this long")
+    p.add_argument(
+        "--priority",
+        dest="message_priority",
+        choices=("high", "normal"),
+        help="high (default) sends at once; normal lets the device save power",
+    )
+    p.add_argument(
+        "--overrides",
+        metavar="JSON",
+        help='native pieces per platform merged over the rendering: {"apns": {...}, "fcm": {...}}',
+    )
+    p.add_argument("--send-at", metavar="TIME", help="ISO 8601 time before which it is not sent")
+    p.add_argument(
+        "--dedupe-key",
+        metavar="KEY",
+        help="a fan-out repeating (target, key) queues nothing and names the first one's group",
+    )
+    p.add_argument("--metadata", metavar="JSON", help="caller data copied to every outcome")
+    p.add_argument("--max-attempts", type=int, default=5, metavar="N", help="default 5")
+    p.add_argument(
+        "--wait",
+        type=_seconds,
+        metavar="SECONDS",
+        help="then wait up to this long for the group to finish and print its outcome",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = _add_command(sub, "group", "a fan-out's outcome by status and reason", GROUP)
+    _add_db_args(p)
+    p.add_argument(
+        "group_id", type=_notification_id, metavar="GROUP_ID", help="the fan-out's group id"
+    )
+    p.add_argument("--per-user", action="store_true", help="counts per user")
+    p.add_argument(
+        "--wait", type=_seconds, metavar="SECONDS", help="wait up to this long for it to finish"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def _add_devices_command(sub: Any) -> None:
@@ -1039,8 +1136,141 @@ def _add_devices_command(sub: Any) -> None:
         help="jsonl (one object per line) or csv (with a header row); default jsonl",
     )
 
+    q = command("uninstalls", "devices found uninstalled, per day and app", DEVICES_UNINSTALLS)
+    app(q, required=False)
+    q.add_argument(
+        "--days", type=_days, default=30, metavar="N", help="the last N days; default 30"
+    )
+    q.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+
+
+# -- pushgres send / pushgres group ---------------------------------------------------------
+
+_MESSAGE_FLAGS = ("title", "subtitle", "body", "sound", "image", "link", "thread")
+
+
+def _time_flag(text: str, flag: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise EnqueueError(f"{flag}: not an ISO 8601 time: {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _message_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    message = _json_object_flag(args.message, "--message") if args.message else {}
+    for key in _MESSAGE_FLAGS:
+        value = getattr(args, key)
+        if value is not None:
+            message[key] = value
+    if args.data is not None:
+        message["data"] = _json_object_flag(args.data, "--data")
+    for key, value in (
+        ("badge", args.badge),
+        ("collapse_key", args.collapse_key),
+        ("ttl", args.ttl),
+        ("priority", args.message_priority),
+    ):
+        if value is not None:
+            message[key] = value
+    return message
+
+
+async def _cmd_send(args: argparse.Namespace) -> int:
+    users = list(args.user or [])
+    if args.users_file:
+        text, _ = await _read_text(args.users_file)
+        users += [line.strip() for line in text.splitlines() if line.strip()]
+    if not users:
+        raise EnqueueError("give --user (repeatable) or --users-file")
+    message = _message_from_flags(args)
+    overrides = _json_object_flag(args.overrides, "--overrides") if args.overrides else None
+    metadata = _json_object_flag(args.metadata, "--metadata") if args.metadata else None
+    send_at = _time_flag(args.send_at, "--send-at") if args.send_at else None
+    groups = load_config(args.config).groups if args.config else None
+    async with _database(args, "sending") as conn:
+        if groups:  # the config's groups, for a send before any daemon wrote them
+            await store.sync_app_groups(conn, groups)
+        done = await fanout.send_to_users(
+            conn,
+            args.to,
+            users,
+            message,
+            overrides=overrides,
+            send_at=send_at,
+            dedupe_key=args.dedupe_key,
+            metadata=metadata,
+            max_attempts=args.max_attempts,
+        )
+        if args.json:
+            print(_json_line(dataclasses.asdict(done)))
+        else:
+            repeated = " (duplicate: nothing new queued)" if done.duplicate else ""
+            print(
+                f"group {done.group_id}: {done.notifications} notification(s) to "
+                f"{done.users - done.users_without_device} of {done.users} user(s); "
+                f"{done.users_without_device} without an active device{repeated}"
+            )
+        if args.wait is None:
+            return EXIT_OK
+        return await _print_group(
+            conn, done.group_id, per_user=False, as_json=args.json, wait_s=args.wait
+        )
+
+
+async def _cmd_group(args: argparse.Namespace) -> int:
+    async with _database(args, "reading the group") as conn:
+        return await _print_group(
+            conn, args.group_id, per_user=args.per_user, as_json=args.json, wait_s=args.wait
+        )
+
+
+async def _print_group(
+    conn: asyncpg.Connection, group_id: int, *, per_user: bool, as_json: bool, wait_s: float | None
+) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (wait_s or 0.0)
+    while True:
+        found = await fanout.group_outcome(conn, group_id, per_user=per_user)
+        if found is None:
+            raise PushgresError(f"no fan-out group {group_id}")
+        if found.done or loop.time() >= deadline:
+            break
+        await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
+    if as_json:
+        print(
+            _json_line(
+                {
+                    "group_id": found.group_id,
+                    "target": found.target,
+                    "apps": list(found.apps),
+                    "created_at": found.created_at.isoformat(),
+                    "users": found.users,
+                    "users_without_device": found.users_without_device,
+                    "notifications": found.notifications,
+                    "done": found.done,
+                    "by_status": found.by_status(),
+                    "counts": [dataclasses.asdict(c) for c in found.counts],
+                }
+            )
+        )
+    else:
+        print(
+            f"group {found.group_id} to {found.target} ({', '.join(found.apps)}), "
+            f"{found.created_at:%Y-%m-%d %H:%M:%S}: {found.notifications} notification(s), "
+            f"{found.users} user(s), {found.users_without_device} without an active device"
+        )
+        for c in found.counts:
+            who = f"{c.user_id:<24} " if per_user else ""
+            print(f"  {who}{c.status:<14} {c.reason or '':<32} {c.count}")
+        if not found.done:
+            print("  (not finished: some are still queued)")
+    return EXIT_OK
+
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "send": _cmd_send,
+    "group": _cmd_group,
     "migrate": _cmd_migrate,
     "run": _cmd_run,
     "enqueue": _cmd_enqueue,

@@ -17,7 +17,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +31,7 @@ __all__ = [
     "DaemonConfig",
     "DatabaseConfig",
     "PoolConfig",
+    "ProbeConfig",
     "RetryConfig",
     "Section",
     "Settings",
@@ -55,6 +56,8 @@ DEFAULT_DEVICE_RETENTION_DAYS = 90
 DEFAULT_UNKNOWN_APP_GRACE_S = 60.0
 DEFAULT_READY_TIMEOUT_S = 30.0
 DEFAULT_STALE_AFTER_DAYS = 60
+DEFAULT_PROBE_EVERY_DAYS = 30
+DEFAULT_PROBE_PER_MINUTE = 100
 DEFAULT_QUEUE_SAMPLE_INTERVAL_S = 15.0
 DEFAULT_RETRY_BASE_S = 2.0
 DEFAULT_RETRY_MAX_S = 300.0
@@ -132,6 +135,18 @@ class AppConfig:
     files_digest: str = ""
     """SHA-256 of the contents of the files the app's table names (keys, certificates):
     two configs of an app differ when a credential file was replaced in place."""
+    probe: ProbeConfig | None = None
+    """Uninstall probes for the app's quiet devices; None: off (the default)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeConfig:
+    """Uninstall tracking: a silent push to devices not seen for ``after_days``, at most one
+    per device every ``every_days``, at most ``per_minute`` a minute for the app."""
+
+    after_days: int
+    every_days: int = DEFAULT_PROBE_EVERY_DAYS
+    per_minute: int = DEFAULT_PROBE_PER_MINUTE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +156,8 @@ class Settings:
     retry: RetryConfig
     apps: tuple[AppConfig, ...]
     admin: AdminConfig = AdminConfig()
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Groups of apps a fan-out can name (``[groups] shop = ["shop-ios", "shop-android"]``)."""
 
     def app(self, name: str) -> AppConfig:
         for app in self.apps:
@@ -384,13 +401,66 @@ def parse_config(
                 ),
                 provider=options,
                 files_digest=_digest(section.files, f"apps.{name}"),
+                probe=_probe_config(section),
             )
         )
         section.finish()
     if not apps:
         raise ConfigError("no apps configured: add at least one [apps.<name>] table")
+    groups = _groups(Section(root.get("groups") or {}, "groups"), {a.name for a in apps})
     root.finish()
-    return Settings(database=database, daemon=daemon, retry=retry, apps=tuple(apps), admin=admin)
+    return Settings(
+        database=database,
+        daemon=daemon,
+        retry=retry,
+        apps=tuple(apps),
+        admin=admin,
+        groups=groups,
+    )
+
+
+def _probe_config(section: Section) -> ProbeConfig | None:
+    after = section.get("uninstall_probe_after_days")
+    section.used.update(
+        {"uninstall_probe_after_days", "uninstall_probe_every_days", "uninstall_probe_per_minute"}
+    )
+    if after is None:
+        for key in ("uninstall_probe_every_days", "uninstall_probe_per_minute"):
+            if section.get(key) is not None:
+                raise ConfigError(
+                    f"{section.path}.{key} needs {section.path}.uninstall_probe_after_days "
+                    "(probes are off without it)"
+                )
+        return None
+    return ProbeConfig(
+        after_days=section.int_("uninstall_probe_after_days", 30, 1, 3650),
+        every_days=section.int_("uninstall_probe_every_days", DEFAULT_PROBE_EVERY_DAYS, 1, 3650),
+        per_minute=section.int_("uninstall_probe_per_minute", DEFAULT_PROBE_PER_MINUTE, 1, 100_000),
+    )
+
+
+def _groups(section: Section, apps: set[str]) -> dict[str, tuple[str, ...]]:
+    groups: dict[str, tuple[str, ...]] = {}
+    for name in sorted(section.data):
+        section.used.add(name)
+        where = f"groups.{name}"
+        if not _APP_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: group names are 1-64 of A-Z a-z 0-9 _ . - ")
+        if name in apps:
+            raise ConfigError(f"{where}: an app is named {name!r} too; a group needs its own name")
+        members = section.data[name]
+        if (
+            not isinstance(members, list)
+            or not members
+            or not all(isinstance(m, str) for m in members)
+        ):
+            raise ConfigError(f'{where} must be a list of app names, such as ["ios", "android"]')
+        unknown = sorted(set(members) - apps)
+        if unknown:
+            raise ConfigError(f"{where} names app(s) not configured: {', '.join(unknown)}")
+        groups[name] = tuple(dict.fromkeys(members))
+    section.finish()
+    return groups
 
 
 def _listen_address(value: str, key: str) -> tuple[str, int]:

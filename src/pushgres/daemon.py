@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
 from .admin.server import AdminServer
-from .config import AppConfig, Settings
+from .config import AppConfig, ProbeConfig, Settings
 from .db.store import ACQUIRE_TIMEOUT_S, Listener, Store
 from .exceptions import ConfigError, StoreError
 from .expiry import ExpiryWatch
@@ -71,6 +71,11 @@ def stale_days(apps: Iterable[AppConfig]) -> dict[str, int]:
         lifetime = PROVIDERS[app.platform].token_lifetime_days
         found[app.name] = min(app.stale_after_days, lifetime or app.stale_after_days)
     return found
+
+
+def probes(apps: Iterable[AppConfig]) -> dict[str, ProbeConfig]:
+    """The apps that probe their quiet devices for uninstalls, and how."""
+    return {app.name: app.probe for app in apps if app.probe is not None}
 
 
 def stalled_lanes(ticks: Mapping[str, float | None], *, now: float, stall_s: float) -> list[str]:
@@ -232,6 +237,8 @@ class Daemon:
                 settings=settings.daemon,
                 observer=self._observer,
                 stale_days=stale_days(settings.apps),
+                probes=probes(settings.apps),
+                groups=settings.groups,
             )
             self._chores = chores
             await chores.maintain()
@@ -345,6 +352,7 @@ class Daemon:
             tg.create_task(chores.heartbeat(), name="heartbeat"),
             tg.create_task(chores.maintenance(), name="maintenance"),
             tg.create_task(chores.sweep_unknown_apps(), name="unknown-app-sweeper"),
+            tg.create_task(chores.uninstall_probes(), name="uninstall-probes"),
             tg.create_task(self._report(), name="report"),
             tg.create_task(self._keep_ready(), name="readiness"),
             tg.create_task(self._watch_expiry(), name="credential-expiry"),
@@ -582,6 +590,18 @@ class Daemon:
         added = [app for name, app in wanted.items() if name not in current]
         changed = [app for name, app in wanted.items() if name in current and current[name] != app]
         removed = [name for name in current if name not in wanted]
+        if new.groups != old.groups:
+            self._settings = old = dataclasses.replace(old, groups=new.groups)
+            chores.serve(list(self._running), groups=new.groups)
+            try:
+                await chores.sync_groups()
+            except StoreError as exc:  # maintenance writes them again in a while
+                logger.error("config reload: app groups not written: %s", exc)
+            logger.info(
+                "config reloaded: app groups now %s",
+                ", ".join(new.groups) or "none",
+                extra={"action": "reload"},
+            )
         if not (added or changed or removed):
             logger.info("config reloaded: no app changed", extra={"action": "reload"})
             return
@@ -608,7 +628,10 @@ class Daemon:
                 running.lane.poke()
                 self._tg.create_task(self._retire(running), name=f"retire:{running.app.name}")
         self._settings = dataclasses.replace(old, apps=tuple(r.app for r in self._running.values()))
-        chores.serve(list(self._running), stale_days(r.app for r in self._running.values()))
+        running_apps = [r.app for r in self._running.values()]
+        chores.serve(
+            list(self._running), stale_days(running_apps), probes(running_apps), new.groups
+        )
         logger.info(
             "config reloaded: added %s; changed %s; removed %s",
             ", ".join(a.name for a in added) or "none",

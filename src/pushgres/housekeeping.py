@@ -8,7 +8,11 @@ store, any other failure once per attempt, and the chore tries again on its next
   daemons on the database know which apps are served;
 * maintenance — result partitions ahead, old partitions, dedupe keys and daemon rows pruned;
 * unknown-app sweep — rows of apps no live daemon serves are failed (``UnknownApp``) once they
-  are older than ``daemon.unknown_app_grace_s``.
+  are older than ``daemon.unknown_app_grace_s``;
+* uninstall probes — for each app that opted in (``uninstall_probe_after_days``), a silent
+  push (:data:`PROBE_MESSAGE`: an APNs background push, an FCM data-only message, priority 5)
+  to devices not seen for that long, once per ``uninstall_probe_every_days`` at most, at most
+  ``uninstall_probe_per_minute`` a minute; a dead-token answer marks the device uninstalled.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from .config import DaemonConfig
+from .config import DaemonConfig, ProbeConfig
 from .db.store import Store
 from .exceptions import StoreError
 from .models import ResultRecord
@@ -35,6 +39,9 @@ HEARTBEAT_S: Final = 5.0
 HEARTBEAT_LIVE_S: Final = 30.0  # a daemon silent for longer no longer serves its apps
 UNKNOWN_APP_SWEEP_S: Final = 10.0
 UNKNOWN_APP_SWEEP_LIMIT: Final = 1000
+PROBE_INTERVAL_S: Final = 60.0
+PROBE_MESSAGE: Final = '{"data": {"pushgres": "uninstall-probe"}}'
+"""What an uninstall probe sends: data only, which each provider renders as a silent push."""
 
 
 class Housekeeping:
@@ -47,25 +54,45 @@ class Housekeeping:
         settings: DaemonConfig,
         observer: Observer,
         stale_days: Mapping[str, int] | None = None,
+        probes: Mapping[str, ProbeConfig] | None = None,
+        groups: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self._store = store
         self._id = daemon_id
         self._apps = list(apps)
         self._stale_days: dict[str, int] = dict(stale_days or {})
+        self._probes: dict[str, ProbeConfig] = dict(probes or {})
+        self._groups: dict[str, Sequence[str]] = dict(groups or {})
         self.device_counts: dict[tuple[str, str], int] = {}
         """Registered devices by (app, state), as of the last maintenance round."""
         self._settings = settings
         self._observer = observer
 
-    def serve(self, apps: Sequence[str], stale_days: Mapping[str, int] | None = None) -> None:
+    def serve(
+        self,
+        apps: Sequence[str],
+        stale_days: Mapping[str, int] | None = None,
+        probes: Mapping[str, ProbeConfig] | None = None,
+        groups: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         """The apps this daemon serves from now on (after a reload), as the next heartbeat says,
-        and after how many days without contact each app's devices are stale."""
+        after how many days without contact each app's devices are stale, which apps probe
+        for uninstalls and the groups of apps fan-outs can name."""
         self._apps = list(apps)
         if stale_days is not None:
             self._stale_days = dict(stale_days)
+        if probes is not None:
+            self._probes = dict(probes)
+        if groups is not None:
+            self._groups = dict(groups)
+
+    async def sync_groups(self) -> None:
+        """Write the config's groups of apps where ``pushgres.send_to_users`` finds them."""
+        await self._store.sync_app_groups(self._groups)
 
     async def maintain(self) -> None:
         """One round of maintenance (also run once at start, before the lanes)."""
+        await self.sync_groups()
         await self._store.maintenance(
             retention_days=self._settings.results_retention_days,
             dedupe_retention_days=self._settings.dedupe_retention_days,
@@ -90,6 +117,32 @@ class Housekeeping:
                 await self.maintain()
             except StoreError as exc:
                 _log_failure("maintenance", exc)
+
+    async def probe_round(self) -> int:
+        """One round of uninstall probes for every app that asks for them; how many queued."""
+        queued = 0
+        for app, probe in self._probes.items():
+            n = await self._store.probe_devices(
+                app, probe.after_days, probe.every_days, probe.per_minute, PROBE_MESSAGE
+            )
+            if n:
+                logger.info(
+                    "app %s: %d uninstall probe(s) queued for devices not seen for %d days",
+                    app,
+                    n,
+                    probe.after_days,
+                    extra={"action": "uninstall_probes", "app": app},
+                )
+            queued += n
+        return queued
+
+    async def uninstall_probes(self) -> None:
+        while True:
+            try:
+                await self.probe_round()
+            except StoreError as exc:
+                _log_failure("uninstall probes", exc)
+            await asyncio.sleep(PROBE_INTERVAL_S)
 
     async def heartbeat(self) -> None:
         host, pid = socket.gethostname(), os.getpid()

@@ -58,7 +58,9 @@ class Notification:
     """One notification as another service enqueues it.
 
     ``payload`` is the provider's native payload: for APNs the whole JSON body with ``aps``;
-    for FCM the HTTP v1 ``message`` object without ``token``.
+    for FCM the HTTP v1 ``message`` object without ``token``. With a portable ``message``
+    (:mod:`pushgres.message`), the provider renders the native payload from it at send time
+    and ``payload`` holds only native overrides merged over the rendering (often ``{}``).
     """
 
     app: str
@@ -74,6 +76,7 @@ class Notification:
     dedupe_key: str | None = None
     max_attempts: int = 5
     metadata: Mapping[str, Any] | None = None
+    message: Mapping[str, Any] | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Notification:
@@ -82,10 +85,15 @@ class Notification:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown field(s): {', '.join(unknown)}")
-        missing = [k for k in ("app", "platform", "device_token", "payload") if k not in data]
+        required: tuple[str, ...] = ("app", "platform", "device_token")
+        if data.get("message") is None:
+            required += ("payload",)
+        missing = [k for k in required if k not in data]
         if missing:
             raise ValueError(f"missing field(s): {', '.join(missing)}")
         values = dict(data)
+        if values.get("payload") is None and values.get("message") is not None:
+            values["payload"] = {}  # no native overrides
         for key in ("expires_at", "send_at"):
             value = values.get(key)
             if isinstance(value, str):
@@ -127,9 +135,13 @@ class ClaimedRow:
     dedupe_key: str | None
     max_attempts: int
     metadata: str | None
+    message: str | None
     attempts: int
     last_reason: str | None
     enqueued_at: dt.datetime
+    user_id: str | None
+    group_id: int | None
+    probe: bool
     is_expired: bool = False
     is_token_invalid: bool = False
 
@@ -159,9 +171,13 @@ class ClaimedRow:
             "dedupe_key": None,
             "max_attempts": 5,
             "metadata": None,
+            "message": None,
             "attempts": 0,
             "last_reason": None,
             "enqueued_at": now,
+            "user_id": None,
+            "group_id": None,
+            "probe": False,
         }
         values.update(fields)
         return cls(
@@ -237,3 +253,5 @@ class InvalidToken:
     device_token: str
     reason: str
     provider_timestamp: dt.datetime | None
+    # An uninstall probe's answer: the device is marked uninstalled, not invalid.
+    probe: bool = False

@@ -16,27 +16,16 @@ TOKEN = "ab" * 32
 
 
 def row(**overrides: object) -> ClaimedRow:
+    """An APNs row as first claimed at ``NOW``; ``overrides`` change any column."""
     values: dict[str, object] = {
         "id": 42,
         "app": "ios",
         "platform": "apns",
         "device_token": TOKEN,
         "payload": '{"aps": {"alert": "hi"}}',
-        "priority": 10,
-        "push_type": None,
-        "collapse_id": None,
-        "expires_at": None,
-        "topic": None,
-        "send_at": NOW,
-        "dedupe_key": None,
-        "max_attempts": 5,
-        "metadata": None,
-        "attempts": 0,
-        "last_reason": None,
-        "enqueued_at": NOW,
     }
     values.update(overrides)
-    return ClaimedRow(**values)  # type: ignore[arg-type]
+    return ClaimedRow.fresh(now=NOW, **values)  # type: ignore[arg-type]
 
 
 def build(**overrides: object) -> Request | Outcome:

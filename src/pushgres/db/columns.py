@@ -34,14 +34,19 @@ QUEUE_COLUMNS: Final = (
     "dedupe_key",
     "max_attempts",
     "metadata",
+    "message",
     "attempts",
     "last_reason",
     "enqueued_at",
+    "user_id",
+    "group_id",
+    "probe",
 )
 """A queue row as the claim returns it (and :class:`~pushgres.models.ClaimedRow` holds it)."""
 
-ENQUEUE_COLUMNS: Final = QUEUE_COLUMNS[: QUEUE_COLUMNS.index("metadata") + 1]
-"""What an enqueue writes (the rest are the daemon's: attempts, last_reason, enqueued_at)."""
+ENQUEUE_COLUMNS: Final = QUEUE_COLUMNS[: QUEUE_COLUMNS.index("message") + 1]
+"""What a direct enqueue writes (attempts, last_reason and enqueued_at are the daemon's; user,
+group and probe are a fan-out's and an uninstall probe's)."""
 
 CLAIM_FLAGS: Final = ("is_expired", "is_token_invalid")
 """Computed by the claim after the queue columns: facts about the row at claim time."""
@@ -49,7 +54,17 @@ CLAIM_FLAGS: Final = ("is_expired", "is_token_invalid")
 REQUEUE_COLUMNS: Final = tuple("delay_s" if c == "send_at" else c for c in QUEUE_COLUMNS)
 """The arrays of a requeue: the row's columns, ``send_at`` as a delay from the server's now."""
 
-ROW_RESULT_COLUMNS: Final = ("id", "app", "platform", "device_token", "enqueued_at", "metadata")
+ROW_RESULT_COLUMNS: Final = (
+    "id",
+    "app",
+    "platform",
+    "device_token",
+    "enqueued_at",
+    "metadata",
+    "user_id",
+    "group_id",
+    "probe",
+)
 """The result columns copied from the claimed row; the others come from the outcome."""
 
 RESULT_COLUMNS: Final = (

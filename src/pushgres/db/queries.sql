@@ -41,7 +41,8 @@ DELETE FROM pushgres.queue q USING c
 WHERE q.id = c.id
 RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q.priority,
           q.push_type, q.collapse_id, q.expires_at, q.topic, q.send_at, q.dedupe_key,
-          q.max_attempts, q.metadata::text AS metadata, q.attempts, q.last_reason, q.enqueued_at,
+          q.max_attempts, q.metadata::text AS metadata, q.message::text AS message, q.attempts,
+          q.last_reason, q.enqueued_at, q.user_id, q.group_id, q.probe,
           (q.expires_at IS NOT NULL AND q.expires_at <= now()) AS is_expired,
           -- A token the registry knows is judged by its state there; any other by the dead
           -- tokens the providers named. Either way only since before the row was enqueued.
@@ -76,17 +77,19 @@ DELETE FROM pushgres.queue q USING c
 WHERE q.id = c.id
 RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q.priority,
           q.push_type, q.collapse_id, q.expires_at, q.topic, q.send_at, q.dedupe_key,
-          q.max_attempts, q.metadata::text AS metadata, q.attempts, q.last_reason, q.enqueued_at,
+          q.max_attempts, q.metadata::text AS metadata, q.message::text AS message, q.attempts,
+          q.last_reason, q.enqueued_at, q.user_id, q.group_id, q.probe,
           false AS is_expired, false AS is_token_invalid
 
 -- name: invalidate_tokens
 -- Dead tokens, in the transaction that writes their results: recorded for direct sends, and
 -- the registry's devices marked invalid with the provider's timestamp -- unless the device
--- was registered again after that timestamp (Apple: such a token is valid again).
+-- was registered again after that timestamp (Apple: such a token is valid again). A dead
+-- answer to an uninstall probe marks the device uninstalled instead.
 WITH t AS (
-    SELECT DISTINCT ON (app, device_token) app, device_token, reason, provider_timestamp
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-        AS t(app, device_token, reason, provider_timestamp)
+    SELECT DISTINCT ON (app, device_token) app, device_token, reason, provider_timestamp, probe
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::boolean[])
+        AS t(app, device_token, reason, provider_timestamp, probe)
 ), recorded AS (
     INSERT INTO pushgres.invalid_tokens (app, device_token, reason, provider_timestamp)
     SELECT app, device_token, reason, provider_timestamp FROM t
@@ -96,15 +99,15 @@ WITH t AS (
         invalidated_at = now()
 ), dead AS (
     UPDATE pushgres.devices d
-    SET state = 'invalid', state_reason = t.reason,
+    SET state = CASE WHEN t.probe THEN 'uninstalled' ELSE 'invalid' END, state_reason = t.reason,
         invalidated_at = coalesce(t.provider_timestamp, now()), state_changed_at = now()
     FROM t
-    WHERE d.app = t.app AND d.token = t.device_token AND d.state <> 'invalid'
+    WHERE d.app = t.app AND d.token = t.device_token AND d.state NOT IN ('invalid', 'uninstalled')
       AND d.last_seen_at <= coalesce(t.provider_timestamp, now())
-    RETURNING d.app, d.token, d.user_id, t.reason, t.provider_timestamp
+    RETURNING d.app, d.token, d.user_id, t.reason, t.provider_timestamp, t.probe
 )
 INSERT INTO pushgres.device_events (app, token, event, user_id, detail)
-SELECT app, token, 'invalidated', user_id,
+SELECT app, token, CASE WHEN probe THEN 'uninstalled' ELSE 'invalidated' END, user_id,
        jsonb_build_object('reason', reason, 'provider_timestamp', provider_timestamp)
 FROM dead
 
@@ -112,15 +115,19 @@ FROM dead
 -- The arrays in pushgres.db.columns.REQUEUE_COLUMNS order.
 INSERT INTO pushgres.queue (id, app, platform, device_token, payload, priority, push_type,
                             collapse_id, expires_at, topic, send_at, dedupe_key, max_attempts,
-                            metadata, attempts, last_reason, enqueued_at)
+                            metadata, message, attempts, last_reason, enqueued_at, user_id,
+                            group_id, probe)
 SELECT id, app, platform, device_token, payload::jsonb, priority, push_type, collapse_id,
        expires_at, topic, now() + make_interval(secs => delay_s), dedupe_key, max_attempts,
-       metadata::jsonb, attempts, last_reason, enqueued_at
+       metadata::jsonb, message::jsonb, attempts, last_reason, enqueued_at, user_id, group_id,
+       probe
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
             $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::float8[], $12::text[],
-            $13::smallint[], $14::text[], $15::smallint[], $16::text[], $17::timestamptz[])
+            $13::smallint[], $14::text[], $15::text[], $16::smallint[], $17::text[],
+            $18::timestamptz[], $19::text[], $20::bigint[], $21::boolean[])
     AS t(id, app, platform, device_token, payload, priority, push_type, collapse_id, expires_at,
-         topic, delay_s, dedupe_key, max_attempts, metadata, attempts, last_reason, enqueued_at)
+         topic, delay_s, dedupe_key, max_attempts, metadata, message, attempts, last_reason,
+         enqueued_at, user_id, group_id, probe)
 
 -- name: take_back_stragglers
 -- Rows whose send outlived their batch wait in the queue under a lease (send_at past their
@@ -140,15 +147,16 @@ RETURNING q.id
 -- name: enqueue_rows
 INSERT INTO pushgres.queue (id, app, platform, device_token, payload, priority, push_type,
                             collapse_id, expires_at, topic, send_at, dedupe_key, max_attempts,
-                            metadata)
+                            metadata, message)
 SELECT id, app, platform, device_token, payload::jsonb, priority, push_type, collapse_id,
-       expires_at, topic, coalesce(send_at, now()), dedupe_key, max_attempts, metadata::jsonb
+       expires_at, topic, coalesce(send_at, now()), dedupe_key, max_attempts, metadata::jsonb,
+       message::jsonb
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
             $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::timestamptz[],
-            $12::text[], $13::smallint[], $14::text[])
+            $12::text[], $13::smallint[], $14::text[], $15::text[])
     WITH ORDINALITY
     AS t(id, app, platform, device_token, payload, priority, push_type, collapse_id, expires_at,
-         topic, send_at, dedupe_key, max_attempts, metadata, ord)
+         topic, send_at, dedupe_key, max_attempts, metadata, message, ord)
 ORDER BY ord
 
 -- name: reserve_ids
@@ -498,3 +506,73 @@ SELECT count(*) FROM gone
 -- name: prune_invalid_tokens
 -- Dead tokens recorded for direct sends are forgotten after $1 days.
 DELETE FROM pushgres.invalid_tokens WHERE invalidated_at < now() - make_interval(days => $1::int)
+
+-- name: sync_app_groups
+-- The config's groups of apps ($1 names, $2 each group's apps as a JSON array): written, and
+-- a group no longer in the config removed if all its apps are the config's ($3).
+WITH given AS (
+    SELECT g.name, ARRAY(SELECT jsonb_array_elements_text(g.apps)) AS apps
+    FROM unnest($1::text[], $2::jsonb[]) AS g(name, apps)
+), upserted AS (
+    INSERT INTO pushgres.app_groups AS a (name, apps)
+    SELECT name, apps FROM given
+    ON CONFLICT (name) DO UPDATE SET apps = excluded.apps, updated_at = now()
+    WHERE a.apps IS DISTINCT FROM excluded.apps
+)
+DELETE FROM pushgres.app_groups a
+WHERE a.name <> ALL ($1::text[]) AND a.apps <@ $3::text[]
+
+-- name: send_to_users
+SELECT group_id, duplicate, users, users_without_device, notifications
+FROM pushgres.send_to_users($1, $2::text[], $3::jsonb, $4::jsonb, $5, $6, $7::jsonb, $8, $9)
+
+-- name: fanout_group
+SELECT id, target, apps, message::text AS message, overrides::text AS overrides, dedupe_key,
+       metadata::text AS metadata, users, users_without_device, notifications, created_at
+FROM pushgres.groups WHERE id = $1
+
+-- name: group_outcome
+SELECT user_id, status, reason, count FROM pushgres.group_outcome($1, $2)
+
+-- name: probe_devices
+-- An app's devices not seen for $2 days and not probed for $3 days get an uninstall probe: a
+-- silent push ($5, the portable message) marked as a probe, priority 5, expiring after a
+-- day -- at most $4 a minute for the app, however many daemons serve it (the minute's
+-- probes are counted under a lock that one daemon at a time holds).
+WITH turn AS (
+    SELECT pg_try_advisory_xact_lock(hashtextextended('pushgres.probe:' || $1, 0)) AS ours
+), budget AS (
+    SELECT greatest(0, $4::int - (
+        SELECT count(*) FROM pushgres.devices
+        WHERE app = $1 AND probed_at > now() - interval '1 minute')) AS n
+    FROM turn WHERE turn.ours
+), c AS (
+    SELECT app, token FROM pushgres.devices
+    WHERE app = $1 AND state IN ('active', 'stale') AND EXISTS (SELECT 1 FROM budget)
+      AND last_seen_at < now() - make_interval(days => $2::int)
+      AND (probed_at IS NULL OR probed_at < now() - make_interval(days => $3::int))
+    ORDER BY probed_at NULLS FIRST, last_seen_at
+    LIMIT (SELECT n FROM budget)
+    FOR UPDATE SKIP LOCKED
+), probed AS (
+    UPDATE pushgres.devices d SET probed_at = now()
+    FROM c
+    WHERE d.app = c.app AND d.token = c.token
+    RETURNING d.app, d.platform, d.token
+), queued AS (
+    INSERT INTO pushgres.queue (app, platform, device_token, payload, priority, expires_at,
+                                max_attempts, message, probe)
+    SELECT app, platform, token, '{}', 5, now() + interval '1 day', 3, $5::jsonb, true
+    FROM probed
+    RETURNING 1
+)
+SELECT count(*) FROM queued
+
+-- name: uninstalls_by_day
+-- Devices found uninstalled (an uninstall probe's dead answer), per day and app, for $1 days.
+SELECT date_trunc('day', at)::date AS day, app, count(*) AS n
+FROM pushgres.device_events
+WHERE event = 'uninstalled' AND at >= current_date - $1::int
+  AND ($2::text IS NULL OR app = $2::text)
+GROUP BY 1, 2
+ORDER BY 1 DESC, 2

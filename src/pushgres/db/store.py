@@ -29,12 +29,13 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, Final
 
 import asyncpg
 
+from .. import codec
 from ..exceptions import SchemaError, StoreError
 from ..models import ClaimedRow, InvalidToken, Requeue, ResultRecord
 from .columns import ENQUEUE_COLUMNS, REQUEUE_COLUMNS, RESULT_COLUMNS, ROW_RESULT_COLUMNS
@@ -201,6 +202,7 @@ async def _write(
             [t.device_token for t in invalid_tokens],
             [t.reason for t in invalid_tokens],
             [t.provider_timestamp for t in invalid_tokens],
+            [t.probe for t in invalid_tokens],
         )
     if requeues:
         await conn.execute(QUERIES["requeue"], *_requeue_arrays(requeues))
@@ -446,6 +448,24 @@ class Store:
                 marked += n
                 if n < STALE_BATCH:
                     return marked
+
+    async def probe_devices(
+        self, app: str, after_days: int, every_days: int, limit: int, message: str
+    ) -> int:
+        """Enqueue up to ``limit`` uninstall probes for ``app``'s quiet devices; how many."""
+        with self._guard("enqueueing uninstall probes"):
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                return int(
+                    await conn.fetchval(
+                        QUERIES["probe_devices"], app, after_days, every_days, limit, message
+                    )
+                )
+
+    async def sync_app_groups(self, groups: Mapping[str, Sequence[str]]) -> None:
+        """The config's groups of apps, for fan-outs from SQL."""
+        with self._guard("writing the app groups"):
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                await sync_app_groups(conn, groups)
 
     async def device_counts(self) -> dict[tuple[str, str], int]:
         """Devices by app and state."""
@@ -731,3 +751,41 @@ async def device_counts_of(conn: asyncpg.Connection) -> dict[tuple[str, str], in
     """Registered devices by (app, state)."""
     records = await conn.fetch(QUERIES["device_counts"])
     return {(r["app"], r["state"]): int(r["n"]) for r in records}
+
+
+# -- fan-outs to people and uninstall probes -------------------------------------------------
+
+
+async def sync_app_groups(conn: asyncpg.Connection, groups: Mapping[str, Sequence[str]]) -> None:
+    """Write the config's app groups to ``pushgres.app_groups`` (at start and each reload)."""
+    members = sorted({app for apps in groups.values() for app in apps})
+    await conn.execute(
+        QUERIES["sync_app_groups"],
+        list(groups),
+        [codec.dumps(list(apps)).decode() for apps in groups.values()],
+        members,
+    )
+
+
+async def send_to_users(conn: asyncpg.Connection, *args: Any) -> asyncpg.Record:
+    """``pushgres.send_to_users``'s arguments in order; its one row."""
+    record = await conn.fetchrow(QUERIES["send_to_users"], *args)
+    assert record is not None  # the function returns exactly one row
+    return record
+
+
+async def fanout_group(conn: asyncpg.Connection, group_id: int) -> asyncpg.Record | None:
+    record: asyncpg.Record | None = await conn.fetchrow(QUERIES["fanout_group"], group_id)
+    return record
+
+
+async def group_outcome(
+    conn: asyncpg.Connection, group_id: int, per_user: bool
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(QUERIES["group_outcome"], group_id, per_user))
+
+
+async def uninstalls_by_day(
+    conn: asyncpg.Connection, days: int, app: str | None
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(QUERIES["uninstalls_by_day"], days, app))

@@ -92,6 +92,8 @@ class _AppCounters:
     retries: Counter[str] = field(default_factory=Counter)
     invalidated: int = 0
     claimed: int = 0
+    probes: Counter[str] = field(default_factory=Counter)
+    """Uninstall probes' outcomes by status."""
     config_errors: Counter[str] = field(default_factory=Counter)
     response: Histogram = field(default_factory=lambda: Histogram(RESPONSE_BUCKETS))
     latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
@@ -189,6 +191,9 @@ class MetricsObserver:
         for record in results:
             status = record.status
             reason = record.reason
+            if record.row.probe:  # counted apart: never part of an app's rates or alerts
+                counters.probes[status] += 1
+                continue
             if status == sent:
                 if reason is None:
                     plain += 1
@@ -306,6 +311,12 @@ class Collector(_Collector):
             "Provider answers that blame the app's credentials or configuration, by reason",
             labels=["app", "platform", "reason"],
         )
+        probes = CounterMetricFamily(
+            "pushgres_uninstall_probes",
+            "Uninstall probes (silent pushes to quiet devices) by status: token_invalid means "
+            "the app was found uninstalled; not counted in pushgres_notifications_total",
+            labels=["app", "platform", "status"],
+        )
         histograms = {
             "response": HistogramMetricFamily(
                 "pushgres_provider_response_seconds",
@@ -336,6 +347,8 @@ class Collector(_Collector):
                 retries.add_metric([*labels, reason], n)
             for reason, n in sorted(c.config_errors.items()):
                 config.add_metric([*labels, reason], n)
+            for status, n in sorted(c.probes.items()):
+                probes.add_metric([*labels, status], n)
             invalidated.add_metric(labels, c.invalidated)
             claimed.add_metric(labels, c.claimed)
             for key, family in histograms.items():
@@ -346,6 +359,7 @@ class Collector(_Collector):
         yield invalidated
         yield claimed
         yield config
+        yield probes
         yield from histograms.values()
 
     def _state(self) -> Iterator[Metric]:

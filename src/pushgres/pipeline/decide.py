@@ -61,7 +61,11 @@ def decide(
                 row, Status.TOKEN_INVALID, outcome.provider_status, reason, None, attempts
             ),
             invalid_token=InvalidToken(
-                row.app, row.device_token, outcome.reason or reason, outcome.provider_timestamp
+                row.app,
+                row.device_token,
+                outcome.reason or reason,
+                outcome.provider_timestamp,
+                row.probe,
             ),
         )
     if outcome.action is Action.FIX:

@@ -301,7 +301,10 @@ class Lane:
         self._open_stragglers += len(stragglers)
         batch.reserved -= len(stragglers)
         self._release(batch, batch.reserved)
-        answered = [o for o in outcomes if o is not None]
+        # Uninstall probes never count toward what the observers judge an app by (alerts).
+        answered = [
+            o for o, row in zip(outcomes, to_send, strict=True) if o is not None and not row.probe
+        ]
         self._observer.sent(self.name, answered, time.perf_counter() - started)
         now = dt.datetime.now(dt.UTC)
         retry, rng = self._retry, self._rng

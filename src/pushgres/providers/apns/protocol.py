@@ -3,7 +3,10 @@
 Follows Apple's "Sending notification requests to APNs": every
 ``apns-*`` header, the topic suffix per push type, priority rules, the payload size limit
 (4096 bytes, 5120 for VoIP) checked before a stream is opened, and an ``apns-id`` derived from
-the notification id so a duplicate delivery is recognisable. No I/O here.
+the notification id so a duplicate delivery is recognisable. A row with a portable message
+(:mod:`pushgres.message`) is rendered first (:mod:`.render`), its payload merged over the
+rendering as native overrides; the rendering is cached per builder, since a fan-out's rows
+share one message. No I/O here.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Any
 
 from ... import codec
 from ...models import Action, ClaimedRow, Notification, Outcome, Request
+from ..rendering import Renderings, check_enqueued
 from .reasons import action_for, hint_for
+from .render import render
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -86,7 +91,8 @@ class ApnsRequestBuilder:
 
     Only ``:path`` (the device token), ``apns-id`` and the optional expiration and collapse id
     are made per notification; the ``apns-push-type``/``apns-topic``/``apns-priority`` trio is
-    cached per combination (a handful per app).
+    cached per combination (a handful per app), and a portable message's rendering per
+    ``(message, overrides)`` text (the rows of a fan-out share one).
     """
 
     def __init__(self, *, authority: str, topic: str) -> None:
@@ -97,6 +103,7 @@ class ApnsRequestBuilder:
             (b":authority", authority.encode("ascii")),
         )
         self._trios: dict[tuple[str, str | None, int], tuple[tuple[bytes, bytes], ...]] = {}
+        self._renderings = Renderings(_finish)
 
     def _trio(
         self, push_type: str, topic: str | None, priority: int
@@ -116,22 +123,29 @@ class ApnsRequestBuilder:
 
     def build(self, row: ClaimedRow, *, now: dt.datetime) -> Request | Outcome:
         """The request for ``row``, or a FIX outcome naming what is wrong with the row."""
-        try:
-            payload = codec.loads(row.payload)
-        except codec.JSONDecodeError:
-            return Outcome.invalid("InvalidPayload", "payload is not valid JSON")
-        aps = payload.get("aps") if type(payload) is dict else None
-        if type(aps) is not dict:
-            return Outcome.invalid(
-                "InvalidPayload", "APNs payload must be an object with an 'aps' object"
-            )
-        push_type = row.push_type or _default_push_type(aps)
+        if row.message is None:
+            try:
+                payload = codec.loads(row.payload)
+            except codec.JSONDecodeError:
+                return Outcome.invalid("InvalidPayload", "payload is not valid JSON")
+            aps = payload.get("aps") if type(payload) is dict else None
+            if type(aps) is not dict:
+                return Outcome.invalid(
+                    "InvalidPayload", "APNs payload must be an object with an 'aps' object"
+                )
+            push_type = row.push_type or _default_push_type(aps)
+            body = codec.dumps(payload)
+        else:
+            rendered = self._renderings.get(row.message, row.payload)
+            if isinstance(rendered, Outcome):
+                return rendered
+            body, default_push_type = rendered
+            push_type = row.push_type or default_push_type
         if push_type not in TOPIC_SUFFIXES:
             return Outcome.invalid("InvalidPushType", f"unknown push type {push_type!r}")
         priority = row.priority
         if priority == 10 and push_type == "background":
             priority = 5
-        body = codec.dumps(payload)
         if len(body) > MAX_PAYLOAD_BYTES:
             limit = MAX_VOIP_PAYLOAD_BYTES if push_type == "voip" else MAX_PAYLOAD_BYTES
             if len(body) > limit:
@@ -153,6 +167,14 @@ class ApnsRequestBuilder:
         if collapse_id is not None:
             headers.append((b"apns-collapse-id", collapse_id.encode("utf-8")))
         return Request(headers=headers, body=body)
+
+
+def _finish(message: dict[str, Any], overrides: dict[str, Any]) -> tuple[bytes, str] | Outcome:
+    """A checked portable message and its overrides as a body and default push type."""
+    payload = render(message, overrides)
+    if isinstance(payload, str):
+        return Outcome.invalid("InvalidMessage", payload)
+    return codec.dumps(payload), _default_push_type(payload["aps"])
 
 
 def _default_push_type(aps: Mapping[str, Any]) -> str:
@@ -196,8 +218,13 @@ def check_notification(n: Notification) -> str | None:
     """What is wrong with ``n`` for APNs at enqueue time, or None (generic checks done)."""
     if not _HEX.fullmatch(n.device_token):
         return "an APNs device_token is hexadecimal"
-    if not isinstance(n.payload.get("aps"), Mapping):
-        return "an APNs payload must hold an 'aps' object"
+    if n.message is None:
+        if not isinstance(n.payload.get("aps"), Mapping):
+            return "an APNs payload must hold an 'aps' object"
+    else:
+        problem = check_enqueued(n.message, n.payload, _finish)
+        if problem is not None:
+            return problem
     if n.push_type is not None:
         if n.push_type not in PUSH_TYPES:
             return f"push_type {n.push_type!r} is not an APNs push type"

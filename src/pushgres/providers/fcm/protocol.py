@@ -4,6 +4,9 @@ The stored payload is the v1 ``message`` object without ``token``; the daemon ad
 when the caller left them out, ``android.priority`` from the row's priority, ``android.ttl``
 from its expiry and ``android.collapse_key`` from its collapse id. Local checks before sending
 (Google, "FCM HTTP v1 API", Message resource): ``data`` values are strings, no reserved data keys, TTL range, size.
+A row with a portable message (:mod:`pushgres.message`) is rendered first (:mod:`.render`), its
+payload merged over the rendering as native overrides, then checked as a native message; the
+checked rendering is cached per builder, since a fan-out's rows share one message.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from typing import Any
 from ... import codec
 from ...models import Action, ClaimedRow, Notification, Outcome, Request
 from ...retry import parse_retry_after
+from ..rendering import Renderings, check_enqueued
 from .reasons import action_for, hint_for
+from .render import render
 
 __all__ = ["MAX_PAYLOAD_BYTES", "FcmRequestBuilder", "check_notification", "parse_response"]
 
@@ -32,7 +37,12 @@ _APNS_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.ApnsError"
 
 
 class FcmRequestBuilder:
-    """Builds requests for one app (one Firebase project); static headers built once."""
+    """Builds requests for one app (one Firebase project); static headers built once.
+
+    A portable message's checked rendering is cached per ``(message, overrides)`` text; each
+    row gets a shallow copy (of the message and its ``android`` object) to add its token and
+    Android delivery fields to.
+    """
 
     def __init__(self, *, authority: str, project_id: str) -> None:
         self._static = [
@@ -42,22 +52,31 @@ class FcmRequestBuilder:
             (b":authority", authority.encode("ascii")),
             (b"content-type", b"application/json"),
         ]
+        self._renderings = Renderings(_finish)
 
     def build(self, row: ClaimedRow, *, now: dt.datetime) -> Request | Outcome:
-        try:
-            message = codec.loads(row.payload)
-        except codec.JSONDecodeError:
-            return Outcome.invalid("InvalidPayload", "payload is not valid JSON")
-        if not isinstance(message, dict):
-            return Outcome.invalid("InvalidPayload", "FCM payload must be a v1 message object")
-        problem = _check_message(message)
-        if problem is not None:
-            return Outcome.invalid("InvalidPayload", problem)
-        size = _content_size(message)
-        if size > MAX_PAYLOAD_BYTES:
-            return Outcome.invalid(
-                "PayloadTooLarge", f"message content is {size} bytes, limit 4096"
-            )
+        if row.message is None:
+            try:
+                message = codec.loads(row.payload)
+            except codec.JSONDecodeError:
+                return Outcome.invalid("InvalidPayload", "payload is not valid JSON")
+            if not isinstance(message, dict):
+                return Outcome.invalid("InvalidPayload", "FCM payload must be a v1 message object")
+            problem = _check_message(message)
+            if problem is not None:
+                return Outcome.invalid("InvalidPayload", problem)
+            size = _content_size(message)
+            if size > MAX_PAYLOAD_BYTES:
+                return Outcome.invalid(
+                    "PayloadTooLarge", f"message content is {size} bytes, limit 4096"
+                )
+        else:
+            rendered = self._renderings.get(row.message, row.payload)
+            if isinstance(rendered, Outcome):
+                return rendered
+            message = dict(rendered)
+            android = rendered.get("android")
+            message["android"] = {} if android is None else dict(android)
         android = message.get("android")
         if android is None:
             android = {}
@@ -72,6 +91,23 @@ class FcmRequestBuilder:
             android["ttl"] = f"{max(0, min(remaining, MAX_TTL_S))}s"
         message["token"] = row.device_token
         return Request(headers=list(self._static), body=codec.dumps({"message": message}))
+
+
+def _finish(message: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any] | Outcome:
+    """A checked portable message and its overrides as a checked v1 message (without token)."""
+    rendered = render(message, overrides)
+    if isinstance(rendered, str):
+        return Outcome.invalid("InvalidMessage", rendered)
+    android = rendered.get("android")
+    if android is not None and not isinstance(android, dict):
+        return Outcome.invalid("InvalidPayload", "message.android must be an object")
+    problem = _check_message(rendered)
+    if problem is not None:
+        return Outcome.invalid("InvalidPayload", problem)
+    size = _content_size(rendered)
+    if size > MAX_PAYLOAD_BYTES:
+        return Outcome.invalid("PayloadTooLarge", f"message content is {size} bytes, limit 4096")
+    return rendered
 
 
 def _check_message(message: Mapping[str, Any]) -> str | None:
@@ -157,8 +193,13 @@ def check_notification(n: Notification) -> str | None:
     """What is wrong with ``n`` for FCM at enqueue time, or None (generic checks done)."""
     if not _TOKEN.fullmatch(n.device_token):
         return "an FCM device_token holds only A-Z a-z 0-9 _ : . -"
-    if _TARGETS & set(n.payload):
-        return "an FCM payload is the v1 message without a target (token/topic/condition)"
+    if n.message is None:
+        if _TARGETS & set(n.payload):
+            return "an FCM payload is the v1 message without a target (token/topic/condition)"
+    else:
+        problem = check_enqueued(n.message, n.payload, _finish)
+        if problem is not None:
+            return problem
     if n.push_type is not None:
         return "push_type applies to APNs only"
     return None

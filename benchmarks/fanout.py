@@ -1,0 +1,148 @@
+"""Fan-out: enqueueing one portable message to 1,000,000 users' devices, and what it costs.
+
+The registry is loaded first (not timed): ``users`` users over an iOS and an Android app of one
+group; every user has one device, every other user a second one on the other platform (1.5
+devices a user), and 3% of the devices are stale (skipped). Then one
+:func:`pushgres.fanout.send_to_users` call to every user through the group -- in one
+transaction, the user ids sent in chunks of ``CHUNK_USERS`` -- is timed: wall time, the
+notifications it enqueued per second, and the CPU µs per notification of this process (the
+client) and of all Postgres server processes. The target is 50,000 notifications/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+import asyncpg
+import uvloop
+
+from pushgres import fanout
+from pushgres.db import store
+from pushgres.demo import start_postgres
+
+from .e2e import MIGRATE_TIMEOUT_S, _postmaster_pid
+from .procs import StepFailed, cpu_s, run_child, tree_cpu_s
+from .report import FANOUT_TARGET_PER_S
+
+__all__ = ["TARGET_PER_S", "run_fanout"]
+
+TARGET_PER_S = FANOUT_TARGET_PER_S
+GROUP = "shop"
+APPS = ("shop-ios", "shop-android")
+STALE_EVERY = 33  # about 3% of the devices
+MESSAGE = {
+    "title": "Your cart misses you",
+    "body": "3 items are waiting for you",
+    "data": {"campaign": "cart-recovery"},
+    "badge": 1,
+    "ttl": 86400,
+}
+
+
+def run_fanout(workdir: pathlib.Path, *, users: int) -> dict[str, Any]:
+    """The fan-out figures (see the module docstring); raises :class:`StepFailed`."""
+    state = workdir / "fanout"
+    state.mkdir(parents=True, exist_ok=True)
+    bench_dsn = os.environ.get("PUSHGRES_BENCH_DSN")
+    server: Any = None
+    if bench_dsn:
+        dsn = bench_dsn
+    else:
+        dsn, server = start_postgres(state)
+    try:
+        migrated = run_child(
+            [sys.executable, "-m", "pushgres", "migrate", "--dsn", dsn],
+            timeout_s=MIGRATE_TIMEOUT_S,
+        )
+        if migrated.returncode != 0:
+            raise StepFailed(f"pushgres migrate failed: {migrated.stderr.strip()[-300:]}")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_run(dsn, users, server))
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+async def _run(dsn: str, users: int, server: Any) -> dict[str, Any]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        if bench_dsn_has_rows := await conn.fetchval("SELECT count(*) FROM pushgres.queue"):
+            raise StepFailed(f"the database's queue is not empty ({bench_dsn_has_rows} rows)")
+        loading = time.monotonic()
+        devices = await _load_registry(conn, users)
+        load_s = time.monotonic() - loading
+        await store.sync_app_groups(conn, {GROUP: APPS})
+        await conn.execute("ANALYZE pushgres.devices")
+        await conn.execute("CHECKPOINT")
+        postmaster = await _postmaster_pid(conn)
+        if postmaster is None and server is not None:
+            postmaster = server.get_pid()
+        ids = [f"user-{i}" for i in range(users)]
+        pg_before = tree_cpu_s(postmaster) if postmaster else None
+        me_before = cpu_s(os.getpid())
+        started = time.perf_counter()
+        done = await fanout.send_to_users(conn, GROUP, ids, MESSAGE)
+        wall_s = time.perf_counter() - started
+        me_after = cpu_s(os.getpid())
+        pg_after = tree_cpu_s(postmaster) if postmaster else None
+        queued = await conn.fetchval(
+            "SELECT count(*) FROM pushgres.queue WHERE group_id = $1", done.group_id
+        )
+    finally:
+        await conn.close()
+    if queued != done.notifications:
+        raise StepFailed(
+            f"the fan-out reported {done.notifications} rows, the queue holds {queued}"
+        )
+    n = done.notifications
+    rate = n / wall_s
+    return {
+        "users": done.users,
+        "devices": devices,
+        "notifications": n,
+        "users_without_device": done.users_without_device,
+        "registry_load_s": load_s,
+        "wall_s": wall_s,
+        "notifications_per_s": rate,
+        "client_cpu_us": None
+        if me_before is None or me_after is None
+        else (me_after - me_before) / n * 1e6,
+        "postgres_cpu_us": None
+        if pg_before is None or pg_after is None
+        else (pg_after - pg_before) / n * 1e6,
+        "target_per_s": TARGET_PER_S,
+        "meets_target": rate >= TARGET_PER_S,
+    }
+
+
+async def _load_registry(conn: asyncpg.Connection, users: int) -> int:
+    """COPY the devices straight into the registry (setup, not what is measured)."""
+    records: list[tuple[Any, ...]] = []
+    for i in range(users):
+        user = f"user-{i}"
+        first = APPS[i % 2]
+        records.append((first, "apns" if first == APPS[0] else "fcm", _token(first, i), user))
+        if i % 2 == 0:
+            other = APPS[1]
+            records.append((other, "fcm", _token(other, i), user))
+    await conn.copy_records_to_table(
+        "devices",
+        schema_name="pushgres",
+        columns=("app", "platform", "token", "user_id"),
+        records=records,
+    )
+    await conn.execute(
+        "UPDATE pushgres.devices SET state = 'stale' WHERE hashtext(token) % $1 = 0", STALE_EVERY
+    )
+    return len(records)
+
+
+def _token(app: str, i: int) -> str:
+    if app == APPS[0]:
+        return f"{i:064x}"
+    return f"bench-fcm-token-{i:09d}:APA91b"

@@ -1,0 +1,319 @@
+"""Sending to people against real PostgreSQL and the simulators: fan-outs and uninstall probes.
+
+A fan-out across an iOS and an Android app of one group reaches every active device of each
+user exactly once (simulator receipts) and nothing else: not stale or dead devices, not a
+logged-out user's old device, not anonymous ones; its group outcome is one query. The SQL
+functions refuse bad input naming it, and a repeated dedupe key adds nothing. Uninstall probes
+go at their pace to quiet devices only, once per period; a dead answer marks the device
+uninstalled, and probes stay out of the app's notification counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from pushgres import devices, fanout
+from pushgres import message as portable
+from pushgres.db.store import Store
+from pushgres.exceptions import EnqueueError
+from pushgres.housekeeping import PROBE_MESSAGE
+from pushgres.simulator import devkit
+
+from .harness import APNS_APP, FCM_APP, TERMINAL, running_daemon, settings_for, write_config
+
+GROUP = "shop"
+MESSAGE = {
+    "title": "Your cart misses you",
+    "body": "3 items are waiting",
+    "data": {"cart": 42},
+    "badge": 3,
+    "link": "shop://cart",
+    "ttl": 3600,
+    "collapse_key": "cart",
+}
+
+
+def _group_config(env: dict[str, Any], name: str, **kw: str) -> Any:
+    config = write_config(
+        env["tmp"] / name, dsn=env["dsn"], setup=env["setup"], sims=env["sims"], **kw
+    )
+    config.write_text(
+        config.read_text()
+        + f'\n[groups]\n{GROUP} = ["{APNS_APP}", "{FCM_APP}"]\n[admin]\nlisten = "127.0.0.1:0"\n'
+    )
+    return config
+
+
+async def _wait_group(conn: asyncpg.Connection, group_id: int) -> fanout.GroupOutcome:
+    deadline = time.monotonic() + 60
+    while True:
+        outcome = await fanout.group_outcome(conn, group_id)
+        assert outcome is not None
+        if outcome.counts and outcome.done:
+            return outcome
+        assert time.monotonic() < deadline, outcome
+        await asyncio.sleep(0.1)
+
+
+async def test_a_fanout_across_two_apps_reaches_each_active_device_once(
+    env: dict[str, Any],
+) -> None:
+    sims, dsn = env["sims"], env["dsn"]
+    ios = [devkit.apns_token("ok", 100 + i) for i in range(6)]
+    android = [devkit.fcm_token("ok", 100 + i) for i in range(4)]
+    conn = await asyncpg.connect(dsn)
+    try:
+        # ann: two iPhones and an Android phone; ben: one Android phone; cy: a stale iPhone
+        # and a dead one; dee: nothing; an anonymous iPhone; eve's old iPhone, logged out
+        # (a shared device), now anonymous.
+        for token, user in ((ios[0], "ann"), (ios[1], "ann"), (ios[2], "cy"), (ios[3], "cy"),
+                            (ios[4], None), (ios[5], "eve")):  # fmt: skip
+            await devices.register(conn, APNS_APP, "apns", token, user_id=user)
+        for token, user in ((android[0], "ann"), (android[1], "ben"), (android[2], None)):
+            await devices.register(conn, FCM_APP, "fcm", token, user_id=user)
+        await devices.logout(conn, APNS_APP, ios[5])
+        await conn.execute("UPDATE pushgres.devices SET state = 'stale' WHERE token = $1", ios[2])
+        await conn.execute("UPDATE pushgres.devices SET state = 'invalid' WHERE token = $1", ios[3])
+        async with running_daemon(settings_for(_group_config(env, "fanout.toml"))):
+            deadline = time.monotonic() + 10
+            while not await conn.fetchval("SELECT count(*) FROM pushgres.app_groups"):
+                assert time.monotonic() < deadline, "the daemon did not write the app groups"
+                await asyncio.sleep(0.05)
+            sent = await fanout.send_to_users(
+                conn, GROUP, ["ann", "ben", "cy", "dee", "eve", "ann"], MESSAGE,
+                overrides={"fcm": {"android": {"notification": {"channel_id": "cart"}}}},
+                metadata={"campaign": "cart-recovery"},
+            )  # fmt: skip
+            assert (sent.users, sent.users_without_device, sent.notifications) == (5, 3, 4)
+            outcome = await _wait_group(conn, sent.group_id)
+            per_user = await fanout.group_outcome(conn, sent.group_id, per_user=True)
+            rows = await conn.fetch(
+                "SELECT app, device_token, user_id, metadata FROM pushgres.results"
+                " WHERE group_id = $1",
+                sent.group_id,
+            )
+            queued = await conn.fetchrow(
+                "SELECT collapse_id, expires_at - send_at AS ttl, priority FROM pushgres.queue"
+                " WHERE group_id = $1 LIMIT 1",
+                sent.group_id,
+            )
+        assert queued is None  # all delivered
+        assert outcome.by_status() == {"sent": 4}
+        assert outcome.target == GROUP and set(outcome.apps) == {APNS_APP, FCM_APP}
+        assert per_user is not None
+        assert {(c.user_id, c.status): c.count for c in per_user.counts} == {
+            ("ann", "sent"): 3,
+            ("ben", "sent"): 1,
+        }
+        assert sorted((r["app"], r["device_token"], r["user_id"]) for r in rows) == sorted(
+            [(APNS_APP, ios[0], "ann"), (APNS_APP, ios[1], "ann"),
+             (FCM_APP, android[0], "ann"), (FCM_APP, android[1], "ben")]
+        )  # fmt: skip
+        assert all(r["metadata"] == '{"campaign": "cart-recovery"}' for r in rows)
+        accepted = sims.accepted_counts()
+        assert {t: n for t, n in accepted["apns"].items() if t in ios} == {ios[0]: 1, ios[1]: 1}
+        assert {t: n for t, n in accepted["fcm"].items() if t in android} == {
+            android[0]: 1,
+            android[1]: 1,
+        }
+    finally:
+        await conn.close()
+
+
+async def test_a_logged_out_device_gets_nothing_of_its_former_user(env: dict[str, Any]) -> None:
+    sims, dsn = env["sims"], env["dsn"]
+    shared, own = devkit.apns_token("ok", 200), devkit.apns_token("ok", 201)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await devices.register(conn, APNS_APP, "apns", shared, user_id="fay")
+        await devices.logout(conn, APNS_APP, shared)  # fay signs out of the family iPad
+        await devices.register(conn, APNS_APP, "apns", own, user_id="gus")
+        await devices.identify(conn, APNS_APP, shared, "gus")  # gus signs in on it
+        async with running_daemon(settings_for(_group_config(env, "logout.toml"))):
+            to_fay = await fanout.send_to_user(conn, APNS_APP, "fay", {"body": "for fay"})
+            to_gus = await fanout.send_to_user(conn, APNS_APP, "gus", {"body": "for gus"})
+            assert (to_fay.notifications, to_fay.users_without_device) == (0, 1)
+            assert to_gus.notifications == 2
+            await _wait_group(conn, to_gus.group_id)
+            empty = await fanout.group_outcome(conn, to_fay.group_id)
+        assert empty is not None and empty.counts == () and empty.users_without_device == 1
+        assert sims.accepted_counts()["apns"] == {shared: 1, own: 1}  # both gus's, once
+    finally:
+        await conn.close()
+
+
+async def test_fanouts_from_sql_refuse_bad_input_and_repeat_nothing(
+    conn: asyncpg.Connection,
+) -> None:
+    token = devkit.apns_token("ok", 300)
+    await devices.register(conn, APNS_APP, "apns", token, user_id="hal")
+    first = await conn.fetchrow(
+        "SELECT * FROM pushgres.send_to_user($1, 'hal', '{\"title\": \"Hi\"}', NULL, NULL, 'k1')",
+        APNS_APP,
+    )
+    again = await conn.fetchrow(
+        "SELECT * FROM pushgres.send_to_user($1, 'hal', '{\"title\": \"Hi\"}', NULL, NULL, 'k1')",
+        APNS_APP,
+    )
+    assert first is not None and again is not None
+    assert (first["duplicate"], first["notifications"]) == (False, 1)
+    assert (again["duplicate"], again["group_id"], again["notifications"]) == (
+        True,
+        first["group_id"],
+        1,
+    )
+    assert await conn.fetchval("SELECT count(*) FROM pushgres.queue") == 1
+    row = await conn.fetchrow("SELECT payload::text, message::text, priority FROM pushgres.queue")
+    assert row is not None and row["payload"] == "{}" and row["priority"] == 10
+    for message, named in (
+        ('{"titel": "Hi"}', "unknown key"),
+        ('{"badge": -1}', "message.badge"),
+        ('{"ttl": 99999999, "body": "x"}', "message.ttl"),
+        ('{"priority": "urgent", "body": "x"}', "message.priority"),
+        ('{"image": "http://x/y.png"}', "https"),
+        ('{"ttl": 60}', "nothing to deliver"),
+    ):
+        with pytest.raises(asyncpg.InvalidParameterValueError, match=named):
+            await conn.fetch(
+                "SELECT * FROM pushgres.send_to_user($1, 'hal', $2)", APNS_APP, message
+            )
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="overrides"):
+        await conn.fetch(
+            "SELECT * FROM pushgres.send_to_user($1, 'hal', '{\"body\": \"x\"}', '{\"web\": {}}')",
+            APNS_APP,
+        )
+    with pytest.raises(EnqueueError, match="unknown"):
+        await fanout.send_to_users(conn, APNS_APP, ["hal"], {"titel": "Hi"})
+    with pytest.raises(EnqueueError, match="user 1"):
+        await fanout.send_to_users(conn, APNS_APP, ["hal", ""], {"title": "Hi"})
+
+
+MESSAGES: list[Any] = [
+    {"title": "a"},
+    {"body": "b", "data": {"k": [1, 2]}, "badge": 0, "sound": "default"},
+    {"subtitle": "s", "thread": "t", "link": "app://x", "image": "https://e.com/i.png"},
+    {"data": {}},
+    {"title": "a", "ttl": 0, "priority": "normal", "collapse_key": "c"},
+    {},
+    {"ttl": 60},
+    {"titel": "a"},
+    {"title": 1},
+    {"data": []},
+    {"badge": 1.5},
+    {"badge": -1},
+    {"badge": True},
+    {"ttl": 2419201, "title": "a"},
+    {"priority": "urgent", "title": "a"},
+    {"collapse_key": "", "title": "a"},
+    {"collapse_key": "x" * 65, "title": "a"},
+    {"image": "http://e.com/i.png"},
+    [],
+    "text",
+]
+
+
+async def test_python_and_sql_judge_messages_alike(conn: asyncpg.Connection) -> None:
+    """The one rule set, twice (enqueue in Python, fan-out in SQL): the same verdicts."""
+    import json
+
+    for message in MESSAGES:
+        in_sql = await conn.fetchval(
+            "SELECT pushgres.message_problem($1::jsonb)", json.dumps(message)
+        )
+        in_python = portable.check(message)
+        assert (in_sql is None) == (in_python is None), (message, in_sql, in_python)
+
+
+async def test_uninstall_probes_keep_their_pace_and_period(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    tokens = [devkit.apns_token("ok", 400 + i) for i in range(5)]
+    for token in tokens:
+        await devices.register(conn, APNS_APP, "apns", token, user_id="ida")
+    await conn.execute(
+        "UPDATE pushgres.devices SET last_seen_at = now() - interval '40 days' WHERE token <> $1",
+        tokens[4],
+    )
+    store = await Store.open(
+        dsn, max_size=2, idle_in_transaction_timeout_s=30, statement_timeout_s=30
+    )
+    try:
+        assert await store.probe_devices(APNS_APP, 30, 7, 3, PROBE_MESSAGE) == 3
+        assert await store.probe_devices(APNS_APP, 30, 7, 3, PROBE_MESSAGE) == 0  # the minute's
+        await conn.execute("UPDATE pushgres.devices SET probed_at = probed_at - interval '2 min'")
+        assert await store.probe_devices(APNS_APP, 30, 7, 3, PROBE_MESSAGE) == 1  # the 4th quiet
+        await conn.execute("UPDATE pushgres.devices SET probed_at = probed_at - interval '2 min'")
+        assert await store.probe_devices(APNS_APP, 30, 7, 3, PROBE_MESSAGE) == 0  # once a period
+        await conn.execute("UPDATE pushgres.devices SET probed_at = probed_at - interval '8 days'")
+        assert await store.probe_devices(APNS_APP, 30, 7, 10, PROBE_MESSAGE) == 4
+    finally:
+        await store.close()
+    rows = await conn.fetch("SELECT device_token, probe, priority, message FROM pushgres.queue")
+    assert len(rows) == 8 and all(r["probe"] and r["priority"] == 5 for r in rows)
+    assert tokens[4] not in {r["device_token"] for r in rows}  # seen lately: no probe
+
+
+async def test_uninstall_probes_end_to_end(env: dict[str, Any]) -> None:
+    sims, dsn = env["sims"], env["dsn"]
+    sims.patch({"apns": {"unregistered_age_ms": 0}})
+    gone = devkit.apns_token("Unregistered", 500)
+    there = devkit.apns_token("ok", 501)
+    recent = devkit.apns_token("ok", 502)
+    android_gone = devkit.fcm_token("UNREGISTERED", 503)
+    conn = await asyncpg.connect(dsn)
+    try:
+        for token in (gone, there, recent):
+            await devices.register(conn, APNS_APP, "apns", token, user_id="jay")
+        await devices.register(conn, FCM_APP, "fcm", android_gone, user_id="jay")
+        await conn.execute(
+            "UPDATE pushgres.devices SET last_seen_at = now() - interval '45 days'"
+            " WHERE token <> $1",
+            recent,
+        )
+        probe = "uninstall_probe_after_days = 30\nuninstall_probe_per_minute = 50"
+        config = _group_config(env, "probes.toml", apns=probe, fcm=probe)
+        async with running_daemon(settings_for(config)) as daemon:
+            deadline = time.monotonic() + 30
+            while True:
+                done = await conn.fetch(
+                    "SELECT device_token, status, reason FROM pushgres.results WHERE probe"
+                )
+                if len(done) == 3:
+                    break
+                assert time.monotonic() < deadline, done
+                await asyncio.sleep(0.1)
+            assert daemon.admin_url is not None
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{daemon.admin_url}/metrics") as resp,
+            ):
+                metrics = await resp.text()
+        states = {
+            r["token"]: (r["state"], r["state_reason"])
+            for r in await conn.fetch("SELECT token, state, state_reason FROM pushgres.devices")
+        }
+        assert states[gone] == ("uninstalled", "Unregistered")
+        assert states[android_gone] == ("uninstalled", "UNREGISTERED")
+        assert states[there][0] == "active" and states[recent][0] == "active"
+        assert {r["device_token"]: r["status"] for r in done} == {
+            gone: "token_invalid",
+            there: "sent",
+            android_gone: "token_invalid",
+        }
+        events = await devices.history(conn, APNS_APP, gone)
+        assert events[-1].event == "uninstalled"
+        assert (
+            'pushgres_uninstall_probes_total{app="ios",platform="apns",status="token_invalid"} 1.0'
+            in metrics
+        )
+        assert 'pushgres_notifications_total{app="ios"' not in metrics  # probes only: none
+        assert sims.accepted_counts()["apns"] == {there: 1}
+        assert all(s in TERMINAL for s in {r["status"] for r in done})
+    finally:
+        await conn.close()
