@@ -1,11 +1,18 @@
 """``make demo``: the main job end to end on one machine, and a check that it was delivered.
 
 Starts an embedded PostgreSQL (``pgserver``, data under ``.pushgres/``) unless ``PUSHGRES_DSN``
-is set, starts the simulators in their own process, migrates, enqueues 100,000 notifications
-over two apps (APNs with token auth, FCM) with about 2% dead tokens, runs the daemon in its own
-process until the queue drains while printing a progress line, then prints the outcomes by
-reason, sends per second, enqueue→sent latency p50/p99, and checks that the simulators accepted
-exactly the notifications recorded as sent. Exits 0 only if that check holds.
+is set, starts the simulators in their own process and migrates. Then it goes through the
+device registry as a backend would: about 67,000 people get devices on an iOS app (APNs, token
+auth) and an Android app (FCM) of one product -- every other one on both -- with about 2% dead
+tokens, a few devices not seen for three months (stale), anonymous devices nobody logged in on,
+and shared devices whose user logged out (some then logged in as someone else). It starts the
+daemon in its own process (which marks the stale devices and learns the product's group of
+apps), sends one portable message to all those people through the group -- a fan-out of about
+100,000 notifications -- and prints a progress line until it is delivered. It then prints the
+group's outcome by status and reason, sends per second and enqueue→sent latency p50/p99, and
+checks that the simulators accepted exactly the notifications recorded as sent, that nothing
+reached a device after its user logged out, and that the registry now knows the dead tokens.
+Exits 0 only if that check holds.
 
 The daemon's admin listener is on (loopback): the demo prints the dashboard's and the metrics'
 addresses. With ``--serve`` the daemon and the simulators keep running after the check, fed a
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import pathlib
@@ -26,12 +34,14 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import asyncpg
 import uvloop
 
+from . import devices, fanout
 from .api import enqueue
 from .config import env_flag
 from .db import store
@@ -43,7 +53,26 @@ __all__ = ["main", "start_postgres", "stop_process"]
 
 APNS_APP = "demo-ios"
 FCM_APP = "demo-android"
-ENQUEUE_CHUNK = 10_000
+GROUP = "demo-shop"
+DEVICES_PER_USER = 1.5  # every person has a phone, every other one a second on the other platform
+STALE_EVERY = 100  # one device in a hundred was last seen three months ago
+ANONYMOUS_EVERY = 20  # one anonymous device for twenty people
+SHARED_EVERY = 100  # one shared device (logged out) for a hundred people
+IMPORT_CHUNK = 20_000
+MESSAGE = {
+    "title": "Your cart misses you",
+    "body": "3 items are still waiting",
+    "data": {"campaign": "cart-recovery"},
+    "link": "demo-shop://cart",
+    "thread": "cart",
+    "badge": 1,
+    "ttl": 86_400,
+    "collapse_key": "cart-recovery",
+}
+OVERRIDES: dict[str, dict[str, Any]] = {
+    "apns": {"aps": {"interruption-level": "active"}},
+    "fcm": {"android": {"notification": {"channel_id": "cart"}}},
+}
 STARTUP_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 1800.0
 
@@ -100,6 +129,9 @@ max_s = 5
 listen = "127.0.0.1:{admin_port}"
 queue_sample_interval_s = 2
 
+[groups]
+{GROUP} = [{json.dumps(APNS_APP)}, {json.dumps(FCM_APP)}]
+
 [apps.{APNS_APP}]
 platform = "apns"
 environment = "production"
@@ -128,33 +160,140 @@ max_streams_per_connection = 100
     return config
 
 
-def _notifications(count: int, dead_ratio: float, run_id: int) -> list[Notification]:
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """The people and devices the demo registered, and what they should get."""
+
+    users: list[str]
+    logged_out: list[tuple[str, str]]  # (platform, token): logged out, no one since
+    moved: list[tuple[str, str]]  # (platform, token): logged out, then someone else's
+    invalid_before: int  # the registry's invalid devices of the demo's apps before the send
+
+
+def _registry_rows(
+    users: int, dead_ratio: float, run_id: int
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The people (ids) and their devices, as import rows; about 2% of the tokens are dead."""
     rng = random.Random(run_id)
-    items = []
-    for i in range(count):
+    now = dt.datetime.now(dt.UTC)
+    stale_seen = now - dt.timedelta(days=90)
+    dead_seen = now - dt.timedelta(days=7)
+    people = [f"demo{run_id}-user-{i}" for i in range(users)]
+    rows: list[dict[str, Any]] = []
+    n = run_id * 10_000_000
+
+    def device(app: str, user: str | None) -> None:
+        nonlocal n
+        n += 1
         dead = rng.random() < dead_ratio
-        n = run_id * 10_000_000 + i
-        if i % 2 == 0:
-            items.append(
-                Notification(
-                    app=APNS_APP,
-                    platform="apns",
-                    device_token=apns_token("Unregistered" if dead else "ok", n),
-                    payload={"aps": {"alert": {"title": "Your cart", "body": f"Item {i} waits"}}},
-                    metadata={"demo": run_id},
-                )
-            )
+        if app == APNS_APP:
+            platform, token = "apns", apns_token("Unregistered" if dead else "ok", n)
         else:
-            items.append(
-                Notification(
-                    app=FCM_APP,
-                    platform="fcm",
-                    device_token=fcm_token("UNREGISTERED" if dead else "ok", n),
-                    payload={"notification": {"title": "Reorder?"}, "data": {"i": str(i)}},
-                    metadata={"demo": run_id},
-                )
-            )
-    return items
+            platform, token = "fcm", fcm_token("UNREGISTERED" if dead else "ok", n)
+        row: dict[str, Any] = {"app": app, "platform": platform, "token": token}
+        if user is not None:
+            row["user_id"] = user
+        if len(rows) % STALE_EVERY == STALE_EVERY - 1:
+            row["last_seen_at"] = stale_seen
+        elif dead:  # the app was uninstalled a while ago: last seen before its token died
+            row["last_seen_at"] = dead_seen
+        rows.append(row)
+
+    for i, user in enumerate(people):
+        device(APNS_APP if i % 2 == 0 else FCM_APP, user)
+        if i % 2 == 0:
+            device(FCM_APP, user)
+    for i in range(users // ANONYMOUS_EVERY):
+        device(APNS_APP if i % 2 == 0 else FCM_APP, None)
+    return people, rows
+
+
+async def _register(conn: asyncpg.Connection, count: int, dead_ratio: float) -> Registry:
+    """Register the demo's people and devices: a bulk import, then shared devices one by one."""
+    run_id = int(time.time()) % 100_000
+    users = max(4, round(count / DEVICES_PER_USER))
+    people, rows = _registry_rows(users, dead_ratio, run_id)
+    invalid_before = _invalid(await store.device_counts_of(conn))
+    t0 = time.monotonic()
+    for start in range(0, len(rows), IMPORT_CHUNK):
+        await devices.import_devices(conn, rows[start : start + IMPORT_CHUNK])
+    # Shared devices: someone logs in, sees their cart, logs out; on some, someone else logs in.
+    logged_out: list[tuple[str, str]] = []
+    moved: list[tuple[str, str]] = []
+    shared = max(2, users // SHARED_EVERY)
+    for i in range(shared):
+        n = run_id * 10_000_000 + 9_000_000 + i
+        app, platform, token = (
+            (APNS_APP, "apns", apns_token("ok", n))
+            if i % 2 == 0
+            else (FCM_APP, "fcm", fcm_token("ok", n))
+        )
+        await devices.register(conn, app, platform, token, user_id=people[i])
+        await devices.logout(conn, app, token)
+        if i % 4 < 2:
+            logged_out.append((platform, token))
+        else:
+            await devices.identify(conn, app, token, people[-1 - i])
+            moved.append((platform, token))
+    _log(
+        f"registered {len(rows) + shared:,} devices of {users:,} people in "
+        f"{time.monotonic() - t0:.1f}s: {users // ANONYMOUS_EVERY:,} anonymous, "
+        f"{len(rows) // STALE_EVERY:,} not seen for 90 days, {shared:,} shared and logged out "
+        f"({len(moved):,} of them now someone else's)"
+    )
+    return Registry(people, logged_out, moved, invalid_before)
+
+
+def _invalid(counts: dict[tuple[str, str], int]) -> int:
+    return sum(counts.get((app, "invalid"), 0) for app in (APNS_APP, FCM_APP))
+
+
+async def _prepare(dsn: str, count: int, dead_ratio: float) -> Registry:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        return await _register(conn, count, dead_ratio)
+    finally:
+        await conn.close()
+
+
+async def _send(dsn: str, registry: Registry) -> tuple[int, int, int, int]:
+    """Fan the message out to every person; returns (group id, lowest id, highest id, count)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        t0 = time.monotonic()
+        done = await fanout.send_to_users(
+            conn, GROUP, registry.users, MESSAGE, overrides=OVERRIDES, metadata={"demo": True}
+        )
+        _log(
+            f"fan-out (group {done.group_id}): {done.notifications:,} notifications to "
+            f"{done.users - done.users_without_device:,} of {done.users:,} people in "
+            f"{time.monotonic() - t0:.1f}s ({done.users_without_device:,} have no active device)"
+        )
+        span = await store.group_id_range(conn, done.group_id)
+        if span is None:
+            raise RuntimeError("the fan-out enqueued nothing")
+        return done.group_id, span[0], span[1], done.notifications
+    finally:
+        await conn.close()
+
+
+async def _ready(admin: str, daemon: subprocess.Popen[bytes]) -> None:
+    """Wait until the daemon is ready: its groups written and its stale pass done."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while True:
+            if daemon.poll() is not None:
+                raise RuntimeError(f"the daemon exited with status {daemon.returncode}")
+            try:
+                async with session.get(f"{admin}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon was not ready within {STARTUP_TIMEOUT_S:.0f}s")
+            await asyncio.sleep(0.2)
 
 
 async def _accepted(control_url: str) -> dict[str, Any]:
@@ -165,23 +304,6 @@ async def _accepted(control_url: str) -> dict[str, Any]:
         resp.raise_for_status()
         data: dict[str, Any] = await resp.json()
         return data
-
-
-async def _prepare(dsn: str, count: int, dead_ratio: float) -> tuple[int, int, int]:
-    """Migrate and enqueue; returns (lowest id, highest id, count)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-        run_id = int(time.time()) % 100_000
-        items = _notifications(count, dead_ratio, run_id)
-        t0 = time.monotonic()
-        ids: list[int] = []
-        for start in range(0, len(items), ENQUEUE_CHUNK):
-            ids += await enqueue(conn, items[start : start + ENQUEUE_CHUNK])
-        _log(f"enqueued {len(ids):,} notifications in {time.monotonic() - t0:.1f}s")
-        return min(ids), max(ids), len(ids)
-    finally:
-        await conn.close()
 
 
 async def _progress(
@@ -301,7 +423,7 @@ def _demo(args: argparse.Namespace, runner: asyncio.Runner) -> int:
             _wait_for_file(sim_file, sim_proc, "the simulators")
             sim = json.loads(sim_file.read_text())
             _log(f"simulators: APNs :{sim['apns_production_port']}, FCM :{sim['fcm_port']}")
-            lo, hi, total = runner.run(_prepare(dsn, args.count, args.dead_ratio))
+            registry = runner.run(_prepare(dsn, args.count, args.dead_ratio))
             admin_port = args.admin_port or free_port()
             config = _write_config(state, dsn, sim, admin_port)
             daemon_proc = subprocess.Popen(
@@ -310,11 +432,14 @@ def _demo(args: argparse.Namespace, runner: asyncio.Runner) -> int:
                 stderr=subprocess.STDOUT,
             )
             admin = f"http://127.0.0.1:{admin_port}"
+            runner.run(_ready(admin, daemon_proc))
             _log(f"dashboard: {admin}/dashboard/   metrics: {admin}/metrics")
-            if not runner.run(_progress(dsn, lo, hi, total, daemon_proc)):
+            group_id, lo, hi, total = runner.run(_send(dsn, registry))
+            run = Run(registry, group_id, lo, hi, total)
+            if not runner.run(_progress(dsn, run.lo, run.hi, run.total, daemon_proc)):
                 return 1
             if args.serve:
-                rc = runner.run(_summary(dsn, sim, lo, hi, total, 0))
+                rc = runner.run(_summary(dsn, sim, run, 0))
                 _serve(runner, dsn, admin, daemon_proc)
                 daemon_rc = stop_process(daemon_proc)
                 return rc or (1 if daemon_rc else 0)
@@ -322,10 +447,11 @@ def _demo(args: argparse.Namespace, runner: asyncio.Runner) -> int:
                 cpu_s = _cpu_seconds(proc.pid)
                 if cpu_s is not None:
                     _log(
-                        f"{name} CPU: {cpu_s:.1f}s, {cpu_s / total * 1e6:,.0f} µs per notification"
+                        f"{name} CPU: {cpu_s:.1f}s, "
+                        f"{cpu_s / run.total * 1e6:,.0f} µs per notification"
                     )
             daemon_rc = stop_process(daemon_proc)
-            return runner.run(_summary(dsn, sim, lo, hi, total, daemon_rc or 0))
+            return runner.run(_summary(dsn, sim, run, daemon_rc or 0))
         finally:
             stop_process(daemon_proc)
             stop_process(sim_proc)
@@ -333,33 +459,51 @@ def _demo(args: argparse.Namespace, runner: asyncio.Runner) -> int:
                 server.cleanup()
 
 
-async def _summary(
-    dsn: str, sim: dict[str, Any], lo: int, hi: int, total: int, daemon_rc: int
-) -> int:
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One demo run: the registry it built and the fan-out's group and notification ids."""
+
+    registry: Registry
+    group_id: int
+    lo: int
+    hi: int
+    total: int
+
+
+async def _summary(dsn: str, sim: dict[str, Any], run: Run, daemon_rc: int) -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        return await _report(conn, sim, lo, hi, total, daemon_rc)
+        return await _report(conn, sim, run, daemon_rc)
     finally:
         await conn.close()
 
 
-async def _report(
-    conn: asyncpg.Connection, sim: dict[str, Any], lo: int, hi: int, total: int, daemon_rc: int
-) -> int:
-    _log("outcomes:")
-    for r in await store.results_by_reason(conn, lo, hi):
-        reason = f" ({r['reason']})" if r["reason"] else ""
-        _log(f"  {r['status']:<14}{reason:<28} {r['n']:>8,}")
-    timing = await store.results_timing(conn, lo, hi)
+async def _report(conn: asyncpg.Connection, sim: dict[str, Any], run: Run, daemon_rc: int) -> int:
+    outcome = await fanout.group_outcome(conn, run.group_id)
+    assert outcome is not None  # the demo made it
+    reached = outcome.users - outcome.users_without_device
+    _log(
+        f"group {run.group_id} outcome ({outcome.notifications:,} notifications, "
+        f"{reached:,} of {outcome.users:,} people reached):"
+    )
+    for c in sorted(outcome.counts, key=lambda c: -c.count):
+        reason = f" ({c.reason})" if c.reason else ""
+        _log(f"  {c.status:<14}{reason:<28} {c.count:>8,}")
+    by_status = outcome.by_status()
+    timing = await store.results_timing(conn, run.lo, run.hi)
     first, last = timing["first"], timing["last"]
     span = (last - first).total_seconds() if first and last else 0.0
     sent_total = 0
     sent: dict[tuple[str, str], int] = {}
-    for r in await store.results_sent_tokens(conn, lo, hi):
+    for r in await store.results_sent_tokens(conn, run.lo, run.hi):
         sent[(r["platform"], r["device_token"])] = r["n"]
         sent_total += r["n"]
-    rate = total / span if span > 0 else float("nan")
-    _log(f"sends per second: {rate:,.0f} ({total:,} notifications in {span:.1f}s)")
+    rate = run.total / span if span > 0 else float("nan")
+    delivery = by_status.get("sent", 0) / run.total if run.total else 0.0
+    _log(
+        f"delivery rate: {delivery:.1%} sent; sends per second: {rate:,.0f} "
+        f"({run.total:,} notifications in {span:.1f}s)"
+    )
     _log(f"enqueue→sent latency: p50 {timing['p50'] or 0:.2f}s, p99 {timing['p99'] or 0:.2f}s")
     accepted = await _accepted(sim["control_url"])
     mismatches = 0
@@ -373,11 +517,27 @@ async def _report(
             if ours.get(token, 0) != n:
                 mismatches += 1
         mismatches += sum(1 for tok in ours if tok not in counts)
-    ok = mismatches == 0 and accepted_total == sent_total and daemon_rc == 0
+    registry = run.registry
+    after_logout = sum(accepted.get(p, {}).get(t, 0) for p, t in registry.logged_out)
+    moved = sum(1 for p, t in registry.moved if accepted.get(p, {}).get(t, 0) == 1)
+    newly_invalid = _invalid(await store.device_counts_of(conn)) - registry.invalid_before
+    dead = by_status.get("token_invalid", 0)
+    ok = (
+        mismatches == 0
+        and accepted_total == sent_total
+        and daemon_rc == 0
+        and after_logout == 0
+        and moved == len(registry.moved)
+        and newly_invalid == dead
+        and outcome.done
+    )
     verdict = "OK" if ok else "FAILED"
     _log(
         f"check: simulators accepted {accepted_total:,}, results say sent {sent_total:,}, "
-        f"{mismatches} token mismatches, daemon exit {daemon_rc}: {verdict}"
+        f"{mismatches} token mismatches; {after_logout} sent to {len(registry.logged_out):,} "
+        f"logged-out devices, {moved:,}/{len(registry.moved):,} moved devices got their new "
+        f"user's; registry marked {newly_invalid:,} invalid for {dead:,} dead answers; "
+        f"daemon exit {daemon_rc}: {verdict}"
     )
     return 0 if ok else 1
 

@@ -382,7 +382,7 @@ def test_every_devices_subcommand_and_flag_is_described() -> None:
     described = subcommands(subcommands(_parser())["devices"])
     assert set(described) == {
         "register", "identify", "logout", "rotate", "unregister", "show", "history", "import",
-        "export",
+        "export", "uninstalls",
     }  # fmt: skip
     for name, sub in described.items():
         assert sub.description and "--dsn" in sub.format_help(), name

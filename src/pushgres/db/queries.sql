@@ -274,6 +274,13 @@ FROM pushgres.results WHERE id BETWEEN $1 AND $2 AND status = 'sent'
 SELECT platform, device_token, count(*) AS n FROM pushgres.results
 WHERE id BETWEEN $1 AND $2 AND status = 'sent' GROUP BY platform, device_token
 
+-- name: group_id_range
+-- The lowest and highest notification id of fan-out $1, queued or finished (the demo's range).
+SELECT min(id) AS lo, max(id) AS hi FROM (
+    SELECT id FROM pushgres.queue WHERE group_id = $1
+    UNION ALL
+    SELECT id FROM pushgres.results WHERE group_id = $1) g
+
 -- name: register_device
 SELECT state, event FROM pushgres.register_device(
     $1, $2, $3, user_id => $4, installation_id => $5, environment => $6, timezone => $7,

@@ -48,6 +48,7 @@ __all__ = [
     "Store",
     "dedupe_holders",
     "fetch_outcomes",
+    "group_id_range",
     "insert_notifications",
     "is_unavailable",
     "queue_depth",
@@ -636,6 +637,14 @@ async def results_timing(conn: asyncpg.Connection, lo: int, hi: int) -> asyncpg.
 
 async def results_sent_tokens(conn: asyncpg.Connection, lo: int, hi: int) -> list[asyncpg.Record]:
     return list(await conn.fetch(QUERIES["results_sent_tokens"], lo, hi))
+
+
+async def group_id_range(conn: asyncpg.Connection, group_id: int) -> tuple[int, int] | None:
+    """The lowest and highest notification id of a fan-out (None: it has none)."""
+    record = await conn.fetchrow(QUERIES["group_id_range"], group_id)
+    if record is None or record["lo"] is None:
+        return None
+    return int(record["lo"]), int(record["hi"])
 
 
 # -- the device registry (pushgres.devices; the API is pushgres.devices) -------------------
