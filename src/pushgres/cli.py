@@ -1248,6 +1248,7 @@ async def _print_group(
                     "users": found.users,
                     "users_without_device": found.users_without_device,
                     "notifications": found.notifications,
+                    "complete": found.complete,
                     "done": found.done,
                     "by_status": found.by_status(),
                     "counts": [dataclasses.asdict(c) for c in found.counts],
@@ -1263,7 +1264,9 @@ async def _print_group(
         for c in found.counts:
             who = f"{c.user_id:<24} " if per_user else ""
             print(f"  {who}{c.status:<14} {c.reason or '':<32} {c.count}")
-        if not found.done:
+        if not found.complete:
+            print("  (still being enqueued: a fan-out in slices that has not finished)")
+        elif not found.done:
             print("  (not finished: some are still queued)")
     return EXIT_OK
 

@@ -6,8 +6,14 @@ config's ``[groups]``), all in one transaction, and returns a :class:`FanOut`: t
 and how many users, users without an active device and notifications it came to. The portable
 ``message`` (:mod:`pushgres.message`) is rendered by each provider at send time; ``overrides``
 (``{"apns": {...}, "fcm": {...}}``) are merged over its native rendering. Stale, invalid,
-uninstalled and unregistered devices are skipped. Large lists go to the database in chunks of
-``CHUNK_USERS`` user ids (one array each), inside the one transaction.
+uninstalled and unregistered devices are skipped.
+
+The users go to the database in slices of ``SLICE_USERS`` (one array each). With
+``connections=N`` and a pool, N slices are enqueued at once on N connections, each in its own
+transaction -- one Postgres session inserts about 40,000 rows a second, two about 60,000 --
+and the first slices may be sent while the last are enqueued. Such a fan-out is resumable:
+if it stops (a lost connection), calling it again with the same users in the same order and
+the same ``dedupe_key`` enqueues only the slices that were not (``pushgres.group_slices``).
 
 ``await group_outcome(conn, group_id, per_user=False)`` returns the :class:`GroupOutcome`:
 counts by status and reason (per user if asked), ``queued`` for those not finished yet.
@@ -18,8 +24,10 @@ other services may call directly.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -31,7 +39,7 @@ from .db import store
 from .exceptions import EnqueueError
 
 __all__ = [
-    "CHUNK_USERS",
+    "SLICE_USERS",
     "FanOut",
     "GroupCount",
     "GroupOutcome",
@@ -40,7 +48,8 @@ __all__ = [
     "send_to_users",
 ]
 
-CHUNK_USERS: Final = 100_000
+SLICE_USERS: Final = 250_000
+"""Users per slice: large enough that a slice's one pass over the registry stays cheap."""
 _SQLSTATE_INVALID_PARAMETER: Final = "22023"
 
 
@@ -73,6 +82,7 @@ class GroupOutcome:
     users: int
     users_without_device: int
     notifications: int
+    complete: bool = True  # False while a fan-out in slices is still being enqueued
     counts: tuple[GroupCount, ...] = field(default=())
 
     def by_status(self) -> dict[str, int]:
@@ -84,8 +94,8 @@ class GroupOutcome:
 
     @property
     def done(self) -> bool:
-        """Every notification of the group is in a terminal state."""
-        return all(c.status != "queued" for c in self.counts)
+        """The group is complete and every notification of it is in a terminal state."""
+        return self.complete and all(c.status != "queued" for c in self.counts)
 
 
 async def send_to_users(
@@ -99,12 +109,23 @@ async def send_to_users(
     dedupe_key: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     max_attempts: int = 5,
+    connections: int = 1,
 ) -> FanOut:
-    """Fan ``message`` out to every active device of each of ``user_ids`` on ``target``."""
+    """Fan ``message`` out to every active device of each of ``user_ids`` on ``target``.
+
+    A user given twice is counted and sent to once. With ``connections`` > 1 (``conn`` must
+    be a pool), slices are enqueued on that many connections at once, each slice committed by
+    itself (see the module docstring); else everything is one transaction.
+
+    Raises:
+        EnqueueError: the message, a user id, the target or an option is refused (nothing is
+            enqueued); or a fan-out over several connections stopped part-way (the error names
+            its group and how far it got).
+    """
     problem = portable.check(message)
     if problem is not None:
         raise EnqueueError(f"message: {problem}")
-    users = list(user_ids)
+    users = list(dict.fromkeys(user_ids))
     for i, user in enumerate(users):
         if not isinstance(user, str) or not 1 <= len(user) <= 256 or "\x00" in user:
             raise EnqueueError(f"user {i}: a user id is a string of 1-256 characters, got {user!r}")
@@ -112,17 +133,27 @@ async def send_to_users(
         raise EnqueueError("send_at must be a timezone-aware datetime")
     if isinstance(max_attempts, bool) or not 1 <= max_attempts <= 100:
         raise EnqueueError("max_attempts must be 1..100")
-    arguments = (
+    if isinstance(connections, bool) or not 1 <= connections <= 64:
+        raise EnqueueError("connections must be 1..64")
+    opening = (
+        target,
         _json(message, "message"),
         _json(overrides, "overrides"),
-        send_at,
         dedupe_key,
         _json(metadata, "metadata"),
     )
-    if isinstance(conn, asyncpg.Pool):
-        async with conn.acquire() as c:
-            return await _fan_out(c, target, users, arguments, max_attempts)
-    return await _fan_out(conn, target, users, arguments, max_attempts)
+    slices = [users[i : i + SLICE_USERS] for i in range(0, len(users), SLICE_USERS)]
+    with _refusals(), store.schema_required():
+        if connections > 1:
+            if not isinstance(conn, asyncpg.Pool):
+                raise EnqueueError("a fan-out over several connections needs a pool")
+            return await _fan_out_parallel(
+                conn, opening, slices, send_at, max_attempts, connections
+            )
+        if isinstance(conn, asyncpg.Pool):
+            async with conn.acquire() as c:
+                return await _fan_out(c, opening, slices, send_at, max_attempts)
+        return await _fan_out(conn, opening, slices, send_at, max_attempts)
 
 
 async def send_to_user(
@@ -138,56 +169,87 @@ async def send_to_user(
 
 async def _fan_out(
     conn: asyncpg.Connection,
-    target: str,
-    users: list[str],
-    arguments: tuple[Any, ...],
+    opening: tuple[Any, ...],
+    slices: Sequence[list[str]],
+    send_at: dt.datetime | None,
     max_attempts: int,
 ) -> FanOut:
-    text, overrides, send_at, dedupe_key, metadata = arguments
-    group_id: int | None = None
-    totals = [0, 0, 0]
-    try:
-        with store.schema_required():
-            async with conn.transaction():
-                for start in range(0, max(1, len(users)), CHUNK_USERS):
-                    chunk = users[start : start + CHUNK_USERS]
-                    record = await store.send_to_users(
-                        conn,
-                        target,
-                        chunk,
-                        text,
-                        overrides,
-                        send_at,
-                        dedupe_key,
-                        metadata,
-                        group_id,
-                        max_attempts,
+    """The whole fan-out in one transaction (the caller's, when there is one)."""
+    async with conn.transaction():
+        group = await store.open_fanout(conn, *opening)
+        group_id = int(group["group_id"])
+        if group["complete"]:
+            return _fanout(group_id, group, duplicate=True)
+        added = False
+        for number, users in enumerate(slices):
+            done = await store.fanout_slice(conn, group_id, users, number, send_at, max_attempts)
+            added = added or not done["duplicate"]
+        totals = await store.close_fanout(conn, group_id)
+    return _fanout(group_id, totals, duplicate=bool(group["duplicate"]) and not added)
+
+
+async def _fan_out_parallel(
+    pool: asyncpg.Pool,
+    opening: tuple[Any, ...],
+    slices: Sequence[list[str]],
+    send_at: dt.datetime | None,
+    max_attempts: int,
+    connections: int,
+) -> FanOut:
+    """Slices on several connections at once, each slice its own transaction."""
+    async with pool.acquire() as conn:
+        group = await store.open_fanout(conn, *opening)
+    group_id = int(group["group_id"])
+    if group["complete"]:
+        return _fanout(group_id, group, duplicate=True)
+    pending = iter(enumerate(slices))
+    added: list[bool] = []
+
+    async def worker() -> None:
+        async with pool.acquire() as conn:
+            for number, users in pending:  # shared: each slice goes to one worker
+                async with conn.transaction():
+                    done = await store.fanout_slice(
+                        conn, group_id, users, number, send_at, max_attempts
                     )
-                    if record["duplicate"]:
-                        return _fanout(record, duplicate=True)
-                    group_id = int(record["group_id"])
-                    totals[0] += int(record["users"])
-                    totals[1] += int(record["users_without_device"])
-                    totals[2] += int(record["notifications"])
+                added.append(not done["duplicate"])
+
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            for n in range(min(connections, len(slices))):
+                tasks.create_task(worker(), name=f"fan-out {group_id} #{n}")
+    except* (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as failures:
+        reason = failures.exceptions[0]
+        raise EnqueueError(
+            f"fan-out group {group_id} stopped after {len(added)} of {len(slices)} slices "
+            f"({reason}); what was enqueued will be sent"
+            + (
+                ": call it again with the same users and dedupe_key to finish it"
+                if opening[3] is not None
+                else " (a fan-out given a dedupe_key can be finished by calling it again)"
+            )
+        ) from None
+    async with pool.acquire() as conn:
+        totals = await store.close_fanout(conn, group_id)
+    return _fanout(group_id, totals, duplicate=bool(group["duplicate"]) and not any(added))
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """The database's refusals of a fan-out (bad message, unknown target) as EnqueueError."""
+    try:
+        yield
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == _SQLSTATE_INVALID_PARAMETER or isinstance(
             exc, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError
         ):
             raise EnqueueError(f"the fan-out was refused: {exc.args[0]}") from None
         raise
-    assert group_id is not None  # at least one chunk ran
+
+
+def _fanout(group_id: int, record: asyncpg.Record, *, duplicate: bool) -> FanOut:
     return FanOut(
         group_id=group_id,
-        duplicate=False,
-        users=totals[0],
-        users_without_device=totals[1],
-        notifications=totals[2],
-    )
-
-
-def _fanout(record: asyncpg.Record, *, duplicate: bool) -> FanOut:
-    return FanOut(
-        group_id=int(record["group_id"]),
         duplicate=duplicate,
         users=int(record["users"]),
         users_without_device=int(record["users_without_device"]),
@@ -233,6 +295,7 @@ async def _group_outcome(
         users=int(group["users"]),
         users_without_device=int(group["users_without_device"]),
         notifications=int(group["notifications"]),
+        complete=bool(group["complete"]),
         counts=tuple(
             GroupCount(r["user_id"], r["status"], r["reason"], int(r["count"])) for r in rows
         ),

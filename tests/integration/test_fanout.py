@@ -194,6 +194,127 @@ async def test_fanouts_from_sql_refuse_bad_input_and_repeat_nothing(
         await fanout.send_to_users(conn, APNS_APP, ["hal", ""], {"title": "Hi"})
 
 
+async def _register_people(conn: asyncpg.Connection, people: int) -> list[str]:
+    """``people`` users, each with an iPhone and every other one an Android phone too."""
+    rows: list[dict[str, Any]] = []
+    for i in range(people):
+        rows.append({"app": APNS_APP, "platform": "apns", "token": devkit.apns_token("ok", 5000 + i),
+                     "user_id": f"p{i}"})  # fmt: skip
+        if i % 2 == 0:
+            rows.append({"app": FCM_APP, "platform": "fcm", "token": devkit.fcm_token("ok", 5000 + i),
+                         "user_id": f"p{i}"})  # fmt: skip
+    await devices.import_devices(conn, rows)
+    await conn.execute(
+        "INSERT INTO pushgres.app_groups (name, apps) VALUES ($1, $2)", GROUP, [APNS_APP, FCM_APP]
+    )
+    return [f"p{i}" for i in range(people)]
+
+
+async def _slice(
+    conn: asyncpg.Connection, users: list[str], group_id: int, number: int
+) -> asyncpg.Record | None:
+    """Slice ``number`` of a fan-out in slices, given from SQL."""
+    return await conn.fetchrow(
+        "SELECT * FROM pushgres.send_to_users(NULL, $1::text[], NULL, add_to_group => $2,"
+        " slice => $3)",
+        users,
+        group_id,
+        number,
+    )
+
+
+async def _rows_per_device(conn: asyncpg.Connection, group_id: int) -> dict[str, int]:
+    records = await conn.fetch(
+        "SELECT device_token, count(*) AS n FROM pushgres.queue WHERE group_id = $1 "
+        "GROUP BY device_token",
+        group_id,
+    )
+    return {r["device_token"]: r["n"] for r in records}
+
+
+async def test_a_fanout_in_slices_on_two_connections_is_the_same_fanout(
+    dsn: str, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout, "SLICE_USERS", 7)
+    people = await _register_people(conn, 40)
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=2)
+    try:
+        sliced = await fanout.send_to_users(
+            pool,
+            GROUP,
+            people + people[:5],
+            MESSAGE,
+            connections=2,  # 5 users given twice
+        )
+        whole = await fanout.send_to_users(conn, GROUP, people, MESSAGE)
+    finally:
+        await pool.close()
+    for done in (sliced, whole):
+        assert (done.users, done.users_without_device, done.notifications) == (40, 0, 60)
+        assert not done.duplicate
+        per_device = await _rows_per_device(conn, done.group_id)
+        assert len(per_device) == 60 and set(per_device.values()) == {1}
+    assert await conn.fetchval(
+        "SELECT count(*) FROM pushgres.group_slices WHERE group_id = $1", sliced.group_id
+    ) == 6  # fmt: skip
+    outcome = await fanout.group_outcome(conn, sliced.group_id)
+    assert outcome is not None and outcome.complete and outcome.notifications == 60
+
+
+async def test_a_stopped_fanout_is_finished_by_calling_it_again(
+    dsn: str, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout, "SLICE_USERS", 10)
+    people = await _register_people(conn, 30)
+    # A run that stopped after its second slice: the group open, slices 0 and 1 committed.
+    group_id = await conn.fetchval(
+        "SELECT group_id FROM pushgres.open_fanout($1, $2::jsonb, dedupe_key => 'spring')",
+        GROUP,
+        '{"body": "Spring sale"}',
+    )
+    for number in (0, 1):
+        await _slice(conn, people[number * 10 : number * 10 + 10], group_id, number)
+    stopped = await fanout.group_outcome(conn, group_id)
+    assert stopped is not None and not stopped.complete and not stopped.done
+    assert stopped.notifications == 30
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=2)
+    try:
+        finished = await fanout.send_to_users(
+            pool, GROUP, people, {"body": "Spring sale"}, dedupe_key="spring", connections=2
+        )
+        again = await fanout.send_to_users(
+            pool, GROUP, people, {"body": "Spring sale"}, dedupe_key="spring", connections=2
+        )
+    finally:
+        await pool.close()
+    assert finished.group_id == group_id and not finished.duplicate
+    assert (finished.users, finished.notifications) == (30, 45)
+    assert again.duplicate and again.group_id == group_id and again.notifications == 45
+    per_device = await _rows_per_device(conn, group_id)
+    assert len(per_device) == 45 and set(per_device.values()) == {1}
+    # A slice given twice adds nothing; a complete group takes no more.
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="is complete"):
+        await _slice(conn, people[:10], group_id, 0)
+    reopened = await conn.fetchval(
+        "SELECT group_id FROM pushgres.open_fanout($1, $2::jsonb)", GROUP, '{"body": "x"}'
+    )
+    first = await _slice(conn, people[:2], reopened, 0)
+    twice = await _slice(conn, people[:2], reopened, 0)
+    assert first is not None and twice is not None
+    assert (first["duplicate"], first["notifications"]) == (False, 3)
+    assert (twice["duplicate"], twice["notifications"]) == (True, 3)
+    assert len(await _rows_per_device(conn, reopened)) == 3
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="differs"):
+        await conn.fetch(
+            'SELECT * FROM pushgres.send_to_users(NULL, $1::text[], \'{"body": "y"}\','
+            " add_to_group => $2)",
+            people[:2],
+            reopened,
+        )
+    with pytest.raises(EnqueueError, match="needs a pool"):
+        await fanout.send_to_users(conn, GROUP, people, {"body": "x"}, connections=2)
+
+
 MESSAGES: list[Any] = [
     {"title": "a"},
     {"body": "b", "data": {"k": [1, 2]}, "badge": 0, "sound": "default"},

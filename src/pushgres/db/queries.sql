@@ -529,13 +529,23 @@ WITH given AS (
 DELETE FROM pushgres.app_groups a
 WHERE a.name <> ALL ($1::text[]) AND a.apps <@ $3::text[]
 
--- name: send_to_users
-SELECT group_id, duplicate, users, users_without_device, notifications
-FROM pushgres.send_to_users($1, $2::text[], $3::jsonb, $4::jsonb, $5, $6, $7::jsonb, $8, $9)
+-- name: open_fanout
+SELECT group_id, duplicate, complete, users, users_without_device, notifications
+FROM pushgres.open_fanout($1, $2::jsonb, $3::jsonb, $4, $5::jsonb)
+
+-- name: fanout_slice
+-- One slice ($3) of fan-out group $1's users ($2), its rows after send_at $4.
+SELECT duplicate, users, users_without_device, notifications
+FROM pushgres.send_to_users(NULL, $2::text[], NULL, send_at => $4, add_to_group => $1,
+                            max_attempts => $5, slice => $3)
+
+-- name: close_fanout
+SELECT users, users_without_device, notifications FROM pushgres.close_fanout($1)
 
 -- name: fanout_group
 SELECT id, target, apps, message::text AS message, overrides::text AS overrides, dedupe_key,
-       metadata::text AS metadata, users, users_without_device, notifications, created_at
+       metadata::text AS metadata, users, users_without_device, notifications, complete,
+       created_at
 FROM pushgres.groups WHERE id = $1
 
 -- name: group_outcome

@@ -776,10 +776,33 @@ async def sync_app_groups(conn: asyncpg.Connection, groups: Mapping[str, Sequenc
     )
 
 
-async def send_to_users(conn: asyncpg.Connection, *args: Any) -> asyncpg.Record:
-    """``pushgres.send_to_users``'s arguments in order; its one row."""
-    record = await conn.fetchrow(QUERIES["send_to_users"], *args)
+async def open_fanout(conn: asyncpg.Connection, *args: Any) -> asyncpg.Record:
+    """``pushgres.open_fanout``'s arguments in order; its one row."""
+    record = await conn.fetchrow(QUERIES["open_fanout"], *args)
     assert record is not None  # the function returns exactly one row
+    return record
+
+
+async def fanout_slice(
+    conn: asyncpg.Connection,
+    group_id: int,
+    user_ids: Sequence[str],
+    slice_no: int,
+    send_at: dt.datetime | None,
+    max_attempts: int,
+) -> asyncpg.Record:
+    """One slice of a fan-out's users (``pushgres.send_to_users`` with ``slice``)."""
+    record = await conn.fetchrow(
+        QUERIES["fanout_slice"], group_id, user_ids, slice_no, send_at, max_attempts
+    )
+    assert record is not None  # the function returns exactly one row
+    return record
+
+
+async def close_fanout(conn: asyncpg.Connection, group_id: int) -> asyncpg.Record:
+    """Mark a fan-out complete; its final counts."""
+    record = await conn.fetchrow(QUERIES["close_fanout"], group_id)
+    assert record is not None  # the group was opened by the caller
     return record
 
 
