@@ -235,8 +235,7 @@ def _columns(n: Notification, i: int) -> tuple[Any, ...]:
         priority = delivery.priority or priority
         collapse_id = delivery.collapse_id or collapse_id
         if delivery.ttl_s is not None:
-            start = n.send_at or dt.datetime.now(dt.UTC)
-            expires_at = start + dt.timedelta(seconds=delivery.ttl_s)
+            expires_at = delivery.expires_at(n.send_at or dt.datetime.now(dt.UTC))
     return (
         n.app,
         n.platform,

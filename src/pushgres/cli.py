@@ -1004,6 +1004,14 @@ def _add_send_commands(sub: Any) -> None:
     p.add_argument("--metadata", metavar="JSON", help="caller data copied to every outcome")
     p.add_argument("--max-attempts", type=int, default=5, metavar="N", help="default 5")
     p.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        metavar="N",
+        help="enqueue in slices of 250,000 users on N connections at once, each slice its own "
+        "transaction (resumable with --dedupe-key); default 1: one transaction",
+    )
+    p.add_argument(
         "--wait",
         type=_seconds,
         metavar="SECONDS",
@@ -1191,17 +1199,30 @@ async def _cmd_send(args: argparse.Namespace) -> int:
     async with _database(args, "sending") as conn:
         if groups:  # the config's groups, for a send before any daemon wrote them
             await store.sync_app_groups(conn, groups)
-        done = await fanout.send_to_users(
-            conn,
-            args.to,
-            users,
-            message,
-            overrides=overrides,
-            send_at=send_at,
-            dedupe_key=args.dedupe_key,
-            metadata=metadata,
-            max_attempts=args.max_attempts,
-        )
+        options: dict[str, Any] = {
+            "overrides": overrides,
+            "send_at": send_at,
+            "dedupe_key": args.dedupe_key,
+            "metadata": metadata,
+            "max_attempts": args.max_attempts,
+        }
+        if args.connections == 1:
+            done = await fanout.send_to_users(conn, args.to, users, message, **options)
+        else:
+            if not 2 <= args.connections <= 64:
+                raise EnqueueError("--connections must be 1..64")
+            pool = await asyncpg.create_pool(
+                resolve_dsn(args.dsn, args.config),
+                min_size=args.connections,
+                max_size=args.connections,
+                timeout=10,
+            )
+            try:
+                done = await fanout.send_to_users(
+                    pool, args.to, users, message, connections=args.connections, **options
+                )
+            finally:
+                await pool.close()
         if args.json:
             print(_json_line(dataclasses.asdict(done)))
         else:

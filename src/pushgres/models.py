@@ -60,13 +60,14 @@ class Notification:
     ``payload`` is the provider's native payload: for APNs the whole JSON body with ``aps``;
     for FCM the HTTP v1 ``message`` object without ``token``. With a portable ``message``
     (:mod:`pushgres.message`), the provider renders the native payload from it at send time
-    and ``payload`` holds only native overrides merged over the rendering (often ``{}``).
+    and ``payload`` holds only native overrides merged over the rendering (``{}``, the
+    default: none).
     """
 
     app: str
     platform: str
     device_token: str
-    payload: Mapping[str, Any]
+    payload: Mapping[str, Any] = field(default_factory=dict)
     priority: int = 10
     push_type: str | None = None
     collapse_id: str | None = None

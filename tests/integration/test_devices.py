@@ -288,7 +288,7 @@ async def test_long_retired_devices_are_purged(env: dict[str, Any]) -> None:
     dsn = env["dsn"]
     config = write_config(
         env["tmp"] / "purge.toml", dsn=dsn, setup=env["setup"], sims=env["sims"],
-        daemon="device_retention_days = 30",
+        daemon="device_retention_days = 30\nresults_retention_days = 7",
     )  # fmt: skip
     old, recent, active = (devkit.apns_token("ok", 30 + i) for i in range(3))
     conn = await asyncpg.connect(dsn)
@@ -306,8 +306,23 @@ async def test_long_retired_devices_are_purged(env: dict[str, Any]) -> None:
             " VALUES ('ios', 'aa', 'Unregistered', now() - interval '31 days'),"
             " ('ios', 'bb', 'Unregistered', now())"
         )
+        # Fan-outs: one older than the results' retention (7 days here), one recent.
+        groups = [
+            await conn.fetchval(
+                "SELECT group_id FROM pushgres.send_to_users($1, ARRAY['nobody'],"
+                ' \'{"body": "x"}\')',
+                APNS_APP,
+            )
+            for _ in range(2)
+        ]
+        await conn.execute(
+            "UPDATE pushgres.groups SET created_at = now() - interval '8 days' WHERE id = $1",
+            groups[0],
+        )
         async with running_daemon(settings_for(config)):  # maintenance runs at start
             pass
+        kept_groups = [r["id"] for r in await conn.fetch("SELECT id FROM pushgres.groups")]
+        assert kept_groups == [groups[1]]
         left = {r["token"] for r in await conn.fetch("SELECT token FROM pushgres.devices")}
         assert left == {recent, active}
         assert await devices.history(conn, APNS_APP, old) == []

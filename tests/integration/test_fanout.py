@@ -18,6 +18,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+import pushgres
 from pushgres import devices, fanout
 from pushgres import message as portable
 from pushgres.db.store import Store
@@ -25,7 +26,15 @@ from pushgres.exceptions import EnqueueError
 from pushgres.housekeeping import PROBE_MESSAGE
 from pushgres.simulator import devkit
 
-from .harness import APNS_APP, FCM_APP, TERMINAL, running_daemon, settings_for, write_config
+from .harness import (
+    APNS_APP,
+    FCM_APP,
+    TERMINAL,
+    running_daemon,
+    settings_for,
+    wait_terminal,
+    write_config,
+)
 
 GROUP = "shop"
 MESSAGE = {
@@ -313,6 +322,56 @@ async def test_a_stopped_fanout_is_finished_by_calling_it_again(
         )
     with pytest.raises(EnqueueError, match="needs a pool"):
         await fanout.send_to_users(conn, GROUP, people, {"body": "x"}, connections=2)
+
+
+async def test_a_portable_message_to_a_token_from_python_and_sql(env: dict[str, Any]) -> None:
+    """No registry, no fan-out: a portable message enqueued to tokens, rendered and sent."""
+    sims, dsn = env["sims"], env["dsn"]
+    ios, android = devkit.apns_token("ok", 700), devkit.fcm_token("ok", 700)
+    message = {"title": "Hi", "data": {"n": 1}, "ttl": 120, "priority": "normal",
+               "collapse_key": "hi"}  # fmt: skip
+    conn = await asyncpg.connect(dsn)
+    try:
+        ids = await pushgres.enqueue(conn, [
+            pushgres.Notification(app=APNS_APP, platform="apns", device_token=ios,
+                                  message=message),
+            {"app": FCM_APP, "platform": "fcm", "device_token": android, "message": message,
+             "payload": {"android": {"notification": {"channel_id": "news"}}}},
+        ])  # fmt: skip
+        from_sql = await conn.fetchval(
+            "INSERT INTO pushgres.queue (app, platform, device_token, payload, message)"
+            " VALUES ($1, 'apns', $2, '{}', '{\"body\": \"from SQL\"}') RETURNING id",
+            APNS_APP,
+            devkit.apns_token("ok", 701),
+        )
+        unrenderable = await conn.fetchval(
+            "INSERT INTO pushgres.queue (app, platform, device_token, payload, message)"
+            " VALUES ($1, 'apns', $2, '{}', '{\"titel\": \"x\"}') RETURNING id",
+            APNS_APP,
+            devkit.apns_token("ok", 702),
+        )
+        rows = await conn.fetch(
+            "SELECT message, priority, collapse_id, expires_at - enqueued_at AS ttl"
+            " FROM pushgres.queue WHERE id = ANY($1::bigint[]) ORDER BY id",
+            ids,
+        )
+        for row in rows:  # the delivery keys became the row's columns
+            assert row["message"] == '{"data": {"n": 1}, "title": "Hi"}'
+            assert (row["priority"], row["collapse_id"]) == (5, "hi")
+            assert abs(row["ttl"].total_seconds() - 120) < 5
+        with pytest.raises(EnqueueError, match=r"notification 0: message: unknown key 'titel'"):
+            await pushgres.enqueue(conn, [pushgres.Notification(
+                app=APNS_APP, platform="apns", device_token=ios, message={"titel": "x"})])  # fmt: skip
+        async with running_daemon(settings_for(_group_config(env, "direct.toml"))):
+            found = await wait_terminal(dsn, [*ids, from_sql, unrenderable])
+    finally:
+        await conn.close()
+    assert [found[i].status for i in (*ids, from_sql)] == ["sent"] * 3
+    bad = found[unrenderable]
+    assert bad.status == "failed" and bad.reason is not None
+    assert bad.reason.startswith("InvalidMessage: unknown key 'titel'")
+    accepted = sims.accepted_counts()
+    assert accepted["apns"].get(ios) == 1 and accepted["fcm"].get(android) == 1
 
 
 MESSAGES: list[Any] = [

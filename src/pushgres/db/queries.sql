@@ -514,6 +514,13 @@ SELECT count(*) FROM gone
 -- Dead tokens recorded for direct sends are forgotten after $1 days.
 DELETE FROM pushgres.invalid_tokens WHERE invalidated_at < now() - make_interval(days => $1::int)
 
+-- name: prune_groups
+-- Fan-outs older than the results' retention ($1 days) with nothing left in the queue are
+-- forgotten, with their slices: their results are gone, and their dedupe keys with them.
+DELETE FROM pushgres.groups g
+WHERE g.created_at < now() - make_interval(days => $1::int)
+  AND NOT EXISTS (SELECT 1 FROM pushgres.queue q WHERE q.group_id = g.id)
+
 -- name: sync_app_groups
 -- The config's groups of apps ($1 names, $2 each group's apps as a JSON array): written, and
 -- a group no longer in the config removed if all its apps are the config's ($3).

@@ -415,7 +415,7 @@ class Store:
         self, *, retention_days: int, dedupe_retention_days: int, device_retention_days: int
     ) -> None:
         """Create upcoming result partitions, drop expired ones, prune old keys and daemons,
-        purge long-retired devices and forget old dead tokens."""
+        purge long-retired devices, forget old dead tokens and old fan-outs' groups."""
         with self._guard("maintenance"):
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
                 if not await conn.fetchval(QUERIES["maintenance_lock"]):
@@ -426,6 +426,7 @@ class Store:
                 await conn.execute(QUERIES["prune_daemons"])
                 purged = await conn.fetchval(QUERIES["purge_devices"], device_retention_days)
                 await conn.execute(QUERIES["prune_invalid_tokens"], device_retention_days)
+                await conn.execute(QUERIES["prune_groups"], retention_days)
         if dropped:
             logger.info("dropped %d old result partitions", dropped, extra={"action": "maintain"})
         if purged:
