@@ -89,6 +89,23 @@ class _Queue:
     other_rows: int
 
 
+def bench_database(state: pathlib.Path) -> tuple[str, Any]:
+    """``PUSHGRES_BENCH_DSN``, else an embedded Postgres under ``state`` (its server to clean up)."""
+    bench_dsn = os.environ.get("PUSHGRES_BENCH_DSN")
+    if bench_dsn:
+        return bench_dsn, None
+    return start_postgres(state)
+
+
+def migrate_database(dsn: str) -> None:
+    """``pushgres migrate`` in a child process; raises :class:`StepFailed`."""
+    migrated = run_child(
+        [sys.executable, "-m", "pushgres", "migrate", "--dsn", dsn], timeout_s=MIGRATE_TIMEOUT_S
+    )
+    if migrated.returncode != 0:
+        raise StepFailed(f"pushgres migrate failed: {migrated.stderr.strip()[-300:]}")
+
+
 def run_e2e(
     sink: Sink,
     credentials: Credentials,
@@ -106,12 +123,7 @@ def run_e2e(
     """The end-to-end figures (see the module docstring); raises :class:`StepFailed`."""
     state = workdir / ("e2e" if metrics else "e2e-nometrics")
     state.mkdir(parents=True, exist_ok=True)
-    bench_dsn = os.environ.get("PUSHGRES_BENCH_DSN")
-    server: Any = None
-    if bench_dsn:
-        dsn = bench_dsn
-    else:
-        dsn, server = start_postgres(state)
+    dsn, server = bench_database(state)
     daemon: Child | None = None
     try:
         sink.ensure()
@@ -128,12 +140,7 @@ def run_e2e(
             batch_size=batch_size,
             admin_port=admin_port,
         )
-        migrated = run_child(
-            [sys.executable, "-m", "pushgres", "migrate", "--dsn", dsn],
-            timeout_s=MIGRATE_TIMEOUT_S,
-        )
-        if migrated.returncode != 0:
-            raise StepFailed(f"pushgres migrate failed: {migrated.stderr.strip()[-300:]}")
+        migrate_database(dsn)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             queue = runner.run(asyncio.wait_for(_fill(dsn, rows), 120 + rows / MIN_ENQUEUE_PER_S))
             if queue.postmaster_pid is None and server is not None:
@@ -160,7 +167,7 @@ def run_e2e(
     window_s = last.t - first.t
     if sent <= 0 or window_s <= 0:
         raise StepFailed(f"nothing was sent within the window ({first}, {last}); raise --queued")
-    where = "PUSHGRES_BENCH_DSN" if bench_dsn else "embedded pgserver"
+    where = "PUSHGRES_BENCH_DSN" if server is None else "embedded pgserver"
     result: dict[str, Any] = {
         "postgres": f"{queue.server_version} ({where})",
         "codec": codec,

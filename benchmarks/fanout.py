@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -25,10 +24,9 @@ import uvloop
 
 from pushgres import fanout
 from pushgres.db import store
-from pushgres.demo import start_postgres
 
-from .e2e import MIGRATE_TIMEOUT_S, _postmaster_pid
-from .procs import StepFailed, cpu_s, run_child, tree_cpu_s
+from .e2e import _postmaster_pid, bench_database, migrate_database
+from .procs import StepFailed, cpu_s, tree_cpu_s
 from .report import FANOUT_TARGET_PER_S
 
 __all__ = ["TARGET_PER_S", "run_fanout"]
@@ -51,19 +49,9 @@ def run_fanout(workdir: pathlib.Path, *, users: int) -> dict[str, Any]:
     """The fan-out figures (see the module docstring); raises :class:`StepFailed`."""
     state = workdir / "fanout"
     state.mkdir(parents=True, exist_ok=True)
-    bench_dsn = os.environ.get("PUSHGRES_BENCH_DSN")
-    server: Any = None
-    if bench_dsn:
-        dsn = bench_dsn
-    else:
-        dsn, server = start_postgres(state)
+    dsn, server = bench_database(state)
     try:
-        migrated = run_child(
-            [sys.executable, "-m", "pushgres", "migrate", "--dsn", dsn],
-            timeout_s=MIGRATE_TIMEOUT_S,
-        )
-        if migrated.returncode != 0:
-            raise StepFailed(f"pushgres migrate failed: {migrated.stderr.strip()[-300:]}")
+        migrate_database(dsn)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(_run(dsn, users, server))
     finally:

@@ -62,14 +62,9 @@ class FcmRequestBuilder:
                 return Outcome.invalid("InvalidPayload", "payload is not valid JSON")
             if not isinstance(message, dict):
                 return Outcome.invalid("InvalidPayload", "FCM payload must be a v1 message object")
-            problem = _check_message(message)
-            if problem is not None:
-                return Outcome.invalid("InvalidPayload", problem)
-            size = _content_size(message)
-            if size > MAX_PAYLOAD_BYTES:
-                return Outcome.invalid(
-                    "PayloadTooLarge", f"message content is {size} bytes, limit 4096"
-                )
+            failed = _refusal(message)
+            if failed is not None:
+                return failed
         else:
             rendered = self._renderings.get(row.message, row.payload)
             if isinstance(rendered, Outcome):
@@ -101,13 +96,18 @@ def _finish(message: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
     android = rendered.get("android")
     if android is not None and not isinstance(android, dict):
         return Outcome.invalid("InvalidPayload", "message.android must be an object")
-    problem = _check_message(rendered)
+    return _refusal(rendered) or rendered
+
+
+def _refusal(message: Mapping[str, Any]) -> Outcome | None:
+    """The outcome failing a v1 message before it is sent (bad content, too large), or None."""
+    problem = _check_message(message)
     if problem is not None:
         return Outcome.invalid("InvalidPayload", problem)
-    size = _content_size(rendered)
+    size = _content_size(message)
     if size > MAX_PAYLOAD_BYTES:
         return Outcome.invalid("PayloadTooLarge", f"message content is {size} bytes, limit 4096")
-    return rendered
+    return None
 
 
 def _check_message(message: Mapping[str, Any]) -> str | None:
