@@ -68,7 +68,7 @@ async def _run(dsn: str, users: int, server: Any) -> dict[str, Any]:
             loading = time.monotonic()
             devices = await _load_registry(conn, users)
             load_s = time.monotonic() - loading
-            await store.sync_app_groups(conn, {GROUP: APPS})
+            await store.sync_app_groups(conn, {GROUP: APPS}, APPS)
             await conn.execute("ANALYZE pushgres.devices")
             postmaster = await _postmaster_pid(conn)
         if postmaster is None and server is not None:

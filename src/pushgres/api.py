@@ -174,21 +174,28 @@ def as_notification(item: Notification | Mapping[str, Any], index: int = 0) -> N
         raise EnqueueError(f"notification {index}: {exc}", index=index) from None
 
 
-def _json(value: Mapping[str, Any] | None, index: int, field: str) -> str | None:
+def json_text(value: Mapping[str, Any] | None, field: str, index: int | None = None) -> str | None:
+    """``value`` as the JSON text a jsonb parameter takes (None stays None).
+
+    Raises:
+        EnqueueError: it is not JSON, or holds U+0000 (named with ``field``, and the
+            notification's ``index`` when given).
+    """
     if value is None:
         return None
+    where = "" if index is None else f"notification {index}: "
+    if not isinstance(value, Mapping):
+        raise EnqueueError(f"{where}{field} must be a JSON object", index=index)
     try:
         text = codec.dumps(value).decode()
     except TypeError as exc:
-        raise EnqueueError(
-            f"notification {index}: {field} is not JSON: {exc}", index=index
-        ) from None
+        raise EnqueueError(f"{where}{field} is not JSON: {exc}", index=index) from None
     # jsonb cannot hold U+0000; the escape in the text is only a hint (it may be an escaped
     # backslash followed by "u0000"), the value itself decides.
     if "\\u0000" in text and _has_nul(value):
         raise EnqueueError(
-            f"notification {index}: {field} contains a NUL character (\\u0000), which "
-            "PostgreSQL jsonb cannot hold",
+            f"{where}{field} contains a NUL character (\\u0000), which PostgreSQL jsonb "
+            "cannot hold",
             index=index,
         )
     return text
@@ -240,7 +247,7 @@ def _columns(n: Notification, i: int) -> tuple[Any, ...]:
         n.app,
         n.platform,
         n.device_token,
-        _json(n.payload, i, "payload"),
+        json_text(n.payload, "payload", i),
         priority,
         n.push_type,
         collapse_id,
@@ -249,8 +256,8 @@ def _columns(n: Notification, i: int) -> tuple[Any, ...]:
         n.send_at,
         n.dedupe_key,
         n.max_attempts,
-        _json(n.metadata, i, "metadata"),
-        _json(content, i, "message"),
+        json_text(n.metadata, "metadata", i),
+        json_text(content, "message", i),
     )
 
 

@@ -1195,10 +1195,10 @@ async def _cmd_send(args: argparse.Namespace) -> int:
     overrides = _json_object_flag(args.overrides, "--overrides") if args.overrides else None
     metadata = _json_object_flag(args.metadata, "--metadata") if args.metadata else None
     send_at = _time_flag(args.send_at, "--send-at") if args.send_at else None
-    groups = load_config(args.config).groups if args.config else None
+    config = load_config(args.config) if args.config else None
     async with _database(args, "sending") as conn:
-        if groups:  # the config's groups, for a send before any daemon wrote them
-            await store.sync_app_groups(conn, groups)
+        if config is not None and config.groups:  # for a send before any daemon wrote them
+            await store.sync_app_groups(conn, config.groups, [a.name for a in config.apps])
         options: dict[str, Any] = {
             "overrides": overrides,
             "send_at": send_at,
@@ -1209,8 +1209,8 @@ async def _cmd_send(args: argparse.Namespace) -> int:
         if args.connections == 1:
             done = await fanout.send_to_users(conn, args.to, users, message, **options)
         else:
-            if not 2 <= args.connections <= 64:
-                raise EnqueueError("--connections must be 1..64")
+            if not 2 <= args.connections <= 16:
+                raise EnqueueError("--connections must be 1..16")
             pool = await asyncpg.create_pool(
                 resolve_dsn(args.dsn, args.config),
                 min_size=args.connections,

@@ -35,8 +35,10 @@ import asyncpg
 
 from . import codec
 from . import message as portable
+from .api import json_text
 from .db import store
 from .exceptions import EnqueueError
+from .providers import PROVIDERS
 
 __all__ = [
     "SLICE_USERS",
@@ -48,6 +50,7 @@ __all__ = [
     "send_to_users",
 ]
 
+ACQUIRE_TIMEOUT_S: Final = 30.0
 SLICE_USERS: Final = 250_000
 """Users per slice: large enough that a slice's one pass over the registry stays cheap."""
 _SQLSTATE_INVALID_PARAMETER: Final = "22023"
@@ -133,14 +136,14 @@ async def send_to_users(
         raise EnqueueError("send_at must be a timezone-aware datetime")
     if isinstance(max_attempts, bool) or not 1 <= max_attempts <= 100:
         raise EnqueueError("max_attempts must be 1..100")
-    if isinstance(connections, bool) or not 1 <= connections <= 64:
-        raise EnqueueError("connections must be 1..64")
+    if isinstance(connections, bool) or not 1 <= connections <= 16:
+        raise EnqueueError("connections must be 1..16")
     opening = (
         target,
-        _json(message, "message"),
-        _json(overrides, "overrides"),
+        json_text(message, "message"),
+        json_text(overrides, "overrides"),
         dedupe_key,
-        _json(metadata, "metadata"),
+        json_text(metadata, "metadata"),
     )
     slices = [users[i : i + SLICE_USERS] for i in range(0, len(users), SLICE_USERS)]
     with _refusals(), store.schema_required():
@@ -176,6 +179,7 @@ async def _fan_out(
 ) -> FanOut:
     """The whole fan-out in one transaction (the caller's, when there is one)."""
     async with conn.transaction():
+        await _check_rendering(conn, opening)
         group = await store.open_fanout(conn, *opening)
         group_id = int(group["group_id"])
         if group["complete"]:
@@ -197,7 +201,8 @@ async def _fan_out_parallel(
     connections: int,
 ) -> FanOut:
     """Slices on several connections at once, each slice its own transaction."""
-    async with pool.acquire() as conn:
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+        await _check_rendering(conn, opening)
         group = await store.open_fanout(conn, *opening)
     group_id = int(group["group_id"])
     if group["complete"]:
@@ -206,7 +211,7 @@ async def _fan_out_parallel(
     added: list[bool] = []
 
     async def worker() -> None:
-        async with pool.acquire() as conn:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             for number, users in pending:  # shared: each slice goes to one worker
                 async with conn.transaction():
                     done = await store.fanout_slice(
@@ -229,9 +234,24 @@ async def _fan_out_parallel(
                 else " (a fan-out given a dedupe_key can be finished by calling it again)"
             )
         ) from None
-    async with pool.acquire() as conn:
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
         totals = await store.close_fanout(conn, group_id)
     return _fanout(group_id, totals, duplicate=bool(group["duplicate"]) and not any(added))
+
+
+async def _check_rendering(conn: asyncpg.Connection, opening: tuple[Any, ...]) -> None:
+    """Refuse a message that a provider of the target could not render (an FCM reserved data
+    key, overrides removing APNs's ``aps``, too large), before anything is queued."""
+    target, message_text, overrides_text = opening[:3]
+    message = codec.loads(message_text)
+    overrides = codec.loads(overrides_text) if overrides_text is not None else {}
+    for platform in await store.target_platforms(conn, target):
+        provider = PROVIDERS.get(platform)
+        if provider is None:
+            continue
+        problem = provider.check_message(message, overrides.get(platform, {}))
+        if problem is not None:
+            raise EnqueueError(f"the fan-out was refused for {platform}: {problem}")
 
 
 @contextlib.contextmanager
@@ -255,17 +275,6 @@ def _fanout(group_id: int, record: asyncpg.Record, *, duplicate: bool) -> FanOut
         users_without_device=int(record["users_without_device"]),
         notifications=int(record["notifications"]),
     )
-
-
-def _json(value: Mapping[str, Any] | None, name: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise EnqueueError(f"{name} must be a JSON object")
-    try:
-        return codec.dumps(value).decode()
-    except TypeError as exc:
-        raise EnqueueError(f"{name} is not JSON: {exc}") from None
 
 
 async def group_outcome(

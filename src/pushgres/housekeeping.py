@@ -88,11 +88,10 @@ class Housekeeping:
 
     async def sync_groups(self) -> None:
         """Write the config's groups of apps where ``pushgres.send_to_users`` finds them."""
-        await self._store.sync_app_groups(self._groups)
+        await self._store.sync_app_groups(self._groups, self._apps)
 
     async def maintain(self) -> None:
         """One round of maintenance (also run once at start, before the lanes)."""
-        await self.sync_groups()
         await self._store.maintenance(
             retention_days=self._settings.results_retention_days,
             dedupe_retention_days=self._settings.dedupe_retention_days,
@@ -109,6 +108,7 @@ class Housekeeping:
                     extra={"action": "stale_devices", "app": app},
                 )
         self.device_counts = await self._store.device_counts()
+        await self.sync_groups()
 
     async def maintenance(self) -> None:
         while True:

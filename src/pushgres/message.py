@@ -22,7 +22,7 @@ into the row's columns (:func:`split`) and stores the message without them:
 
 ============= ================================ =====================================
 collapse_key  string of 1-64 UTF-8 bytes       the row's collapse id
-ttl           integer seconds, 0..2419200      the row's expiry: now (or send_at) + ttl
+ttl           integer seconds, 1..2419200      the row's expiry: now (or send_at) + ttl
 priority      "high" or "normal"               the row's priority, 10 or 5
 ============= ================================ =====================================
 
@@ -188,6 +188,8 @@ def _check(message: object, *, stored: bool) -> str | None:
         image = message["image"]
         if not isinstance(image, str) or not _is_https_url(image):
             return f"'image' must be an https URL, got {_shown(image)}"
+        if "title" not in message and "body" not in message:
+            return "'image' is shown with an alert: give a 'title' or a 'body' too"
     return None if stored else _check_delivery(message)
 
 
@@ -201,8 +203,8 @@ def _check_delivery(message: Mapping[str, Any]) -> str | None:
             )
     if "ttl" in message:
         ttl = message["ttl"]
-        if not _is_int(ttl) or not 0 <= ttl <= MAX_TTL_S:
-            return f"'ttl' must be whole seconds 0..{MAX_TTL_S}, got {_shown(ttl)}"
+        if not _is_int(ttl) or not 1 <= ttl <= MAX_TTL_S:
+            return f"'ttl' must be whole seconds 1..{MAX_TTL_S}, got {_shown(ttl)}"
     if "priority" in message and message["priority"] not in _PRIORITIES:
         return f'\'priority\' must be "high" or "normal", got {_shown(message["priority"])}'
     return None

@@ -374,12 +374,82 @@ async def test_a_portable_message_to_a_token_from_python_and_sql(env: dict[str, 
     assert accepted["apns"].get(ios) == 1 and accepted["fcm"].get(android) == 1
 
 
+async def test_a_fanout_is_refused_when_a_provider_of_its_target_could_not_render_it(
+    conn: asyncpg.Connection,
+) -> None:
+    await _register_people(conn, 4)
+    from_key = {"title": "Hi", "data": {"from": "shop"}}  # a reserved FCM data key
+    with pytest.raises(EnqueueError, match=r"refused for fcm: message.data.from is a reserved"):
+        await fanout.send_to_users(conn, GROUP, ["p0", "p1"], from_key)
+    apns_only = await fanout.send_to_users(conn, APNS_APP, ["p0", "p1"], from_key)
+    assert apns_only.notifications == 2  # APNs has no such rule: fine for the iOS app alone
+    with pytest.raises(EnqueueError, match=r"refused for apns: the overrides must leave"):
+        await fanout.send_to_users(
+            conn, GROUP, ["p0"], {"title": "Hi"}, overrides={"apns": {"aps": None}}
+        )
+    assert await conn.fetchval("SELECT count(*) FROM pushgres.queue") == 2
+
+
+async def test_closing_a_fanout_waits_for_its_slices_in_flight(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    people = await _register_people(conn, 10)
+    group_id = await conn.fetchval(
+        'SELECT group_id FROM pushgres.open_fanout($1, \'{"body": "x"}\')', GROUP
+    )
+    slicer, closer = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        adding = slicer.transaction()
+        await adding.start()
+        await _slice(slicer, people, group_id, 0)  # not committed yet
+        closing = asyncio.create_task(
+            closer.fetchrow("SELECT * FROM pushgres.close_fanout($1)", group_id)
+        )
+        await asyncio.sleep(0.3)
+        assert not closing.done()  # waits for the slice
+        await adding.commit()
+        totals = await asyncio.wait_for(closing, 10)
+    finally:
+        await slicer.close()
+        await closer.close()
+    assert totals is not None and (totals["users"], totals["notifications"]) == (10, 15)
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="is complete"):
+        await _slice(conn, people, group_id, 1)
+
+
+async def test_a_slice_given_again_must_hold_the_same_users(conn: asyncpg.Connection) -> None:
+    people = await _register_people(conn, 4)
+    group_id = await conn.fetchval(
+        'SELECT group_id FROM pushgres.open_fanout($1, \'{"body": "x"}\')', GROUP
+    )
+    await _slice(conn, people[:2], group_id, 0)
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="given before with other users"):
+        await _slice(conn, people[1:3], group_id, 0)
+
+
+async def test_groups_of_apps_follow_the_config(conn: asyncpg.Connection) -> None:
+    from pushgres.db import store
+
+    async def groups() -> dict[str, list[str]]:
+        rows = await conn.fetch("SELECT name, apps FROM pushgres.app_groups ORDER BY name")
+        return {r["name"]: list(r["apps"]) for r in rows}
+
+    await store.sync_app_groups(conn, {"shop": ["ios", "android"]}, ["ios", "android"])
+    await conn.execute("INSERT INTO pushgres.app_groups (name, apps) VALUES ('news', '{web}')")
+    assert await groups() == {"news": ["web"], "shop": ["ios", "android"]}
+    await store.sync_app_groups(conn, {"store": ["ios"]}, ["ios", "android"])
+    # shop (all its apps are this config's) is gone; news (another config's app) stays.
+    assert await groups() == {"news": ["web"], "store": ["ios"]}
+    await store.sync_app_groups(conn, {}, ["ios", "android"])
+    assert await groups() == {"news": ["web"]}
+
+
 MESSAGES: list[Any] = [
     {"title": "a"},
     {"body": "b", "data": {"k": [1, 2]}, "badge": 0, "sound": "default"},
     {"subtitle": "s", "thread": "t", "link": "app://x", "image": "https://e.com/i.png"},
     {"data": {}},
-    {"title": "a", "ttl": 0, "priority": "normal", "collapse_key": "c"},
+    {"title": "a", "ttl": 1, "priority": "normal", "collapse_key": "c"},
     {},
     {"ttl": 60},
     {"titel": "a"},
@@ -393,6 +463,20 @@ MESSAGES: list[Any] = [
     {"collapse_key": "", "title": "a"},
     {"collapse_key": "x" * 65, "title": "a"},
     {"image": "http://e.com/i.png"},
+    {"title": "a", "image": "https://"},
+    {"title": "a", "image": "https://a b/i.png"},
+    {"title": "a", "image": "https://user@cdn.e.com:8443/i.png?x=1"},
+    {"image": "https://e.com/i.png"},
+    {"sound": ""},
+    {"link": ""},
+    {"thread": "", "title": "a"},
+    {"title": ""},
+    {"badge": 2**31 - 1},
+    {"badge": 2**31},
+    {"badge": 1.0},
+    {"ttl": 0, "title": "a"},
+    {"ttl": 1, "title": "a"},
+    {"ttl": 60.0, "title": "a"},
     [],
     "text",
 ]

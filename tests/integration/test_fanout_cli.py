@@ -125,7 +125,7 @@ async def test_send_from_a_file_on_two_connections_and_again(
         (("--to", "shop", "--user", "ann", "--message", '{"titel": "x"}'), "unknown key 'titel'"),
         (("--to", "shop", "--user", "ann", "--badge", "-1", "--title", "x"), "'badge'"),
         (("--to", "nowhere", "--user", "ann", "--title", "x"), "no app or group named nowhere"),
-        (("--to", "shop", "--user", "ann", "--title", "x", "--connections", "0"), "1..64"),
+        (("--to", "shop", "--user", "ann", "--title", "x", "--connections", "0"), "1..16"),
         (("--to", "shop", "--user", "ann", "--overrides", '{"web": {}}', "--title", "x"),
          "overrides"),
     ],

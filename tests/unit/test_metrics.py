@@ -226,3 +226,31 @@ def test_apps_no_lane_serves_share_one_label() -> None:
     assert sorted(metrics.apps) == ["(unserved)", "ios"]
     s = _scrape(metrics)
     assert _one(s, "pushgres_notifications_total", app="(unserved)", status="failed") == 100
+
+
+def test_uninstall_probes_are_counted_apart_from_notifications() -> None:
+    metrics = MetricsObserver(clock=lambda: NOW)
+    metrics.app("ios", "apns")
+    probe = ClaimedRow.fresh(
+        id=9, app="ios", platform="apns", device_token="cd" * 32, payload="{}",
+        now=dt.datetime.fromtimestamp(NOW - 1, dt.UTC), probe=True,
+    )  # fmt: skip
+    dead_probe = ResultRecord(
+        row=probe, status="token_invalid", provider_status=410, reason="Unregistered",
+        provider_id=None, attempts=1,
+    )  # fmt: skip
+    metrics.written(
+        "ios",
+        [_result(1, "sent"), dead_probe],
+        [Requeue(row=probe, delay_s=1.0, reason="ServiceUnavailable", attempts=1)],
+        [InvalidToken(app="ios", device_token="cd" * 32, reason="Unregistered",
+                      provider_timestamp=None, probe=True)],
+        0.001,
+    )  # fmt: skip
+    s = _scrape(metrics)
+    assert _one(s, "pushgres_uninstall_probes_total", app="ios", status="token_invalid") == 1
+    assert _one(s, "pushgres_notifications_total", app="ios", status="sent") == 1
+    assert not [v for labels, v in s.get("pushgres_notifications_total", [])
+                if labels.get("status") == "token_invalid"]  # fmt: skip
+    assert not s.get("pushgres_retries_total")
+    assert _one(s, "pushgres_tokens_invalidated_total", app="ios") == 0

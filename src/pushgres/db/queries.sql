@@ -90,6 +90,7 @@ WITH t AS (
     SELECT DISTINCT ON (app, device_token) app, device_token, reason, provider_timestamp, probe
     FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::boolean[])
         AS t(app, device_token, reason, provider_timestamp, probe)
+    ORDER BY app, device_token, probe  -- a notification's answer wins over a probe's
 ), recorded AS (
     INSERT INTO pushgres.invalid_tokens (app, device_token, reason, provider_timestamp)
     SELECT app, device_token, reason, provider_timestamp FROM t
@@ -517,13 +518,18 @@ DELETE FROM pushgres.invalid_tokens WHERE invalidated_at < now() - make_interval
 -- name: prune_groups
 -- Fan-outs older than the results' retention ($1 days) with nothing left in the queue are
 -- forgotten, with their slices: their results are gone, and their dedupe keys with them.
-DELETE FROM pushgres.groups g
-WHERE g.created_at < now() - make_interval(days => $1::int)
-  AND NOT EXISTS (SELECT 1 FROM pushgres.queue q WHERE q.group_id = g.id)
+-- A group a slice is being added to is locked (FOR KEY SHARE) and skipped.
+WITH old AS (
+    SELECT id FROM pushgres.groups
+    WHERE created_at < now() - make_interval(days => $1::int)
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM pushgres.groups g USING old
+WHERE g.id = old.id AND NOT EXISTS (SELECT 1 FROM pushgres.queue q WHERE q.group_id = g.id)
 
 -- name: sync_app_groups
 -- The config's groups of apps ($1 names, $2 each group's apps as a JSON array): written, and
--- a group no longer in the config removed if all its apps are the config's ($3).
+-- a group no longer in the config removed if all its apps are apps of the config ($3).
 WITH given AS (
     SELECT g.name, ARRAY(SELECT jsonb_array_elements_text(g.apps)) AS apps
     FROM unnest($1::text[], $2::jsonb[]) AS g(name, apps)
@@ -535,6 +541,14 @@ WITH given AS (
 )
 DELETE FROM pushgres.app_groups a
 WHERE a.name <> ALL ($1::text[]) AND a.apps <@ $3::text[]
+
+-- name: target_platforms
+-- The platforms a fan-out to $1 reaches: those of its apps (a group's, or the app $1), each
+-- read off one of the app's registered devices.
+SELECT DISTINCT p.platform
+FROM unnest(coalesce((SELECT apps FROM pushgres.app_groups WHERE name = $1), ARRAY[$1::text]))
+     AS a(app),
+     LATERAL (SELECT d.platform FROM pushgres.devices d WHERE d.app = a.app LIMIT 1) p
 
 -- name: open_fanout
 SELECT group_id, duplicate, complete, users, users_without_device, notifications
@@ -558,18 +572,20 @@ FROM pushgres.groups WHERE id = $1
 -- name: group_outcome
 SELECT user_id, status, reason, count FROM pushgres.group_outcome($1, $2)
 
+-- name: probe_turn
+-- The app's probing turn ($1): one daemon at a time, until its transaction ends. Taken in its
+-- own statement, so that the count of the minute's probes after it sees the last turn's.
+SELECT pg_try_advisory_xact_lock(hashtextextended('pushgres.probe:' || $1, 0))
+
 -- name: probe_devices
 -- An app's devices not seen for $2 days and not probed for $3 days get an uninstall probe: a
 -- silent push ($5, the portable message) marked as a probe, priority 5, expiring after a
--- day -- at most $4 a minute for the app, however many daemons serve it (the minute's
--- probes are counted under a lock that one daemon at a time holds).
-WITH turn AS (
-    SELECT pg_try_advisory_xact_lock(hashtextextended('pushgres.probe:' || $1, 0)) AS ours
-), budget AS (
+-- day -- at most $4 a minute for the app, however many daemons serve it (run holding the
+-- app's probe_turn).
+WITH budget AS (
     SELECT greatest(0, $4::int - (
         SELECT count(*) FROM pushgres.devices
         WHERE app = $1 AND probed_at > now() - interval '1 minute')) AS n
-    FROM turn WHERE turn.ours
 ), c AS (
     SELECT app, token FROM pushgres.devices
     WHERE app = $1 AND state IN ('active', 'stale') AND EXISTS (SELECT 1 FROM budget)

@@ -456,18 +456,22 @@ class Store:
     ) -> int:
         """Enqueue up to ``limit`` uninstall probes for ``app``'s quiet devices; how many."""
         with self._guard("enqueueing uninstall probes"):
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
+                if not await conn.fetchval(QUERIES["probe_turn"], app):
+                    return 0  # another daemon is probing this app right now
                 return int(
                     await conn.fetchval(
                         QUERIES["probe_devices"], app, after_days, every_days, limit, message
                     )
                 )
 
-    async def sync_app_groups(self, groups: Mapping[str, Sequence[str]]) -> None:
-        """The config's groups of apps, for fan-outs from SQL."""
+    async def sync_app_groups(
+        self, groups: Mapping[str, Sequence[str]], apps: Sequence[str]
+    ) -> None:
+        """The config's groups of apps (``apps``: the config's apps), for fan-outs from SQL."""
         with self._guard("writing the app groups"):
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-                await sync_app_groups(conn, groups)
+                await sync_app_groups(conn, groups, apps)
 
     async def device_counts(self) -> dict[tuple[str, str], int]:
         """Devices by app and state."""
@@ -766,15 +770,25 @@ async def device_counts_of(conn: asyncpg.Connection) -> dict[tuple[str, str], in
 # -- fan-outs to people and uninstall probes -------------------------------------------------
 
 
-async def sync_app_groups(conn: asyncpg.Connection, groups: Mapping[str, Sequence[str]]) -> None:
-    """Write the config's app groups to ``pushgres.app_groups`` (at start and each reload)."""
-    members = sorted({app for apps in groups.values() for app in apps})
+async def sync_app_groups(
+    conn: asyncpg.Connection, groups: Mapping[str, Sequence[str]], apps: Sequence[str]
+) -> None:
+    """Write the config's app groups to ``pushgres.app_groups`` (at start and each reload).
+
+    A group no longer in the config is removed when all its apps are among ``apps`` (the
+    config's): a group of apps another daemon's config serves is left to that daemon.
+    """
     await conn.execute(
         QUERIES["sync_app_groups"],
         list(groups),
-        [codec.dumps(list(apps)).decode() for apps in groups.values()],
-        members,
+        [codec.dumps(list(members)).decode() for members in groups.values()],
+        sorted(apps),
     )
+
+
+async def target_platforms(conn: asyncpg.Connection, target: str) -> list[str]:
+    """The platforms a fan-out to ``target`` (an app or a group of apps) reaches."""
+    return [r["platform"] for r in await conn.fetch(QUERIES["target_platforms"], target)]
 
 
 async def open_fanout(conn: asyncpg.Connection, *args: Any) -> asyncpg.Record:

@@ -211,8 +211,9 @@ class MetricsObserver:
             outcomes[sent, ""] += plain
         latency.sum += total
         for requeue in requeues:
-            counters.retries[_reason_name(requeue.reason)] += 1
-        counters.invalidated += len(invalid)
+            if not requeue.row.probe:
+                counters.retries[_reason_name(requeue.reason)] += 1
+        counters.invalidated += sum(1 for token in invalid if not token.probe)
 
 
 @dataclass(frozen=True, slots=True)

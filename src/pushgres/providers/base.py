@@ -292,6 +292,11 @@ class Provider(Protocol):
         """What is wrong with a notification for this provider (generic checks done), or None."""
         ...
 
+    def check_message(self, message: object, overrides: object) -> str | None:
+        """What is wrong with a portable message and native overrides for this provider (its
+        rendering would fail at send time), or None."""
+        ...
+
     def senders(self, apps: Sequence[AppConfig], *, request_timeout_s: float) -> list[Sender]:
         """One sender per app, in order, from their configs (credentials are read here, once).
 
@@ -337,6 +342,7 @@ class ProviderModule:
         *,
         parse_app: Callable[..., tuple[PoolConfig, object]],
         check: Callable[[Notification], str | None],
+        check_message: Callable[[object, object], str | None],
         senders: Callable[..., list[Sender]],
         check_credentials: Callable[..., Awaitable[CredentialReport]],
         credential_expiry: Callable[[AppConfig], dt.datetime | None],
@@ -346,6 +352,7 @@ class ProviderModule:
         self.platform = platform
         self._parse_app = parse_app
         self._check = check
+        self._check_message = check_message
         self._senders = senders
         self._check_credentials = check_credentials
         self._credential_expiry = credential_expiry
@@ -359,6 +366,9 @@ class ProviderModule:
 
     def check(self, notification: Notification) -> str | None:
         return self._check(notification)
+
+    def check_message(self, message: object, overrides: object) -> str | None:
+        return self._check_message(message, overrides)
 
     def senders(self, apps: Sequence[AppConfig], *, request_timeout_s: float) -> list[Sender]:
         return self._senders(apps, request_timeout_s=request_timeout_s)

@@ -91,6 +91,8 @@ CREATE TABLE pushgres.group_slices (
     users                 bigint  NOT NULL DEFAULT 0,
     users_without_device  bigint  NOT NULL DEFAULT 0,
     notifications         bigint  NOT NULL DEFAULT 0,
+    -- The slice's user ids, as given: a slice given again must be the same users.
+    digest                text    NOT NULL,
     PRIMARY KEY (group_id, slice),
     CONSTRAINT group_slices_slice CHECK (slice >= 0)
 );
@@ -109,17 +111,25 @@ BEGIN
     END IF;
     FOR k, v IN SELECT e.key, e.value FROM jsonb_each(message) e ORDER BY e.key LOOP
         kind := jsonb_typeof(v);
-        IF k IN ('title', 'subtitle', 'body', 'sound', 'image', 'link', 'thread', 'collapse_key') THEN
+        IF k IN ('title', 'subtitle', 'body', 'image', 'collapse_key') THEN
             IF kind <> 'string' THEN
                 RETURN format('message.%s must be a string', k);
+            END IF;
+        ELSIF k IN ('sound', 'link', 'thread') THEN
+            IF kind <> 'string' OR v #>> '{}' = '' THEN
+                RETURN format('message.%s must be a non-empty string', k);
             END IF;
         ELSIF k = 'data' THEN
             IF kind <> 'object' THEN
                 RETURN 'message.data must be an object';
             END IF;
-        ELSIF k IN ('badge', 'ttl') THEN
-            IF kind <> 'number' OR v::numeric <> trunc(v::numeric) OR v::numeric < 0 THEN
-                RETURN format('message.%s must be a whole number >= 0', k);
+        ELSIF k = 'badge' THEN
+            IF kind <> 'number' OR v::text !~ '^[0-9]+$' OR v::numeric > 2147483647 THEN
+                RETURN 'message.badge must be a whole number 0..2147483647';
+            END IF;
+        ELSIF k = 'ttl' THEN
+            IF kind <> 'number' OR v::text !~ '^[0-9]+$' OR v::numeric NOT BETWEEN 1 AND 2419200 THEN
+                RETURN 'message.ttl must be whole seconds 1..2419200 (28 days)';
             END IF;
         ELSIF k = 'priority' THEN
             IF kind <> 'string' OR v #>> '{}' NOT IN ('high', 'normal') THEN
@@ -131,14 +141,17 @@ BEGIN
                           to_json(k));
         END IF;
     END LOOP;
-    IF (message ->> 'ttl')::numeric > 2419200 THEN
-        RETURN 'message.ttl must be at most 2419200 seconds (28 days)';
-    END IF;
     IF octet_length(message ->> 'collapse_key') NOT BETWEEN 1 AND 64 THEN
         RETURN 'message.collapse_key must be 1 to 64 bytes';
     END IF;
-    IF message ->> 'image' IS NOT NULL AND message ->> 'image' !~ '^https://' THEN
-        RETURN 'message.image must be an https URL';
+    IF message ->> 'image' IS NOT NULL THEN
+        IF message ->> 'image' !~ '^https://([^/?#\s]*@)?([^/?#:@\s\[\]]+|\[[0-9A-Fa-f:.]+\])(:[0-9]*)?([/?#]|$)'
+                OR message ->> 'image' ~ '\s' THEN
+            RETURN 'message.image must be an https URL';
+        END IF;
+        IF NOT message ?| ARRAY['title', 'body'] THEN
+            RETURN 'message.image is shown with an alert: give a title or a body too';
+        END IF;
     END IF;
     IF NOT message ?| ARRAY['title', 'subtitle', 'body', 'data', 'badge', 'sound', 'image',
                             'link', 'thread'] THEN
@@ -210,6 +223,9 @@ $$;
 CREATE FUNCTION pushgres.close_fanout(group_id bigint)
 RETURNS TABLE (users bigint, users_without_device bigint, notifications bigint)
 LANGUAGE sql AS $$
+    -- FOR UPDATE waits for the slices in flight (they hold FOR KEY SHARE); later ones then
+    -- find the group complete.
+    SELECT 1 FROM pushgres.groups g WHERE g.id = close_fanout.group_id FOR UPDATE;
     UPDATE pushgres.groups g SET complete = true WHERE g.id = close_fanout.group_id
     RETURNING g.users, g.users_without_device, g.notifications;
 $$;
@@ -254,6 +270,8 @@ DECLARE
     n_rows bigint;
     nestloop text;
     memory text;
+    digest text;
+    done pushgres.group_slices%ROWTYPE;
 BEGIN
     IF gid IS NULL THEN
         IF slice IS NOT NULL THEN
@@ -283,12 +301,20 @@ BEGIN
         END IF;
     END IF;
     IF slice IS NOT NULL THEN
-        INSERT INTO pushgres.group_slices AS s (group_id, slice) VALUES (gid, slice)
+        digest := md5(array_to_string(coalesce(user_ids, '{}'), E'\n', ''));
+        INSERT INTO pushgres.group_slices AS s (group_id, slice, digest)
+        VALUES (gid, slice, digest)
         ON CONFLICT DO NOTHING;
         IF NOT FOUND THEN  -- given before: its rows are queued already
-            RETURN QUERY SELECT gid, true, s.users, s.users_without_device, s.notifications
-                         FROM pushgres.group_slices s
-                         WHERE s.group_id = gid AND s.slice = slice;
+            SELECT * INTO done FROM pushgres.group_slices s
+            WHERE s.group_id = gid AND s.slice = slice;
+            IF done.digest <> digest THEN
+                RAISE EXCEPTION 'pushgres.send_to_users: slice % of fan-out group % was given '
+                                'before with other users: resume a fan-out with the same users '
+                                'in the same order', slice, gid USING ERRCODE = '22023';
+            END IF;
+            RETURN QUERY SELECT gid, true, done.users, done.users_without_device,
+                                done.notifications;
             RETURN;
         END IF;
     END IF;
@@ -305,7 +331,7 @@ BEGIN
         nestloop := current_setting('enable_nestloop');
         memory := current_setting('work_mem');
         PERFORM set_config('enable_nestloop', 'off', true);
-        PERFORM set_config('work_mem', '256MB', true);
+        PERFORM set_config('work_mem', '64MB', true);
     END IF;
     EXECUTE $fanout$
         WITH u AS (

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..base import ProviderModule
 from .config import parse_app
 from .credentials import check_credentials, credential_expiry
-from .protocol import check_notification
+from .protocol import check_message, check_notification
 from .reasons import diagnoses
 from .sender import build_senders
 
@@ -22,6 +22,7 @@ PROVIDER = ProviderModule(
     "apns",
     parse_app=parse_app,
     check=check_notification,
+    check_message=check_message,
     senders=build_senders,
     check_credentials=check_credentials,
     credential_expiry=credential_expiry,

@@ -30,6 +30,7 @@ __all__ = [
     "TOPIC_SUFFIXES",
     "ApnsRequestBuilder",
     "apns_id_for",
+    "check_message",
     "check_notification",
     "parse_response",
 ]
@@ -222,7 +223,7 @@ def check_notification(n: Notification) -> str | None:
         if not isinstance(n.payload.get("aps"), Mapping):
             return "an APNs payload must hold an 'aps' object"
     else:
-        problem = check_enqueued(n.message, n.payload, _finish)
+        problem = check_message(n.message, n.payload)
         if problem is not None:
             return problem
     if n.push_type is not None:
@@ -231,3 +232,8 @@ def check_notification(n: Notification) -> str | None:
         if n.push_type == "background" and n.priority == 10:
             return "a background push must have priority 5 or 1"
     return None
+
+
+def check_message(message: object, overrides: object) -> str | None:
+    """What is wrong with a portable message and its native overrides for this provider."""
+    return check_enqueued(message, overrides, _finish)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..base import ProviderModule
 from .config import parse_app
 from .credentials import check_credentials, credential_expiry
-from .protocol import check_notification
+from .protocol import check_message, check_notification
 from .sender import build_senders
 
 __all__ = ["PROVIDER"]
@@ -21,6 +21,7 @@ PROVIDER = ProviderModule(
     "fcm",
     parse_app=parse_app,
     check=check_notification,
+    check_message=check_message,
     senders=build_senders,
     check_credentials=check_credentials,
     credential_expiry=credential_expiry,

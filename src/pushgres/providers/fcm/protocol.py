@@ -21,12 +21,17 @@ from ...models import Action, ClaimedRow, Notification, Outcome, Request
 from ...retry import parse_retry_after
 from ..rendering import Renderings, check_enqueued
 from .reasons import action_for, hint_for
-from .render import render
+from .render import TARGETS, render
 
-__all__ = ["MAX_PAYLOAD_BYTES", "FcmRequestBuilder", "check_notification", "parse_response"]
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "FcmRequestBuilder",
+    "check_message",
+    "check_notification",
+    "parse_response",
+]
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_:.-]+$")
-_TARGETS = frozenset({"token", "topic", "condition", "fid"})
 
 MAX_PAYLOAD_BYTES = 4096
 MAX_TTL_S = 2_419_200
@@ -194,12 +199,17 @@ def check_notification(n: Notification) -> str | None:
     if not _TOKEN.fullmatch(n.device_token):
         return "an FCM device_token holds only A-Z a-z 0-9 _ : . -"
     if n.message is None:
-        if _TARGETS & set(n.payload):
+        if any(key in n.payload for key in TARGETS):
             return "an FCM payload is the v1 message without a target (token/topic/condition)"
     else:
-        problem = check_enqueued(n.message, n.payload, _finish)
+        problem = check_message(n.message, n.payload)
         if problem is not None:
             return problem
     if n.push_type is not None:
         return "push_type applies to APNs only"
     return None
+
+
+def check_message(message: object, overrides: object) -> str | None:
+    """What is wrong with a portable message and its native overrides for this provider."""
+    return check_enqueued(message, overrides, _finish)

@@ -23,10 +23,11 @@ from typing import Any
 from ... import codec
 from ...message import merge
 
-__all__ = ["render"]
+__all__ = ["TARGETS", "render"]
 
 _NOTIFICATION_KEYS = ("title", "body", "image")
-_TARGETS = ("token", "topic", "condition", "fid")
+TARGETS = ("token", "topic", "condition", "fid")
+"""The v1 message's target fields: the row's device token is the target, so none may be given."""
 
 
 def render(message: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any] | str:
@@ -70,7 +71,7 @@ def render(message: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str
         result["apns"] = {"payload": {"aps": aps}}
     if overrides:
         result = merge(result, overrides)
-        named = [key for key in _TARGETS if key in result]
+        named = [key for key in TARGETS if key in result]
         if named:
             return (
                 f"the overrides name a target ({named[0]!r}): the row's device token is the target"
