@@ -154,7 +154,7 @@ async def send_to_users(
                 conn, opening, slices, send_at, max_attempts, connections
             )
         if isinstance(conn, asyncpg.Pool):
-            async with conn.acquire() as c:
+            async with conn.acquire(timeout=ACQUIRE_TIMEOUT_S) as c:
                 return await _fan_out(c, opening, slices, send_at, max_attempts)
         return await _fan_out(conn, opening, slices, send_at, max_attempts)
 
@@ -282,7 +282,7 @@ async def group_outcome(
 ) -> GroupOutcome | None:
     """The outcome of fan-out ``group_id`` (None if there is no such group)."""
     if isinstance(conn, asyncpg.Pool):
-        async with conn.acquire() as c:
+        async with conn.acquire(timeout=ACQUIRE_TIMEOUT_S) as c:
             return await _group_outcome(c, group_id, per_user)
     return await _group_outcome(conn, group_id, per_user)
 
