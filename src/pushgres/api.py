@@ -28,6 +28,7 @@ import asyncpg
 
 from . import codec
 from . import message as portable
+from .config import is_time_zone
 from .db import store
 from .exceptions import EnqueueError
 from .models import Notification
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 COPY_THRESHOLD = store.COPY_THRESHOLD
+EARLIEST_OFFSET = dt.timedelta(hours=14)  # the furthest time zone ahead of UTC (Pacific/Kiritimati)
 _APP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -67,7 +69,7 @@ class NotificationOutcome:
     id: int
     app: str
     platform: str
-    status: str  # queued | sent | failed | token_invalid | expired
+    status: str  # queued | sent | failed | token_invalid | expired | suppressed
     provider_status: int | None
     reason: str | None
     provider_id: str | None
@@ -129,6 +131,20 @@ def validate(n: Notification, index: int = 0) -> None:
         value = getattr(n, name)
         if value is not None and (not isinstance(value, dt.datetime) or value.tzinfo is None):
             raise bad(f"{name} must be a timezone-aware datetime")
+    if n.category is not None and (
+        not isinstance(n.category, str) or not _APP.fullmatch(n.category)
+    ):
+        raise bad(f"category must be 1-64 of A-Z a-z 0-9 _ . -, got {n.category!r}")
+    if n.timezone is not None and (not isinstance(n.timezone, str) or not is_time_zone(n.timezone)):
+        raise bad(
+            f"timezone must be an IANA time zone name such as 'Europe/Paris', got {n.timezone!r}"
+        )
+    local = n.local_send_at
+    if local is not None and (not isinstance(local, dt.datetime) or local.tzinfo is not None):
+        raise bad(
+            "local_send_at must be a wall-clock time without a UTC offset, such as "
+            "'2026-12-24T09:00' (it is read in each device's own time zone)"
+        )
 
 
 def _check_text(value: object, name: str, bad: Callable[[str], EnqueueError]) -> None:
@@ -237,12 +253,17 @@ def _columns(n: Notification, i: int) -> tuple[Any, ...]:
     ``collapse_key`` its collapse id, ``priority`` its priority, ``ttl`` its expiry.
     """
     priority, collapse_id, expires_at, content = n.priority, n.collapse_id, n.expires_at, None
+    send_at = n.send_at
+    if send_at is None and n.local_send_at is not None:
+        # The first moment that wall-clock time happens anywhere (UTC+14): the daemon then
+        # holds each row until it happens in the row's own time zone.
+        send_at = n.local_send_at.replace(tzinfo=dt.UTC) - EARLIEST_OFFSET
     if n.message is not None:
         content, delivery = portable.split(n.message)
         priority = delivery.priority or priority
         collapse_id = delivery.collapse_id or collapse_id
         if delivery.ttl_s is not None:
-            expires_at = delivery.expires_at(n.send_at or dt.datetime.now(dt.UTC))
+            expires_at = delivery.expires_at(send_at or dt.datetime.now(dt.UTC))
     return (
         n.app,
         n.platform,
@@ -253,11 +274,14 @@ def _columns(n: Notification, i: int) -> tuple[Any, ...]:
         collapse_id,
         expires_at,
         n.topic,
-        n.send_at,
+        send_at,
         n.dedupe_key,
         n.max_attempts,
         json_text(n.metadata, "metadata", i),
         json_text(content, "message", i),
+        n.category,
+        n.timezone,
+        n.local_send_at,
     )
 
 
@@ -279,6 +303,17 @@ async def _insert(
     conn: asyncpg.Connection, items: Sequence[Notification], rows: list[tuple[Any, ...]]
 ) -> list[Enqueued]:
     async with conn.transaction():
+        named = {n.category for n in items if n.category is not None}
+        if named:
+            known = await store.category_names(conn)
+            for i, n in enumerate(items):
+                if n.category is not None and n.category not in known:
+                    raise EnqueueError(
+                        f"notification {i}: unknown category {n.category!r} (declared: "
+                        f"{', '.join(sorted(known)) or 'none'}; categories are declared as "
+                        "[categories.<name>] in the daemon's config)",
+                        index=i,
+                    )
         ids = await store.insert_notifications(conn, rows)
         return await _resolve_duplicates(conn, items, ids)
 

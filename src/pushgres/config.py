@@ -12,11 +12,12 @@ never the whole tree.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,13 @@ from .http2.codecs import CODECS, DEFAULT_CODEC
 __all__ = [
     "AdminConfig",
     "AppConfig",
+    "CapRule",
+    "CategoryConfig",
     "DaemonConfig",
     "DatabaseConfig",
     "PoolConfig",
     "ProbeConfig",
+    "QuietHours",
     "RetryConfig",
     "Section",
     "Settings",
@@ -65,6 +69,12 @@ DEFAULT_QUOTA_RETRY_S = 60.0
 DEFAULT_MAX_CONNECTIONS = 4
 DEFAULT_MAX_STREAMS = 500
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_QUIET_SPREAD_S = 1800.0
+LATE_LOCAL_TIME = ("now", "next_day")
+CAP_OVER = ("suppress", "defer")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 _APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -122,6 +132,57 @@ class PoolConfig:
     codec: str = DEFAULT_CODEC
 
 
+@dataclass(frozen=True, slots=True)
+class QuietHours:
+    """A daily quiet window in local time, such as 21:00-08:00 (it may span midnight)."""
+
+    start: dt.time
+    end: dt.time
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CategoryConfig:
+    """A notification category (``[categories.<name>]``).
+
+    ``quiet_hours``: None follows the app's window (none for a transactional category), False
+    never holds the category back, True follows the app's window even when transactional, a
+    :class:`QuietHours` is the category's own window.
+    """
+
+    name: str
+    transactional: bool = False
+    quiet_hours: QuietHours | bool | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapRule:
+    """A frequency cap (``[caps.<name>]``): at most ``limit`` notifications per person in any
+    ``window_s`` seconds, over ``categories`` (None: every non-transactional category), for the
+    ``apps`` named (directly or through a group). ``over``: what becomes of a notification
+    over the cap: ``suppress`` (ends ``suppressed``) or ``defer`` (sent once the window
+    allows, unless it expires first)."""
+
+    name: str
+    apps: frozenset[str]
+    categories: frozenset[str] | None
+    limit: int
+    window_s: float
+    over: str = "suppress"
+
+    def covers(self, app: str, category: CategoryConfig | None) -> bool:
+        if app not in self.apps:
+            return False
+        if self.categories is None:
+            return category is None or not category.transactional
+        return category is not None and category.name in self.categories
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.limit} per {format_duration(self.window_s)})"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AppConfig:
     name: str
@@ -137,6 +198,15 @@ class AppConfig:
     two configs of an app differ when a credential file was replaced in place."""
     probe: ProbeConfig | None = None
     """Uninstall probes for the app's quiet devices; None: off (the default)."""
+    default_category: str | None = None
+    """The category of the app's notifications that name none (None: no categories)."""
+    timezone: str = "UTC"
+    """The time zone of devices whose own is unknown (quiet hours, local time)."""
+    quiet_hours: QuietHours | None = None
+    quiet_spread_s: float = DEFAULT_QUIET_SPREAD_S
+    """Notifications held back by quiet hours are spread over this long after the window."""
+    late_local_time: str = "now"
+    """A local send time that had passed at enqueue: send ``now``, or at the ``next_day``'s."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,6 +228,8 @@ class Settings:
     admin: AdminConfig = AdminConfig()
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Groups of apps a fan-out can name (``[groups] shop = ["shop-ios", "shop-android"]``)."""
+    categories: Mapping[str, CategoryConfig] = field(default_factory=dict)
+    caps: tuple[CapRule, ...] = ()
 
     def app(self, name: str) -> AppConfig:
         for app in self.apps:
@@ -245,6 +317,51 @@ class Section:
             return None
         return self.float_(key, 0.0, lo, hi)
 
+    def duration(self, key: str, default: float, lo: float, hi: float) -> float:
+        """Seconds, given as a number or as "90s", "10m", "24h", "7d"."""
+        value = self.get(key)
+        if value is None:
+            return default
+        seconds: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        if seconds is None or not lo <= seconds <= hi:
+            raise ConfigError(
+                f"{self._key(key)} must be a duration of {format_duration(lo)}.."
+                f"{format_duration(hi)} (seconds, or such as '90s', '10m', '24h', '7d'), "
+                f"got {value!r}"
+            )
+        return seconds
+
+    def quiet_hours(self, key: str) -> QuietHours | bool | None:
+        """``"21:00-08:00"``, true/false, or absent (None)."""
+        value = self.get(key)
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            start, sep, end = value.partition("-")
+            a, b = _CLOCK.fullmatch(start.strip()), _CLOCK.fullmatch(end.strip())
+            if sep and a and b:
+                window = QuietHours(
+                    dt.time(int(a.group(1)), int(a.group(2))),
+                    dt.time(int(b.group(1)), int(b.group(2))),
+                )
+                if window.start == window.end:
+                    raise ConfigError(f"{self._key(key)}: the window is empty, got {value!r}")
+                return window
+        raise ConfigError(
+            f'{self._key(key)} must be a local time window such as "21:00-08:00", got {value!r}'
+        )
+
+    def time_zone(self, key: str, default: str) -> str:
+        value = self.str_(key, default)
+        assert value is not None
+        if not is_time_zone(value):
+            raise ConfigError(f"{self._key(key)}: unknown time zone {value!r} (an IANA name)")
+        return value
+
     def file(self, key: str, base_dir: Path, *, required: bool = False) -> str | None:
         value = self.str_(key, required=required)
         if value is None:
@@ -262,6 +379,27 @@ class Section:
         if unknown:
             where = f" in [{self.path}]" if self.path else ""
             raise ConfigError(f"unknown key(s){where}: {', '.join(unknown)}")
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` in the largest whole unit: 86400 → "24h", 600 → "10m", 90 → "90s"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0 and (unit != "d" or seconds % 86400 == 0):
+            if unit == "d" and seconds <= 86400 * 2:
+                return f"{seconds / 3600:g}h"
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def is_time_zone(name: str) -> bool:
+    """Whether ``name`` is an IANA time zone this machine knows."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def secret(section: Section, key: str, environ: Mapping[str, str]) -> str | None:
@@ -381,6 +519,17 @@ def parse_config(
     # Deferred: every provider parses its own section with this module's helpers.
     from .providers import PROVIDERS as providers
 
+    categories = _categories(Section(root.get("categories") or {}, "categories"))
+    g = Section(root.get("guardrails") or {}, "guardrails")
+    fallback_category = g.str_("default_category")
+    if fallback_category is not None and fallback_category not in categories:
+        raise ConfigError(
+            f"guardrails.default_category names {fallback_category!r}, which is not one of "
+            "[categories]"
+        )
+    fallback_tz = g.time_zone("timezone", "UTC")
+    g.finish()
+
     apps_table = Section(root.get("apps") or {}, "apps")
     apps = []
     for name in sorted(apps_table.data):
@@ -402,12 +551,14 @@ def parse_config(
                 provider=options,
                 files_digest=_digest(section.files, f"apps.{name}"),
                 probe=_probe_config(section),
+                **_app_guardrails(section, categories, fallback_category, fallback_tz),
             )
         )
         section.finish()
     if not apps:
         raise ConfigError("no apps configured: add at least one [apps.<name>] table")
     groups = _groups(Section(root.get("groups") or {}, "groups"), {a.name for a in apps})
+    caps = _caps(Section(root.get("caps") or {}, "caps"), apps, groups, categories)
     root.finish()
     return Settings(
         database=database,
@@ -416,7 +567,127 @@ def parse_config(
         apps=tuple(apps),
         admin=admin,
         groups=groups,
+        categories=categories,
+        caps=caps,
     )
+
+
+def _categories(section: Section) -> dict[str, CategoryConfig]:
+    found: dict[str, CategoryConfig] = {}
+    for name in sorted(section.data):
+        section.used.add(name)
+        if not _APP_NAME.fullmatch(name):
+            raise ConfigError(f"categories.{name}: category names are 1-64 of A-Z a-z 0-9 _ . - ")
+        table = Section(section.data[name], f"categories.{name}")
+        transactional = table.get("transactional")
+        if transactional is not None and not isinstance(transactional, bool):
+            raise ConfigError(f"categories.{name}.transactional must be true or false")
+        found[name] = CategoryConfig(
+            name=name,
+            transactional=bool(transactional),
+            quiet_hours=table.quiet_hours("quiet_hours"),
+        )
+        table.finish()
+    section.finish()
+    return found
+
+
+def _app_guardrails(
+    section: Section,
+    categories: Mapping[str, CategoryConfig],
+    fallback_category: str | None,
+    fallback_tz: str,
+) -> dict[str, Any]:
+    """An app's guardrail keys: its default category, time zone, quiet hours, local time."""
+    category = section.str_("default_category", fallback_category)
+    if categories and category is None:
+        raise ConfigError(
+            f"{section.path}.default_category is required once [categories] are declared "
+            "(or give [guardrails] default_category)"
+        )
+    if category is not None and category not in categories:
+        raise ConfigError(
+            f"{section.path}.default_category names {category!r}, which is not one of [categories]"
+        )
+    quiet = section.quiet_hours("quiet_hours")
+    if isinstance(quiet, bool):
+        raise ConfigError(
+            f'{section.path}.quiet_hours must be a local time window such as "21:00-08:00"'
+        )
+    return {
+        "default_category": category,
+        "timezone": section.time_zone("timezone", fallback_tz),
+        "quiet_hours": quiet,
+        "quiet_spread_s": section.duration("quiet_hours_spread", DEFAULT_QUIET_SPREAD_S, 0, 86400),
+        "late_local_time": section.choice("late_local_time", LATE_LOCAL_TIME, "now"),
+    }
+
+
+def _caps(
+    section: Section,
+    apps: Sequence[AppConfig],
+    groups: Mapping[str, tuple[str, ...]],
+    categories: Mapping[str, CategoryConfig],
+) -> tuple[CapRule, ...]:
+    names = {a.name for a in apps}
+    rules = []
+    for name in sorted(section.data):
+        section.used.add(name)
+        where = f"caps.{name}"
+        if not _APP_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: cap names are 1-64 of A-Z a-z 0-9 _ . - ")
+        table = Section(section.data[name], where)
+        listed = table.get("apps")
+        group = table.str_("group")
+        if (listed is None) == (group is None):
+            raise ConfigError(f"{where}: give apps (a list of app names) or group, one of them")
+        if group is not None:
+            if group not in groups:
+                raise ConfigError(f"{where}.group names {group!r}, which is not one of [groups]")
+            covered = frozenset(groups[group])
+        else:
+            if (
+                not isinstance(listed, list)
+                or not listed
+                or not all(isinstance(a, str) for a in listed)
+            ):
+                raise ConfigError(f'{where}.apps must be a list of app names, such as ["ios"]')
+            unknown = sorted(set(listed) - names)
+            if unknown:
+                raise ConfigError(f"{where}.apps names app(s) not configured: {', '.join(unknown)}")
+            covered = frozenset(listed)
+        wanted = table.get("categories")
+        cats: frozenset[str] | None = None
+        if wanted is not None:
+            if (
+                not isinstance(wanted, list)
+                or not wanted
+                or not all(isinstance(c, str) for c in wanted)
+            ):
+                raise ConfigError(f"{where}.categories must be a list of category names")
+            unknown = sorted(set(wanted) - set(categories))
+            if unknown:
+                raise ConfigError(
+                    f"{where}.categories names categories not declared: {', '.join(unknown)}"
+                )
+            cats = frozenset(wanted)
+        if table.get("limit") is None:
+            raise ConfigError(f"{where}.limit is required (notifications per window)")
+        if table.get("window") is None:
+            raise ConfigError(f'{where}.window is required (such as "24h" or "10m")')
+        rules.append(
+            CapRule(
+                name=name,
+                apps=covered,
+                categories=cats,
+                limit=table.int_("limit", 1, 1, 1000),
+                window_s=table.duration("window", 86400, 1, 86400 * 366),
+                over=table.choice("over", CAP_OVER, "suppress"),
+            )
+        )
+        table.finish()
+    section.finish()
+    return tuple(rules)
 
 
 def _probe_config(section: Section) -> ProbeConfig | None:

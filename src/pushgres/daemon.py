@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import os
 import random
@@ -41,6 +42,7 @@ from .housekeeping import Housekeeping
 from .observability.diagnosis import DiagnosisObserver
 from .observability.metrics import AppState, History, MetricsObserver, QueueSample
 from .pipeline.capacity import Capacity
+from .pipeline.guardrails import FrequencyCaps, Timing, category_policies
 from .pipeline.lane import Lane, LaneSettings
 from .pipeline.observer import DaemonStats, Observer, Observers, StatsObserver
 from .pipeline.stages import NotSendable, Stage
@@ -71,6 +73,11 @@ def stale_days(apps: Iterable[AppConfig]) -> dict[str, int]:
         lifetime = PROVIDERS[app.platform].token_lifetime_days
         found[app.name] = min(app.stale_after_days, lifetime or app.stale_after_days)
     return found
+
+
+def _categories(settings: Settings) -> dict[str, bool]:
+    """The config's categories, name: transactional (what the database checks enqueues by)."""
+    return {name: c.transactional for name, c in settings.categories.items()}
 
 
 def probes(apps: Iterable[AppConfig]) -> dict[str, ProbeConfig]:
@@ -104,8 +111,11 @@ class Daemon:
         observers: Sequence[Observer] = (),
         notifier: SystemdNotifier | None = None,
         reload_config: Callable[[], Settings] | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self._settings = settings
+        self._clock = clock
+        """The lanes' wall clock (None: the system's); tests move it to judge guardrails."""
         self._rng = rng or random.Random()
         self._stats = StatsObserver()
         self.metrics = MetricsObserver() if settings.admin.listen is not None else None
@@ -239,6 +249,7 @@ class Daemon:
                 stale_days=stale_days(settings.apps),
                 probes=probes(settings.apps),
                 groups=settings.groups,
+                categories=_categories(settings),
             )
             self._chores = chores
             await chores.maintain()
@@ -319,7 +330,10 @@ class Daemon:
             notify_min_interval_s=daemon.notify_min_interval_s,
             request_timeout_s=daemon.request_timeout_s,
         )
-        stages: list[Stage] = [NotSendable()]
+        policies = category_policies(app, settings.categories, settings.caps)
+        stages: list[Stage] = [NotSendable(), Timing(app, policies)]
+        if any(p.caps for p in policies.values()):
+            stages.append(FrequencyCaps(policies))
         return Lane(
             app.name,
             sender=sender,
@@ -337,6 +351,7 @@ class Daemon:
             stopping=stop,
             abort=self._abort,
             rng=self._rng,
+            clock=self._clock,
         )
 
     async def _close_sender(self, running: _Running) -> None:
@@ -588,7 +603,28 @@ class Daemon:
         wanted = {app.name: app for app in new.apps}
         current = {name: r.app for name, r in self._running.items()}
         added = [app for name, app in wanted.items() if name not in current]
-        changed = [app for name, app in wanted.items() if name in current and current[name] != app]
+        guardrails = (new.categories, new.caps) != (old.categories, old.caps)
+        changed = [
+            app
+            for name, app in wanted.items()
+            if name in current and (current[name] != app or guardrails)
+        ]
+        if guardrails:
+            # The new lanes (every app is "changed") are built from the new guardrails.
+            self._settings = old = dataclasses.replace(
+                old, categories=new.categories, caps=new.caps
+            )
+            chores.declare(_categories(new))
+            try:
+                await chores.sync_groups()
+            except StoreError as exc:  # maintenance writes them again in a while
+                logger.error("config reload: categories not written: %s", exc)
+            logger.info(
+                "config reloaded: categories %s; caps %s",
+                ", ".join(new.categories) or "none",
+                ", ".join(c.name for c in new.caps) or "none",
+                extra={"action": "reload"},
+            )
         removed = [name for name in current if name not in wanted]
         if new.groups != old.groups:
             self._settings = old = dataclasses.replace(old, groups=new.groups)

@@ -56,8 +56,10 @@ class Housekeeping:
         stale_days: Mapping[str, int] | None = None,
         probes: Mapping[str, ProbeConfig] | None = None,
         groups: Mapping[str, Sequence[str]] | None = None,
+        categories: Mapping[str, bool] | None = None,
     ) -> None:
         self._store = store
+        self._categories: dict[str, bool] = dict(categories or {})
         self._id = daemon_id
         self._apps = list(apps)
         self._stale_days: dict[str, int] = dict(stale_days or {})
@@ -87,8 +89,14 @@ class Housekeeping:
             self._groups = dict(groups)
 
     async def sync_groups(self) -> None:
-        """Write the config's groups of apps where ``pushgres.send_to_users`` finds them."""
+        """Write the config's groups of apps where ``pushgres.send_to_users`` finds them, and
+        its categories where enqueues are checked against them."""
         await self._store.sync_app_groups(self._groups, self._apps)
+        await self._store.sync_categories(self._categories)
+
+    def declare(self, categories: Mapping[str, bool]) -> None:
+        """The config's categories from now on (name: transactional), after a reload."""
+        self._categories = dict(categories)
 
     async def maintain(self) -> None:
         """One round of maintenance (also run once at start, before the lanes)."""

@@ -39,6 +39,7 @@ class Status(enum.StrEnum):
     FAILED = "failed"
     TOKEN_INVALID = "token_invalid"
     EXPIRED = "expired"
+    SUPPRESSED = "suppressed"  # held back by a frequency cap, never sent
 
 
 class Action(enum.StrEnum):
@@ -78,6 +79,13 @@ class Notification:
     max_attempts: int = 5
     metadata: Mapping[str, Any] | None = None
     message: Mapping[str, Any] | None = None
+    category: str | None = None
+    """One of the config's ``[categories]``; None: the app's default category."""
+    timezone: str | None = None
+    """The device's IANA time zone for quiet hours and local time; None: the registry's, else
+    the app's."""
+    local_send_at: dt.datetime | None = None
+    """A wall-clock time (naive) at which to send in the device's time zone."""
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Notification:
@@ -95,6 +103,12 @@ class Notification:
         values = dict(data)
         if values.get("payload") is None and values.get("message") is not None:
             values["payload"] = {}  # no native overrides
+        local = values.get("local_send_at")
+        if isinstance(local, str):
+            try:
+                values["local_send_at"] = dt.datetime.fromisoformat(local)
+            except ValueError as exc:
+                raise ValueError(f"local_send_at: not an ISO 8601 local time: {local!r}") from exc
         for key in ("expires_at", "send_at"):
             value = values.get(key)
             if isinstance(value, str):
@@ -143,8 +157,13 @@ class ClaimedRow:
     user_id: str | None
     group_id: int | None
     probe: bool
+    category: str | None = None
+    timezone: str | None = None
+    local_send_at: dt.datetime | None = None
     is_expired: bool = False
     is_token_invalid: bool = False
+    device_user: str | None = None
+    device_timezone: str | None = None
 
     @classmethod
     def fresh(

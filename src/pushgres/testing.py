@@ -42,6 +42,7 @@ from .exceptions import StoreError
 from .models import Action, ClaimedRow, InvalidToken, Outcome, Requeue, ResultRecord
 
 if TYPE_CHECKING:
+    from .pipeline.guardrails import LedgerEntry
     from .pipeline.lane import LaneStore
     from .providers.base import LateOutcome, Sender
 
@@ -101,6 +102,21 @@ class MemoryClaim:
         self.results: list[ResultRecord] = []
         self.requeues: list[Requeue] = []
         self.invalid_tokens: list[InvalidToken] = []
+        self.caps: dict[tuple[str, str], tuple[list[dt.datetime], list[int]]] = {}
+
+    async def lock_caps(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[list[dt.datetime], list[int]]]:
+        await self._store._round_trip("write")
+        ledger = self._store.cap_ledger
+        return {
+            k: (list(ledger.get(k, ([], []))[0]), list(ledger.get(k, ([], []))[1])) for k in keys
+        }
+
+    async def write_caps(self, entries: Sequence[LedgerEntry]) -> None:
+        await self._store._round_trip("write")
+        for e in entries:
+            self.caps[(e.rule, e.subject)] = (list(e.sent_at), list(e.events))
 
     async def write(
         self,
@@ -128,6 +144,8 @@ class MemoryStore:
         """Every result committed, in order."""
         self.invalid_tokens: dict[tuple[str, str], InvalidToken] = {}
         """Dead tokens by (app, device token)."""
+        self.cap_ledger: dict[tuple[str, str], tuple[list[dt.datetime], list[int]]] = {}
+        """The frequency caps' counts by (rule, subject), as committed."""
         self.ids: set[int] = set()
         """Every row ever added."""
         self.claims = 0
@@ -260,6 +278,7 @@ class MemoryStore:
             raise
         for row in ready:
             del self._claimed[row.id]
+        self.cap_ledger.update(claim.caps)
         self._apply(claim.results, claim.requeues, claim.invalid_tokens)
 
     async def take_back(

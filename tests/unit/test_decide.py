@@ -10,6 +10,7 @@ from pushgres.models import Action, Outcome, Status
 from pushgres.pipeline.decide import decide
 from pushgres.pipeline.stages import NotSendable
 from pushgres.retry import backoff_s, parse_retry_after
+from pushgres.testing import MemoryClaim, MemoryStore
 
 from .test_apns_protocol import NOW, row
 
@@ -74,7 +75,7 @@ def test_local_failure_reason_carries_detail() -> None:
     assert d.result is not None and d.result.reason == "PayloadTooLarge: payload is 5000 bytes"
 
 
-def test_the_first_stage_settles_rows_that_must_not_be_sent() -> None:
+async def test_the_first_stage_settles_rows_that_must_not_be_sent() -> None:
     rows = [
         row(id=1),
         row(id=2, is_expired=True),
@@ -82,7 +83,7 @@ def test_the_first_stage_settles_rows_that_must_not_be_sent() -> None:
         # A straggler's lease ran out on its last attempt.
         row(id=4, attempts=3, max_attempts=3, last_reason="RequestTimeout: no response"),
     ]
-    keep, settled = NotSendable().sift(rows, NOW)
+    keep, settled = await NotSendable().sift(rows, NOW, MemoryClaim([], MemoryStore()))
     assert [r.id for r in keep] == [1]
     results = [d.result for d in settled]
     assert [(r.row.id, r.status) for r in results if r is not None] == [

@@ -30,6 +30,7 @@ from pushgres.models import (
 from pushgres.pipeline import lane as lane_module
 from pushgres.pipeline.capacity import MAX_BATCHES_PER_LANE, Capacity
 from pushgres.pipeline.decide import Decision
+from pushgres.pipeline.guardrails import CapStore
 from pushgres.pipeline.lane import Lane, LaneSettings
 from pushgres.pipeline.observer import Observer, Observers, StatsObserver
 from pushgres.pipeline.stages import NotSendable, Stage, run_stages
@@ -40,6 +41,7 @@ from pushgres.testing import (
     FakeSender,
     Late,
     ManualClock,
+    MemoryClaim,
     MemoryStore,
     sent,
 )
@@ -260,7 +262,7 @@ def _row(row_id: int, **fields: object) -> ClaimedRow:
     return ClaimedRow.fresh(id=row_id, now=dt.datetime.now(dt.UTC), **values)  # type: ignore[arg-type]
 
 
-def test_not_sendable_settles_expired_dead_token_and_exhausted_rows() -> None:
+async def test_not_sendable_settles_expired_dead_token_and_exhausted_rows() -> None:
     rows = [
         _row(1),
         _row(2, is_expired=True),
@@ -269,7 +271,7 @@ def test_not_sendable_settles_expired_dead_token_and_exhausted_rows() -> None:
         _row(5, attempts=3, max_attempts=3),
         _row(6, attempts=4, max_attempts=5),
     ]
-    keep, settled = NotSendable().sift(rows, dt.datetime.now(dt.UTC))
+    keep, settled = await NotSendable().sift(rows, dt.datetime.now(dt.UTC), _no_claim())
     assert [r.id for r in keep] == [1, 6]
     found = {d.result.row.id: d.result for d in settled if d.result is not None}
     assert len(found) == len(settled) == 4
@@ -289,8 +291,8 @@ class QuietHours:
     def __init__(self) -> None:
         self.seen: list[int] = []
 
-    def sift(
-        self, rows: list[ClaimedRow], now: dt.datetime
+    async def sift(
+        self, rows: list[ClaimedRow], now: dt.datetime, claim: CapStore
     ) -> tuple[list[ClaimedRow], list[Decision]]:
         self.seen += [r.id for r in rows]
         keep: list[ClaimedRow] = []
@@ -306,14 +308,19 @@ class QuietHours:
         return keep, settled
 
 
-def test_run_stages_in_order_and_stops_once_nothing_is_left() -> None:
+def _no_claim() -> MemoryClaim:
+    return MemoryClaim([], MemoryStore())
+
+
+async def test_run_stages_in_order_and_stops_once_nothing_is_left() -> None:
     quiet_hours, after = QuietHours(), QuietHours()
     rows = [_row(1, is_expired=True), _row(2, device_token="night-2"), _row(3)]
-    keep, settled = run_stages([NotSendable(), quiet_hours], rows, dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
+    keep, settled = await run_stages([NotSendable(), quiet_hours], rows, now, _no_claim())
     assert [r.id for r in keep] == [3] and len(settled) == 2
     assert quiet_hours.seen == [2, 3]  # the expired row was settled before it
-    keep, settled = run_stages(
-        [NotSendable(), after], [_row(4, is_expired=True)], dt.datetime.now(dt.UTC)
+    keep, settled = await run_stages(
+        [NotSendable(), after], [_row(4, is_expired=True)], now, _no_claim()
     )
     assert keep == [] and len(settled) == 1 and after.seen == []
 

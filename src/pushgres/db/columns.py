@@ -41,15 +41,22 @@ QUEUE_COLUMNS: Final = (
     "user_id",
     "group_id",
     "probe",
+    "category",
+    "timezone",
+    "local_send_at",
 )
 """A queue row as the claim returns it (and :class:`~pushgres.models.ClaimedRow` holds it)."""
 
-ENQUEUE_COLUMNS: Final = QUEUE_COLUMNS[: QUEUE_COLUMNS.index("message") + 1]
+ENQUEUE_COLUMNS: Final = (
+    *QUEUE_COLUMNS[: QUEUE_COLUMNS.index("message") + 1],
+    *QUEUE_COLUMNS[QUEUE_COLUMNS.index("category") :],
+)
 """What a direct enqueue writes (attempts, last_reason and enqueued_at are the daemon's; user,
 group and probe are a fan-out's and an uninstall probe's)."""
 
-CLAIM_FLAGS: Final = ("is_expired", "is_token_invalid")
-"""Computed by the claim after the queue columns: facts about the row at claim time."""
+CLAIM_FLAGS: Final = ("is_expired", "is_token_invalid", "device_user", "device_timezone")
+"""Computed by the claim after the queue columns: facts about the row at claim time (the last
+two from the registry's device for the token, if any)."""
 
 REQUEUE_COLUMNS: Final = tuple("delay_s" if c == "send_at" else c for c in QUEUE_COLUMNS)
 """The arrays of a requeue: the row's columns, ``send_at`` as a delay from the server's now."""
@@ -64,6 +71,7 @@ ROW_RESULT_COLUMNS: Final = (
     "user_id",
     "group_id",
     "probe",
+    "category",
 )
 """The result columns copied from the claimed row; the others come from the outcome."""
 

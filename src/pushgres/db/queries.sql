@@ -30,30 +30,33 @@ SELECT to_regclass('pushgres.schema_migrations') IS NOT NULL
 SELECT coalesce(max(version), 0) FROM pushgres.schema_migrations
 
 -- name: claim_batch
+-- The registry's device for each token (if any) is joined once: its state, its user and its
+-- time zone (the guardrails count caps per person and judge quiet hours in its time zone).
 WITH c AS MATERIALIZED (
-    SELECT id FROM pushgres.queue
+    SELECT id, device_token FROM pushgres.queue
     WHERE app = $1 AND send_at <= now()
     ORDER BY priority DESC, send_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
-DELETE FROM pushgres.queue q USING c
+DELETE FROM pushgres.queue q
+USING c LEFT JOIN pushgres.devices d ON d.app = $1 AND d.token = c.device_token
 WHERE q.id = c.id
 RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q.priority,
           q.push_type, q.collapse_id, q.expires_at, q.topic, q.send_at, q.dedupe_key,
           q.max_attempts, q.metadata::text AS metadata, q.message::text AS message, q.attempts,
-          q.last_reason, q.enqueued_at, q.user_id, q.group_id, q.probe,
+          q.last_reason, q.enqueued_at, q.user_id, q.group_id, q.probe, q.category, q.timezone,
+          q.local_send_at,
           (q.expires_at IS NOT NULL AND q.expires_at <= now()) AS is_expired,
           -- A token the registry knows is judged by its state there; any other by the dead
           -- tokens the providers named. Either way only since before the row was enqueued.
           coalesce(
-              (SELECT d.state IN ('invalid', 'uninstalled', 'unregistered')
-                      AND d.state_changed_at <= q.enqueued_at
-               FROM pushgres.devices d
-               WHERE d.app = q.app AND d.token = q.device_token),
+              d.state IN ('invalid', 'uninstalled', 'unregistered')
+                  AND d.state_changed_at <= q.enqueued_at,
               EXISTS (SELECT 1 FROM pushgres.invalid_tokens t
                       WHERE t.app = q.app AND t.device_token = q.device_token
-                        AND t.invalidated_at <= q.enqueued_at)) AS is_token_invalid
+                        AND t.invalidated_at <= q.enqueued_at)) AS is_token_invalid,
+          d.user_id AS device_user, d.timezone AS device_timezone
 
 -- name: queue_apps
 -- The distinct apps in the queue, by a loose index scan (one probe per app, not a table scan).
@@ -78,8 +81,9 @@ WHERE q.id = c.id
 RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q.priority,
           q.push_type, q.collapse_id, q.expires_at, q.topic, q.send_at, q.dedupe_key,
           q.max_attempts, q.metadata::text AS metadata, q.message::text AS message, q.attempts,
-          q.last_reason, q.enqueued_at, q.user_id, q.group_id, q.probe,
-          false AS is_expired, false AS is_token_invalid
+          q.last_reason, q.enqueued_at, q.user_id, q.group_id, q.probe, q.category, q.timezone,
+          q.local_send_at, false AS is_expired, false AS is_token_invalid,
+          NULL::text AS device_user, NULL::text AS device_timezone
 
 -- name: invalidate_tokens
 -- Dead tokens, in the transaction that writes their results: recorded for direct sends, and
@@ -117,18 +121,19 @@ FROM dead
 INSERT INTO pushgres.queue (id, app, platform, device_token, payload, priority, push_type,
                             collapse_id, expires_at, topic, send_at, dedupe_key, max_attempts,
                             metadata, message, attempts, last_reason, enqueued_at, user_id,
-                            group_id, probe)
+                            group_id, probe, category, timezone, local_send_at)
 SELECT id, app, platform, device_token, payload::jsonb, priority, push_type, collapse_id,
        expires_at, topic, now() + make_interval(secs => delay_s), dedupe_key, max_attempts,
        metadata::jsonb, message::jsonb, attempts, last_reason, enqueued_at, user_id, group_id,
-       probe
+       probe, category, timezone, local_send_at
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
             $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::float8[], $12::text[],
             $13::smallint[], $14::text[], $15::text[], $16::smallint[], $17::text[],
-            $18::timestamptz[], $19::text[], $20::bigint[], $21::boolean[])
+            $18::timestamptz[], $19::text[], $20::bigint[], $21::boolean[], $22::text[],
+            $23::text[], $24::timestamp[])
     AS t(id, app, platform, device_token, payload, priority, push_type, collapse_id, expires_at,
          topic, delay_s, dedupe_key, max_attempts, metadata, message, attempts, last_reason,
-         enqueued_at, user_id, group_id, probe)
+         enqueued_at, user_id, group_id, probe, category, timezone, local_send_at)
 
 -- name: take_back_stragglers
 -- Rows whose send outlived their batch wait in the queue under a lease (send_at past their
@@ -148,16 +153,18 @@ RETURNING q.id
 -- name: enqueue_rows
 INSERT INTO pushgres.queue (id, app, platform, device_token, payload, priority, push_type,
                             collapse_id, expires_at, topic, send_at, dedupe_key, max_attempts,
-                            metadata, message)
+                            metadata, message, category, timezone, local_send_at)
 SELECT id, app, platform, device_token, payload::jsonb, priority, push_type, collapse_id,
        expires_at, topic, coalesce(send_at, now()), dedupe_key, max_attempts, metadata::jsonb,
-       message::jsonb
+       message::jsonb, category, timezone, local_send_at
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
             $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::timestamptz[],
-            $12::text[], $13::smallint[], $14::text[], $15::text[])
+            $12::text[], $13::smallint[], $14::text[], $15::text[], $16::text[], $17::text[],
+            $18::timestamp[])
     WITH ORDINALITY
     AS t(id, app, platform, device_token, payload, priority, push_type, collapse_id, expires_at,
-         topic, send_at, dedupe_key, max_attempts, metadata, message, ord)
+         topic, send_at, dedupe_key, max_attempts, metadata, message, category, timezone,
+         local_send_at, ord)
 ORDER BY ord
 
 -- name: reserve_ids
@@ -616,3 +623,46 @@ WHERE event = 'uninstalled' AND at >= current_date - $1::int
   AND ($2::text IS NULL OR app = $2::text)
 GROUP BY 1, 2
 ORDER BY 1 DESC, 2
+
+-- name: cap_lock
+-- The frequency caps' entries of one batch ($1 rules, $2 subjects, sorted), created empty when
+-- new, locked until the claim transaction ends. One statement taking the rows in sorted order:
+-- daemons whose batches share people wait for each other and never deadlock.
+INSERT INTO pushgres.cap_ledger AS l (rule, subject)
+SELECT k.rule, k.subject FROM unnest($1::text[], $2::text[]) AS k(rule, subject)
+ORDER BY k.rule, k.subject
+ON CONFLICT (rule, subject) DO UPDATE SET rule = excluded.rule
+RETURNING l.rule, l.subject, l.sent_at, l.events
+
+-- name: cap_write
+-- The entries' new contents ($3: each entry's admitted times as Unix seconds, in a text array
+-- literal such as '{1733480000.5,1733483600}'; $4 the messages, likewise).
+UPDATE pushgres.cap_ledger l
+SET sent_at = ARRAY(SELECT to_timestamp(x) FROM unnest(t.sent_at::float8[]) AS x),
+    events = t.events::bigint[],
+    expires_at = t.expires_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+    AS t(rule, subject, sent_at, events, expires_at)
+WHERE l.rule = t.rule AND l.subject = t.subject
+
+-- name: prune_cap_ledger
+-- Caps' entries whose newest message left its window: nothing in them counts any more.
+DELETE FROM pushgres.cap_ledger
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM pushgres.cap_ledger WHERE expires_at < now() LIMIT 10000))
+
+-- name: sync_categories
+-- The config's categories ($1 names, $2 whether each is transactional): written, and the
+-- categories no longer in the config removed (rows already queued under one keep its name).
+WITH given AS (
+    SELECT name, transactional FROM unnest($1::text[], $2::boolean[]) AS g(name, transactional)
+), upserted AS (
+    INSERT INTO pushgres.categories AS c (name, transactional)
+    SELECT name, transactional FROM given
+    ON CONFLICT (name) DO UPDATE SET transactional = excluded.transactional, updated_at = now()
+    WHERE c.transactional IS DISTINCT FROM excluded.transactional
+)
+DELETE FROM pushgres.categories c WHERE c.name <> ALL ($1::text[])
+
+-- name: categories
+SELECT name, transactional FROM pushgres.categories ORDER BY name

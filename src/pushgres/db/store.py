@@ -31,7 +31,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from operator import attrgetter
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
@@ -41,6 +41,9 @@ from ..models import ClaimedRow, InvalidToken, Requeue, ResultRecord
 from .columns import ENQUEUE_COLUMNS, REQUEUE_COLUMNS, RESULT_COLUMNS, ROW_RESULT_COLUMNS
 from .migrate import check_schema
 from .queries import QUERIES
+
+if TYPE_CHECKING:
+    from ..pipeline.guardrails import LedgerEntry
 
 __all__ = [
     "Claim",
@@ -219,6 +222,28 @@ class Claim:
         self._availability = availability
         self.rows = rows
         self.is_written = False
+
+    async def lock_caps(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[list[dt.datetime], list[int]]]:
+        """Lock the frequency caps' entries of ``keys`` (sorted) for the transaction."""
+        with map_db_errors("locking frequency cap counts", self._availability):
+            records = await self._conn.fetch(
+                QUERIES["cap_lock"], [k[0] for k in keys], [k[1] for k in keys]
+            )
+        return {(r[0], r[1]): (r[2], r[3]) for r in records}
+
+    async def write_caps(self, entries: Sequence[LedgerEntry]) -> None:
+        """Store the caps' entries that the batch changed."""
+        with map_db_errors("writing frequency cap counts", self._availability):
+            await self._conn.execute(
+                QUERIES["cap_write"],
+                [e.rule for e in entries],
+                [e.subject for e in entries],
+                ["{" + ",".join(repr(t.timestamp()) for t in e.sent_at) + "}" for e in entries],
+                ["{" + ",".join(map(str, e.events)) + "}" for e in entries],
+                [e.expires_at for e in entries],
+            )
 
     async def write(
         self,
@@ -427,6 +452,7 @@ class Store:
                 purged = await conn.fetchval(QUERIES["purge_devices"], device_retention_days)
                 await conn.execute(QUERIES["prune_invalid_tokens"], device_retention_days)
                 await conn.execute(QUERIES["prune_groups"], retention_days)
+                await conn.execute(QUERIES["prune_cap_ledger"])
         if dropped:
             logger.info("dropped %d old result partitions", dropped, extra={"action": "maintain"})
         if purged:
@@ -472,6 +498,14 @@ class Store:
         with self._guard("writing the app groups"):
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 await sync_app_groups(conn, groups, apps)
+
+    async def sync_categories(self, categories: Mapping[str, bool]) -> None:
+        """The config's categories (name: transactional), where enqueues are checked."""
+        with self._guard("writing the categories"):
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                await conn.execute(
+                    QUERIES["sync_categories"], list(categories), list(categories.values())
+                )
 
     async def device_counts(self) -> dict[tuple[str, str], int]:
         """Devices by app and state."""
@@ -600,6 +634,11 @@ async def insert_notifications(
         await conn.execute(QUERIES["enqueue_rows"], reserved, *map(list, zip(*rows, strict=True)))
     inserted = {r[0] for r in await conn.fetch(QUERIES["inserted_ids"], reserved)}
     return [rid if rid in inserted else None for rid in reserved]
+
+
+async def category_names(conn: asyncpg.Connection) -> set[str]:
+    """The categories the daemons' config declares (as last written by a daemon)."""
+    return {r["name"] for r in await conn.fetch(QUERIES["categories"])}
 
 
 async def dedupe_holders(conn: asyncpg.Connection, app: str, keys: Sequence[str]) -> dict[str, int]:

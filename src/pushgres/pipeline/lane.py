@@ -30,7 +30,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -41,6 +41,7 @@ from ..models import Action, ClaimedRow, InvalidToken, Outcome, Requeue, ResultR
 from ..providers.base import Sender
 from .capacity import Capacity
 from .decide import Decision, decide
+from .guardrails import CapStore
 from .observer import Observer
 from .stages import Stage, run_stages
 
@@ -53,7 +54,7 @@ LATE_FLUSH_S: Final = 0.05  # late answers are written in small batches, this of
 LEASE_MARGIN_S: Final = 2.0  # a straggler's lease outlives its deadline by this much
 
 
-class ClaimHandle(Protocol):
+class ClaimHandle(CapStore, Protocol):
     rows: list[ClaimedRow]
 
     async def write(
@@ -133,8 +134,10 @@ class Lane:
         stopping: asyncio.Event,
         abort: asyncio.Future[None],
         rng: random.Random | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.name = name
+        self._clock = clock or _utc_now
         self.sender = sender
         self.capacity = capacity
         self._store = store
@@ -290,8 +293,8 @@ class Lane:
 
     async def _send_and_write(self, claim: ClaimHandle, batch: _Batch) -> None:
         """Send, decide, write (stragglers leave the batch's capacity for their own)."""
-        now = dt.datetime.now(dt.UTC)
-        to_send, decisions = run_stages(self._stages, batch.rows, now)
+        now = self._clock()
+        to_send, decisions = await run_stages(self._stages, batch.rows, now, claim)
         self._release(batch, len(batch.rows) - len(to_send))
         started = time.perf_counter()
         outcomes = await self._send(to_send, now, batch)
@@ -415,6 +418,10 @@ class Lane:
             owned = {(r.app, r.device_token) for r in leased if r.id in ours}
             invalid = [t for t in invalid if (t.app, t.device_token) in owned]
         self._observer.written(self.name, results, requeues, invalid, time.perf_counter() - started)
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _split(

@@ -2,8 +2,10 @@
 
 A :class:`Stage` sees the rows still to send and may settle some of them with a
 :class:`~pushgres.pipeline.decide.Decision` (skip, fail, defer); the rest go on to the next
-stage and then to the provider. Frequency caps and quiet hours are stages. A lane runs its
-stages in order once per batch; an unused stage costs nothing per notification.
+stage and then to the provider. Frequency caps and quiet hours are stages
+(:mod:`~pushgres.pipeline.guardrails`). A lane runs its stages in order once per batch, inside
+the batch's claim transaction (which a stage may use through the ``claim`` it is given); a
+stage a lane does not need is not in its list.
 
 :class:`NotSendable` is the first stage of every lane: rows that expired, whose token a
 provider had declared dead before they were enqueued, or whose attempts ran out.
@@ -13,10 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..models import ClaimedRow, ResultRecord, Status
 from .decide import Decision
+
+if TYPE_CHECKING:
+    from .guardrails import CapStore
 
 __all__ = ["NotSendable", "Stage", "run_stages"]
 
@@ -24,8 +29,8 @@ __all__ = ["NotSendable", "Stage", "run_stages"]
 class Stage(Protocol):
     name: str
 
-    def sift(
-        self, rows: list[ClaimedRow], now: dt.datetime
+    async def sift(
+        self, rows: list[ClaimedRow], now: dt.datetime, claim: CapStore
     ) -> tuple[list[ClaimedRow], list[Decision]]:
         """The rows to send on, and the decisions for the rows this stage settled."""
         ...
@@ -36,8 +41,8 @@ class NotSendable:
 
     name = "not-sendable"
 
-    def sift(
-        self, rows: list[ClaimedRow], now: dt.datetime
+    async def sift(
+        self, rows: list[ClaimedRow], now: dt.datetime, claim: CapStore
     ) -> tuple[list[ClaimedRow], list[Decision]]:
         keep: list[ClaimedRow] = []
         settled: list[Decision] = []
@@ -60,13 +65,13 @@ class NotSendable:
         return keep, settled
 
 
-def run_stages(
-    stages: Sequence[Stage], rows: list[ClaimedRow], now: dt.datetime
+async def run_stages(
+    stages: Sequence[Stage], rows: list[ClaimedRow], now: dt.datetime, claim: CapStore
 ) -> tuple[list[ClaimedRow], list[Decision]]:
     settled: list[Decision] = []
     for stage in stages:
         if not rows:
             break
-        rows, decided = stage.sift(rows, now)
+        rows, decided = await stage.sift(rows, now, claim)
         settled += decided
     return rows, settled
