@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -24,7 +25,7 @@ from pushgres.daemon import Daemon
 
 APNS_APP = "ios"
 FCM_APP = "android"
-TERMINAL = {"sent", "failed", "token_invalid", "expired"}
+TERMINAL = {"sent", "failed", "token_invalid", "expired", "suppressed"}
 
 
 def write_config(
@@ -151,9 +152,12 @@ async def assert_each_row_queued_or_done(dsn: str, ids: Sequence[int]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(settings: Settings) -> AsyncIterator[Daemon]:
-    """A daemon running in this event loop; stopped (drained) when the block exits."""
-    daemon = Daemon(settings)
+async def running_daemon(
+    settings: Settings, *, clock: Callable[[], dt.datetime] | None = None
+) -> AsyncIterator[Daemon]:
+    """A daemon running in this event loop (its lanes on ``clock``, if given); stopped
+    (drained) when the block exits."""
+    daemon = Daemon(settings, clock=clock)
     task = asyncio.create_task(daemon.run(), name="test-daemon")
     try:
         yield daemon

@@ -321,10 +321,12 @@ class CapLedger:
             entry = entries[(rule.name, subject)]
             if event in entry.events:
                 continue
-            if len(entry.sent_at) < rule.limit:
+            window = dt.timedelta(seconds=rule.window_s)
+            sent_at = entry.sent_at
+            if len(sent_at) - bisect.bisect_right(sent_at, now - window) < rule.limit:
                 fresh.append(entry)
                 continue
-            until = entry.sent_at[-rule.limit] + dt.timedelta(seconds=rule.window_s)
+            until = sent_at[-rule.limit] + window
             if rule.over == "suppress":
                 return CapVerdict(rule, until)
             if verdict.until is None or until > verdict.until:

@@ -1,0 +1,337 @@
+"""Guardrails on PostgreSQL and the simulators: categories checked at enqueue, frequency caps
+exact across four daemon processes, quiet hours and local-time sends judged on a daemon clock
+the test moves (DST changes included)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import zoneinfo
+from collections import Counter
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pushgres import devices
+from pushgres.exceptions import EnqueueError
+from pushgres.simulator import devkit
+
+from .harness import (
+    APNS_APP,
+    FCM_APP,
+    apns,
+    enqueue,
+    fcm,
+    running_daemon,
+    settings_for,
+    start_daemon_process,
+    stop_process,
+    wait_terminal,
+    write_config,
+)
+
+UTC = dt.UTC
+
+GUARDRAILS = """
+[categories.news]
+[categories.receipts]
+transactional = true
+
+[caps.daily]
+apps = ["ios", "android"]
+limit = 3
+window = "24h"
+"""
+
+
+def configure(env: dict[str, Any], *, daemon: str = "", apns: str = "", extra: str = "") -> Any:
+    path = write_config(
+        env["tmp"] / "guardrails.toml",
+        dsn=env["dsn"],
+        setup=env["setup"],
+        sims=env["sims"],
+        daemon=daemon,
+        apns='default_category = "news"\n' + apns,
+        fcm='default_category = "news"\n',
+    )
+    path.write_text(path.read_text() + GUARDRAILS + extra)
+    return path
+
+
+class OffsetClock:
+    """The daemon's wall clock: the real one moved to a chosen moment, then running on."""
+
+    def __init__(self, at: dt.datetime) -> None:
+        self.offset = at - dt.datetime.now(UTC)
+
+    def __call__(self) -> dt.datetime:
+        return dt.datetime.now(UTC) + self.offset
+
+
+async def started(daemon: Any) -> None:
+    """Until the daemon runs (it has written the config's categories by then)."""
+    for _ in range(300):
+        if daemon.phase == "running":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the daemon did not start")
+
+
+async def results(dsn: str, ids: list[int]) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(
+            await conn.fetch(
+                "SELECT id, status, reason, category FROM pushgres.results"
+                " WHERE id = ANY($1::bigint[]) ORDER BY id",
+                ids,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def queued(dsn: str, ids: list[int]) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(
+            await conn.fetch(
+                "SELECT id, attempts, last_reason, extract(epoch FROM send_at - now())::float8 AS in_s"
+                " FROM pushgres.queue WHERE id = ANY($1::bigint[]) ORDER BY id",
+                ids,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def wait_queued_reason(dsn: str, ids: list[int], *, timeout_s: float = 20) -> list[Any]:
+    """Until every id is back in the queue with a reason (deferred); those rows."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        rows = await queued(dsn, ids)
+        if len(rows) == len(ids) and all(r["last_reason"] for r in rows):
+            return rows
+        assert asyncio.get_running_loop().time() < deadline, rows
+        await asyncio.sleep(0.1)
+
+
+# -- categories ----------------------------------------------------------------------------------
+
+
+async def test_unknown_categories_are_refused_at_enqueue(env: dict[str, Any]) -> None:
+    settings = settings_for(configure(env))
+    dsn = env["dsn"]
+    token = devkit.apns_token("ok", 1)
+    async with running_daemon(settings) as daemon:
+        await started(daemon)
+        ids = await enqueue(dsn, [apns(token, category="receipts"), apns(token)])
+        found = await wait_terminal(dsn, ids)
+        assert [o.status for o in found.values()] == ["sent", "sent"]
+        # Each result records the category it was sent under: its own, or the app's default.
+        assert [r["category"] for r in await results(dsn, ids)] == ["receipts", "news"]
+
+        with pytest.raises(EnqueueError, match=r"notification 1: unknown category 'promo'"):
+            await enqueue(dsn, [apns(token), apns(token, category="promo")])
+        conn = await asyncpg.connect(dsn)
+        try:
+            with pytest.raises(asyncpg.CheckViolationError, match="unknown category 'promo'"):
+                await conn.execute(
+                    "INSERT INTO pushgres.queue (app, platform, device_token, payload, category)"
+                    " VALUES ('ios', 'apns', $1, '{\"aps\": {}}', 'promo')",
+                    token,
+                )
+            with pytest.raises(asyncpg.CheckViolationError, match="queue_timezone_known"):
+                await conn.execute(
+                    "INSERT INTO pushgres.queue (app, platform, device_token, payload, timezone)"
+                    " VALUES ('ios', 'apns', $1, '{\"aps\": {}}', 'Mars/Olympus')",
+                    token,
+                )
+            assert await conn.fetchval("SELECT count(*) FROM pushgres.queue") == 0
+        finally:
+            await conn.close()
+    with pytest.raises(EnqueueError, match="timezone must be an IANA time zone"):
+        await enqueue(dsn, [apns(token, timezone="Mars/Olympus")])
+    with pytest.raises(EnqueueError, match="local_send_at must be a wall-clock time"):
+        await enqueue(dsn, [apns(token, local_send_at=dt.datetime.now(UTC))])
+
+
+# -- frequency caps -----------------------------------------------------------------------------
+
+
+async def test_caps_count_per_person_across_devices_and_apps(env: dict[str, Any]) -> None:
+    dsn = env["dsn"]
+    settings = settings_for(
+        configure(
+            env,
+            extra='[caps.cooldown]\napps = ["ios"]\ncategories = ["receipts"]\nlimit = 1\n'
+            'window = "1h"\nover = "defer"\n',
+        )
+    )
+    phone, tablet = devkit.apns_token("ok", 11), devkit.apns_token("ok", 12)
+    android = devkit.fcm_token("ok", 13)
+    anonymous = devkit.apns_token("ok", 14)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await devices.register(conn, APNS_APP, "apns", phone, user_id="ann")
+        await devices.register(conn, APNS_APP, "apns", tablet, user_id="ann")
+        await devices.register(conn, FCM_APP, "fcm", android, user_id="ann")
+    finally:
+        await conn.close()
+    async with running_daemon(settings) as daemon:
+        await started(daemon)
+        # Ann: 5 notifications over her three devices on two apps; 3 per 24 h reach her.
+        items = [apns(phone), apns(tablet), fcm(android), apns(phone), fcm(android)]
+        items += [apns(anonymous) for _ in range(4)]  # an anonymous device: its own count
+        ids = await enqueue(dsn, [dict(i, priority=10) for i in items])
+        found = await wait_terminal(dsn, ids)
+        statuses = [found[i].status for i in ids]
+        assert statuses[:5].count("sent") == 3 and statuses[:5].count("suppressed") == 2
+        assert statuses[5:].count("sent") == 3 and statuses[5:].count("suppressed") == 1
+        reasons = {found[i].reason for i in ids if found[i].status == "suppressed"}
+        assert reasons == {"FrequencyCap: daily (3 per 24h)"}
+        # Transactional receipts are not under the daily cap, but under their own cooldown,
+        # which defers (does not drop) the second.
+        receipts = await enqueue(
+            dsn, [apns(phone, category="receipts"), apns(tablet, category="receipts")]
+        )
+        deferred = await wait_queued_reason(dsn, receipts[1:])
+        assert deferred[0]["last_reason"] == "FrequencyCap: cooldown (1 per 1h), deferred"
+        assert deferred[0]["attempts"] == 0 and 3500 < deferred[0]["in_s"] <= 3600
+        assert (await wait_terminal(dsn, receipts[:1]))[receipts[0]].status == "sent"
+    counts = env["sims"].accepted_counts()
+    assert sum(counts["apns"].values()) + sum(counts["fcm"].values()) == 7
+
+
+async def test_four_daemons_never_exceed_a_cap(env: dict[str, Any]) -> None:
+    """Twenty people, fifteen notifications each, drained by four daemon processes at once:
+    each person gets exactly three."""
+    dsn, tmp = env["dsn"], env["tmp"]
+    config = configure(env, daemon="batch_size = 20")
+    people = {f"user-{p}": devkit.apns_token("ok", 500 + p) for p in range(20)}
+    conn = await asyncpg.connect(dsn)
+    try:
+        for user, token in people.items():
+            await devices.register(conn, APNS_APP, "apns", token, user_id=user)
+    finally:
+        await conn.close()
+    later = dt.datetime.now(UTC) + dt.timedelta(seconds=4)
+    procs = [start_daemon_process(config, tmp / f"daemon-{n}.log") for n in range(4)]
+    try:
+        # Due together once every daemon runs: their claims race for the same people.
+        items = [apns(token, send_at=later) for _ in range(15) for token in people.values()]
+        ids = await enqueue(dsn, items)
+        found = await wait_terminal(dsn, ids, timeout_s=90)
+    finally:
+        codes = [stop_process(p) for p in procs]
+    assert codes == [0, 0, 0, 0]
+    by_status = Counter(o.status for o in found.values())
+    assert by_status == {"sent": 60, "suppressed": 240}, by_status
+    accepted = env["sims"].accepted_counts()["apns"]
+    assert sorted(accepted.values()) == [3] * 20  # three each, none sent twice
+    logs = "".join((tmp / f"daemon-{n}.log").read_text() for n in range(4))
+    assert "deadlock" not in logs.lower() and "Traceback" not in logs
+
+
+# -- quiet hours and local time --------------------------------------------------------------
+
+
+async def test_quiet_hours_hold_notifications_until_the_window_ends(env: dict[str, Any]) -> None:
+    dsn = env["dsn"]
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    # The daemon's clock: two seconds before the next 08:00 in Paris (ahead of the database's
+    # clock, which judges expiry at claim time).
+    tomorrow = dt.datetime.now(paris).date() + dt.timedelta(days=1)
+    eight = dt.datetime.combine(tomorrow, dt.time(8), tzinfo=paris)
+    clock = OffsetClock(eight.astimezone(UTC) - dt.timedelta(seconds=2))
+    settings = settings_for(
+        configure(
+            env,
+            apns='quiet_hours = "21:00-08:00"\ntimezone = "Europe/Paris"\nquiet_hours_spread = 0\n',
+        )
+    )
+    night_owl = devkit.apns_token("ok", 21)  # registered in Tokyo: 15:00 there, not quiet
+    conn = await asyncpg.connect(dsn)
+    try:
+        await devices.register(conn, APNS_APP, "apns", night_owl, timezone="Asia/Tokyo")
+    finally:
+        await conn.close()
+    async with running_daemon(settings, clock=clock) as daemon:
+        await started(daemon)
+        ids = await enqueue(
+            dsn,
+            [
+                apns(devkit.apns_token("ok", 22)),  # the app's zone: Paris, quiet
+                apns(devkit.apns_token("ok", 23), timezone="America/New_York"),  # 02:00: quiet
+                apns(night_owl),
+                apns(devkit.apns_token("ok", 24), category="receipts"),  # transactional
+                # Quiet for six more hours in New York; it expires in one.
+                apns(
+                    devkit.apns_token("ok", 25),
+                    timezone="America/New_York",
+                    expires_at=clock() + dt.timedelta(hours=1),
+                ),
+            ],
+        )
+        done = await wait_terminal(dsn, [ids[2], ids[3], ids[4]])
+        assert [done[i].status for i in ids[2:]] == ["sent", "sent", "expired"]
+        assert (done[ids[4]].reason or "").startswith(
+            "QuietHours: 21:00-08:00 in America/New_York; it expires first"
+        )
+        (ny,) = await wait_queued_reason(dsn, [ids[1]])
+        assert ny["last_reason"] == "QuietHours: 21:00-08:00 in America/New_York"
+        new_york = zoneinfo.ZoneInfo("America/New_York")
+        ny_eight = dt.datetime.combine(eight.astimezone(new_york).date(), dt.time(8), new_york)
+        assert abs(ny["in_s"] - (ny_eight - clock()).total_seconds()) < 10  # 08:00 there
+        # 08:00 in Paris comes (on the daemon's clock): the Paris row goes then, not before.
+        paris_row = (await wait_terminal(dsn, [ids[0]], timeout_s=20))[ids[0]]
+        assert paris_row.status == "sent"
+        assert clock() >= eight.astimezone(UTC)
+
+
+async def test_quiet_hours_end_at_local_time_across_a_dst_change(env: dict[str, Any]) -> None:
+    """On the night Paris moves to summer time, 08:00 comes an hour sooner in UTC."""
+    dsn = env["dsn"]
+    clock = OffsetClock(dt.datetime(2026, 3, 28, 21, 30, tzinfo=UTC))  # 22:30 CET
+    settings = settings_for(
+        configure(env, apns='quiet_hours = "21:00-08:00"\nquiet_hours_spread = 0\n')
+    )
+    async with running_daemon(settings, clock=clock):
+        ids = await enqueue(dsn, [apns(devkit.apns_token("ok", 31), timezone="Europe/Paris")])
+        (row,) = await wait_queued_reason(dsn, ids)
+    expected = (dt.datetime(2026, 3, 29, 6, tzinfo=UTC) - clock()).total_seconds()
+    assert abs(row["in_s"] - expected) < 10  # 06:00 UTC: 08:00 CEST, not 07:00 UTC
+
+
+async def test_local_time_sends_at_each_devices_wall_clock(env: dict[str, Any]) -> None:
+    dsn = env["dsn"]
+    tokyo = zoneinfo.ZoneInfo("Asia/Tokyo")
+    soon = (dt.datetime.now(tokyo) + dt.timedelta(seconds=3)).replace(tzinfo=None, microsecond=0)
+    settings = settings_for(configure(env, apns='late_local_time = "next_day"\n'))
+    async with running_daemon(settings):
+        ids = await enqueue(
+            dsn,
+            [
+                apns(devkit.apns_token("ok", 41), local_send_at=soon, timezone="Asia/Tokyo"),
+                # The same wall-clock time in Paris is hours away.
+                apns(devkit.apns_token("ok", 42), local_send_at=soon, timezone="Europe/Paris"),
+                # An hour ago in Tokyo: passed at enqueue, so tomorrow at that time.
+                apns(
+                    devkit.apns_token("ok", 43),
+                    local_send_at=soon - dt.timedelta(hours=1),
+                    timezone="Asia/Tokyo",
+                ),
+            ],
+        )
+        started = dt.datetime.now(UTC)
+        sent = await wait_terminal(dsn, ids[:1], timeout_s=20)
+        assert sent[ids[0]].status == "sent"
+        assert sent[ids[0]].finished_at is not None
+        assert sent[ids[0]].finished_at >= soon.replace(tzinfo=tokyo).astimezone(UTC)
+        assert (dt.datetime.now(UTC) - started).total_seconds() < 15
+        waiting = {r["id"]: r for r in await queued(dsn, ids[1:])}
+        assert waiting.keys() == set(ids[1:])
+        paris = soon.replace(tzinfo=zoneinfo.ZoneInfo("Europe/Paris")) - dt.datetime.now(UTC)
+        assert abs(waiting[ids[1]]["in_s"] - paris.total_seconds()) < 10
+        assert 23 * 3600 - 10 < waiting[ids[2]]["in_s"] < 23 * 3600 + 10
