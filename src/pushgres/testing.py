@@ -42,7 +42,7 @@ from .exceptions import StoreError
 from .models import Action, ClaimedRow, InvalidToken, Outcome, Requeue, ResultRecord
 
 if TYPE_CHECKING:
-    from .pipeline.guardrails import LedgerEntry
+    from .pipeline.guardrails import CapsAdded, LedgerRecord
     from .pipeline.lane import LaneStore
     from .providers.base import LateOutcome, Sender
 
@@ -104,19 +104,27 @@ class MemoryClaim:
         self.invalid_tokens: list[InvalidToken] = []
         self.caps: dict[tuple[str, str], tuple[list[dt.datetime], list[int]]] = {}
 
-    async def lock_caps(
-        self, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[list[dt.datetime], list[int]]]:
+    async def lock_caps(self, keys: Sequence[tuple[str, str]]) -> Sequence[LedgerRecord]:
         await self._store._round_trip("write")
-        ledger = self._store.cap_ledger
-        return {
-            k: (list(ledger.get(k, ([], []))[0]), list(ledger.get(k, ([], []))[1])) for k in keys
-        }
+        ledger = {**self._store.cap_ledger, **self.caps}
+        found = []
+        for rule, subject in keys:
+            sent_at, events = ledger.get((rule, subject), ([], []))
+            found.append((rule, subject, list(sent_at), list(events)))
+        return found
 
-    async def write_caps(self, entries: Sequence[LedgerEntry]) -> None:
+    async def write_caps(self, now: dt.datetime, added: CapsAdded) -> None:
         await self._store._round_trip("write")
-        for e in entries:
-            self.caps[(e.rule, e.subject)] = (list(e.sent_at), list(e.events))
+        ledger = {**self._store.cap_ledger, **self.caps}
+        for rule, subject, event in zip(added.rules, added.subjects, added.events, strict=True):
+            cutoff = now - dt.timedelta(seconds=added.windows[rule])
+            sent_at, events = ledger.get((rule, subject), ([], []))
+            live = [(s, e) for s, e in zip(sent_at, events, strict=True) if s > cutoff]
+            live.append((now, event))
+            ledger[(rule, subject)] = self.caps[(rule, subject)] = (
+                [s for s, _ in live],
+                [e for _, e in live],
+            )
 
     async def write(
         self,

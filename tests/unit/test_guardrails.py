@@ -226,22 +226,20 @@ async def test_a_local_time_passed_at_enqueue_goes_the_next_day_when_asked() -> 
 
 def test_ledger_admits_up_to_the_limit_then_holds_back_until_the_window_moves() -> None:
     t0 = dt.datetime(2026, 7, 1, tzinfo=UTC)
-    ledger = CapLedger({("daily", "u:1"): ([], [])}, {"daily": 86400}, t0)
-    for i in range(3):
-        assert ledger.judge([DAILY], "u:1", -i, t0 + dt.timedelta(hours=i)).blocking is None
-    verdict = ledger.judge([DAILY], "u:1", -9, t0 + dt.timedelta(hours=5))
-    assert verdict.blocking is DAILY and verdict.until == t0 + dt.timedelta(hours=24)
+    earlier = [t0 - dt.timedelta(hours=30), t0 - dt.timedelta(hours=3)]
+    ledger = CapLedger([("daily", "u:1", earlier, [-7, -8])], [DAILY], t0)
+    # Thirty hours ago is out of the window: one counted, two more may go.
+    assert ledger.judge([DAILY], "u:1", -1).blocking is None
+    assert ledger.judge([DAILY], "u:1", -2).blocking is None
+    verdict = ledger.judge([DAILY], "u:1", -3)
+    assert verdict.blocking is DAILY and verdict.until == t0 + dt.timedelta(hours=21)
     # The same message again (a retry, another device of the person): not counted twice.
-    assert ledger.judge([DAILY], "u:1", -1, t0 + dt.timedelta(hours=6)).blocking is None
-    (entry,) = ledger.changed()
-    assert entry.events == [0, -1, -2] and entry.expires_at == t0 + dt.timedelta(hours=26)
-    # A day later the first has left the window.
-    later = CapLedger(
-        {("daily", "u:1"): (entry.sent_at, entry.events)},
-        {"daily": 86400},
-        t0 + dt.timedelta(hours=24, seconds=1),
-    )
-    assert later.judge([DAILY], "u:1", -5, t0 + dt.timedelta(hours=24, seconds=1)).blocking is None
+    assert ledger.judge([DAILY], "u:1", -1).blocking is None
+    # A message counted only before the window is counted anew.
+    assert ledger.judge([DAILY], "u:1", -7).blocking is DAILY
+    added = ledger.added
+    assert (added.rules, added.subjects, added.events) == (["daily"] * 2, ["u:1"] * 2, [-1, -2])
+    assert added.windows == {"daily": 86400}
 
 
 def test_every_rule_must_admit_and_suppress_wins_over_defer() -> None:
@@ -254,21 +252,17 @@ def test_every_rule_must_admit_and_suppress_wins_over_defer() -> None:
         window_s=600,
         over="defer",
     )
-    keys = {("daily", "u:1"): ([], []), ("cool", "u:1"): ([], [])}
-    ledger = CapLedger(keys, {"daily": 86400, "cool": 600}, t0)
-    assert ledger.judge([DAILY, cooldown], "u:1", -1, t0).blocking is None
-    held = ledger.judge([DAILY, cooldown], "u:1", -2, t0 + dt.timedelta(minutes=1))
-    assert held.blocking is cooldown and held.until == t0 + dt.timedelta(minutes=10)
-    # Held back by one rule, counted by none.
-    assert [len(e.sent_at) for e in ledger.changed()] == [1, 1]
-    assert (
-        ledger.judge([DAILY, cooldown], "u:1", -3, t0 + dt.timedelta(minutes=11)).blocking is None
-    )
-    assert (
-        ledger.judge([DAILY, cooldown], "u:1", -4, t0 + dt.timedelta(minutes=22)).blocking is None
-    )
-    verdict = ledger.judge([cooldown, DAILY], "u:1", -5, t0 + dt.timedelta(minutes=23))
-    assert verdict.blocking is DAILY  # over both: suppressed, not deferred
+    minute_ago = [t0 - dt.timedelta(minutes=1)]
+    records = [("daily", "u:1", list(minute_ago), [-1]), ("cool", "u:1", list(minute_ago), [-1])]
+    ledger = CapLedger(records, [DAILY, cooldown], t0)
+    held = ledger.judge([DAILY, cooldown], "u:1", -2)
+    assert held.blocking is cooldown and held.until == t0 + dt.timedelta(minutes=9)
+    assert ledger.added.events == []  # held back by one rule, counted by none
+    full = [t0 - dt.timedelta(hours=h) for h in (3, 2, 1)]
+    records = [("daily", "u:2", full, [-3, -4, -5]), ("cool", "u:2", [], [])]
+    ledger = CapLedger(records, [DAILY, cooldown], t0)
+    verdict = ledger.judge([cooldown, DAILY], "u:2", -6)
+    assert verdict.blocking is DAILY  # over the daily cap: suppressed, whatever else defers
 
 
 def test_subject_is_the_user_else_the_device() -> None:
@@ -299,7 +293,7 @@ async def test_caps_stage_counts_a_fanout_once_per_person_and_suppresses_the_res
     assert held.result is not None and held.result.row.id == 3
     assert held.result.status == Status.SUPPRESSED
     assert held.result.reason == "FrequencyCap: two (2 per 1h)"
-    assert c.caps[("two", "u:ann")][1] == [7, -4]
+    assert c.caps[("two", "u:ann")] == ([now, now], [7, -4])
 
 
 # -- the config -----------------------------------------------------------------------------

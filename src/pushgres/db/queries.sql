@@ -635,15 +635,24 @@ ON CONFLICT (rule, subject) DO UPDATE SET rule = excluded.rule
 RETURNING l.rule, l.subject, l.sent_at, l.events
 
 -- name: cap_write
--- The entries' new contents ($3: each entry's admitted times as Unix seconds, in a text array
--- literal such as '{1733480000.5,1733483600}'; $4 the messages, likewise).
+-- What a batch admitted at $4: each ($1 rule, $2 subject) counts one more message ($3), in
+-- order; $5/$6 each rule's window in seconds. What left an entry's window is forgotten.
+WITH w AS (
+    SELECT rule, window_s FROM unnest($5::text[], $6::float8[]) AS w(rule, window_s)
+), n AS (
+    SELECT t.rule, t.subject, array_agg(t.event ORDER BY t.ord) AS events, count(*)::int AS k
+    FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS t(rule, subject, event, ord)
+    GROUP BY t.rule, t.subject
+)
 UPDATE pushgres.cap_ledger l
-SET sent_at = ARRAY(SELECT to_timestamp(x) FROM unnest(t.sent_at::float8[]) AS x),
-    events = t.events::bigint[],
-    expires_at = t.expires_at
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-    AS t(rule, subject, sent_at, events, expires_at)
-WHERE l.rule = t.rule AND l.subject = t.subject
+SET (sent_at, events) = (
+        SELECT coalesce(array_agg(u.s ORDER BY u.o), '{}') || array_fill($4::timestamptz, ARRAY[n.k]),
+               coalesce(array_agg(u.e ORDER BY u.o), '{}') || n.events
+        FROM unnest(l.sent_at, l.events) WITH ORDINALITY AS u(s, e, o)
+        WHERE u.s > $4::timestamptz - make_interval(secs => w.window_s)),
+    expires_at = $4::timestamptz + make_interval(secs => w.window_s)
+FROM n JOIN w ON w.rule = n.rule
+WHERE l.rule = n.rule AND l.subject = n.subject
 
 -- name: prune_cap_ledger
 -- Caps' entries whose newest message left its window: nothing in them counts any more.

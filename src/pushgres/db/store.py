@@ -43,7 +43,7 @@ from .migrate import check_schema
 from .queries import QUERIES
 
 if TYPE_CHECKING:
-    from ..pipeline.guardrails import LedgerEntry
+    from ..pipeline.guardrails import CapsAdded, LedgerRecord
 
 __all__ = [
     "Claim",
@@ -223,26 +223,25 @@ class Claim:
         self.rows = rows
         self.is_written = False
 
-    async def lock_caps(
-        self, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[list[dt.datetime], list[int]]]:
+    async def lock_caps(self, keys: Sequence[tuple[str, str]]) -> Sequence[LedgerRecord]:
         """Lock the frequency caps' entries of ``keys`` (sorted) for the transaction."""
         with map_db_errors("locking frequency cap counts", self._availability):
-            records = await self._conn.fetch(
+            records: Sequence[LedgerRecord] = await self._conn.fetch(
                 QUERIES["cap_lock"], [k[0] for k in keys], [k[1] for k in keys]
             )
-        return {(r[0], r[1]): (r[2], r[3]) for r in records}
+        return records
 
-    async def write_caps(self, entries: Sequence[LedgerEntry]) -> None:
-        """Store the caps' entries that the batch changed."""
+    async def write_caps(self, now: dt.datetime, added: CapsAdded) -> None:
+        """Count what the batch admitted in the caps' entries."""
         with map_db_errors("writing frequency cap counts", self._availability):
             await self._conn.execute(
                 QUERIES["cap_write"],
-                [e.rule for e in entries],
-                [e.subject for e in entries],
-                ["{" + ",".join(repr(t.timestamp()) for t in e.sent_at) + "}" for e in entries],
-                ["{" + ",".join(map(str, e.events)) + "}" for e in entries],
-                [e.expires_at for e in entries],
+                added.rules,
+                added.subjects,
+                added.events,
+                now,
+                list(added.windows),
+                list(added.windows.values()),
             )
 
     async def write(

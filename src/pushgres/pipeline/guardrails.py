@@ -32,7 +32,7 @@ import datetime as dt
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from ..config import AppConfig, CapRule, CategoryConfig, QuietHours
 from ..models import ClaimedRow, Requeue, ResultRecord, Status
@@ -41,9 +41,10 @@ from .decide import Decision
 __all__ = [
     "CapLedger",
     "CapStore",
+    "CapsAdded",
     "CategoryPolicy",
     "FrequencyCaps",
-    "LedgerEntry",
+    "LedgerRecord",
     "Timing",
     "cap_subject",
     "category_policies",
@@ -179,7 +180,7 @@ class Timing:
         keep: list[ClaimedRow] = []
         settled: list[Decision] = []
         policies, default = self._policies, self._default
-        quiet_ends: dict[tuple[str | None, QuietHours], dt.datetime | None] = {}
+        quiet_ends: dict[tuple[str | None, int], dt.datetime | None] = {}
         for row in rows:
             policy = policies.get(row.category, default)
             if row.category is None:
@@ -195,7 +196,7 @@ class Timing:
             window = policy.quiet
             if window is not None:
                 zone_name = row.timezone or row.device_timezone
-                key = (zone_name, window)
+                key = (zone_name, id(window))
                 if key in quiet_ends:
                     until = quiet_ends[key]
                 else:
@@ -236,33 +237,30 @@ class Timing:
 class CapStore(Protocol):
     """Where the caps' counts live: the batch's claim transaction (``db.store.Claim``)."""
 
-    async def lock_caps(
-        self, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[list[dt.datetime], list[int]]]:
+    async def lock_caps(self, keys: Sequence[tuple[str, str]]) -> Sequence[LedgerRecord]:
         """Lock the ledger entries of ``keys`` (created empty if new) until the transaction
-        ends; each one's admitted times (oldest first) and messages."""
+        ends: each one's rule, subject, admitted times (oldest first) and messages."""
         ...
 
-    async def write_caps(self, entries: Sequence[LedgerEntry]) -> None:
-        """Store the entries' new contents (under the locks :meth:`lock_caps` took)."""
+    async def write_caps(self, now: dt.datetime, added: CapsAdded) -> None:
+        """Count ``added``'s messages at ``now`` (under the locks :meth:`lock_caps` took),
+        forgetting what left each rule's window."""
         ...
+
+
+LedgerRecord = tuple[str, str, list[dt.datetime], list[int]]
+"""A ledger entry as locked: rule, subject, admitted times (oldest first), messages."""
 
 
 @dataclass(slots=True)
-class LedgerEntry:
-    """One cap's record of one person: when each counted message was admitted, oldest first."""
+class CapsAdded:
+    """What a batch admitted, as parallel lists: each (rule, subject) counted one ``event``
+    more; ``windows`` gives each rule's window in seconds."""
 
-    rule: str
-    subject: str
-    window_s: float
-    sent_at: list[dt.datetime]
+    windows: dict[str, float]
+    rules: list[str]
+    subjects: list[str]
     events: list[int]
-    changed: bool = False
-
-    @property
-    def expires_at(self) -> dt.datetime:
-        last = self.sent_at[-1] if self.sent_at else dt.datetime.fromtimestamp(0, UTC)
-        return last + dt.timedelta(seconds=self.window_s)
 
 
 def cap_subject(row: ClaimedRow) -> str:
@@ -292,54 +290,56 @@ ADMITTED: Final = CapVerdict()
 
 
 class CapLedger:
-    """The caps' counts for one batch, as locked from the store. Pure: no I/O."""
+    """The caps' counts for one batch at one moment, as locked from the store. Pure: no I/O.
+
+    What each entry holds before its rule's window is skipped (``start``), not copied; what
+    the batch admits is appended at ``now`` and listed in :attr:`added` for the store.
+    """
 
     def __init__(
-        self,
-        entries: Mapping[tuple[str, str], tuple[list[dt.datetime], list[int]]],
-        windows: Mapping[str, float],
-        now: dt.datetime,
+        self, records: Iterable[LedgerRecord], rules: Iterable[CapRule], now: dt.datetime
     ) -> None:
-        self._entries: dict[tuple[str, str], LedgerEntry] = {}
-        for (rule, subject), (sent_at, events) in entries.items():
-            window_s = windows[rule]
-            cutoff = now - dt.timedelta(seconds=window_s)
-            live = bisect.bisect_right(sent_at, cutoff)
-            self._entries[(rule, subject)] = LedgerEntry(
-                rule, subject, window_s, list(sent_at[live:]), list(events[live:]), live > 0
-            )
+        self._now = now
+        self._windows = {rule.name: dt.timedelta(seconds=rule.window_s) for rule in rules}
+        cutoffs = {name: now - window for name, window in self._windows.items()}
+        self.added = CapsAdded({r: w.total_seconds() for r, w in self._windows.items()}, [], [], [])
+        entries: dict[tuple[str, str], list[Any]] = {}
+        for rule, subject, sent_at, events in records:
+            start = 0
+            if sent_at and sent_at[0] <= cutoffs[rule]:
+                start = bisect.bisect_right(sent_at, cutoffs[rule])
+            entries[(rule, subject)] = [sent_at, events, start]
+        self._entries = entries
 
-    def judge(
-        self, rules: Iterable[CapRule], subject: str, event: int, now: dt.datetime
-    ) -> CapVerdict:
+    def judge(self, rules: Iterable[CapRule], subject: str, event: int) -> CapVerdict:
         """Whether one message to ``subject`` may go now under every rule; admitting it counts
         it in each rule that had not counted it yet."""
         entries = self._entries
         verdict = ADMITTED
-        fresh: list[LedgerEntry] = []
+        fresh: list[tuple[str, list[Any]]] = []
         for rule in rules:
-            entry = entries[(rule.name, subject)]
-            if event in entry.events:
+            name = rule.name
+            entry = entries[(name, subject)]
+            sent_at, events, start = entry
+            if event in events and events.index(event) >= start:
                 continue
-            window = dt.timedelta(seconds=rule.window_s)
-            sent_at = entry.sent_at
-            if len(sent_at) - bisect.bisect_right(sent_at, now - window) < rule.limit:
-                fresh.append(entry)
+            if len(sent_at) - start < rule.limit:
+                fresh.append((name, entry))
                 continue
-            until = sent_at[-rule.limit] + window
+            until = sent_at[-rule.limit] + self._windows[name]
             if rule.over == "suppress":
                 return CapVerdict(rule, until)
             if verdict.until is None or until > verdict.until:
                 verdict = CapVerdict(rule, until)
-        if verdict is ADMITTED:
-            for entry in fresh:
-                entry.sent_at.append(now)
-                entry.events.append(event)
-                entry.changed = True
+        if verdict is ADMITTED and fresh:
+            now, added = self._now, self.added
+            for name, entry in fresh:
+                entry[0].append(now)
+                entry[1].append(event)
+                added.rules.append(name)
+                added.subjects.append(subject)
+                added.events.append(event)
         return verdict
-
-    def changed(self) -> list[LedgerEntry]:
-        return [e for e in self._entries.values() if e.changed]
 
 
 class FrequencyCaps:
@@ -350,7 +350,7 @@ class FrequencyCaps:
     def __init__(self, policies: Mapping[str | None, CategoryPolicy]) -> None:
         self._policies = policies
         self._default = policies[None]
-        self._windows = {rule.name: rule.window_s for p in policies.values() for rule in p.caps}
+        self._rules = list({r.name: r for p in policies.values() for r in p.caps}.values())
 
     async def sift(
         self, rows: list[ClaimedRow], now: dt.datetime, claim: CapStore
@@ -367,12 +367,12 @@ class FrequencyCaps:
         if not capped:
             return rows, []
         keys = sorted({(rule.name, subject) for _, rules, subject in capped for rule in rules})
-        ledger = CapLedger(await claim.lock_caps(keys), self._windows, now)
+        ledger = CapLedger(await claim.lock_caps(keys), self._rules, now)
         # The claim's own order: higher priority first, then the older.
         capped.sort(key=lambda c: (-c[0].priority, c[0].send_at, c[0].id))
         settled: list[Decision] = []
         for row, rules, subject in capped:
-            verdict = ledger.judge(rules, subject, _event(row), now)
+            verdict = ledger.judge(rules, subject, _event(row))
             rule = verdict.blocking
             if rule is None:
                 keep.append(row)
@@ -390,7 +390,6 @@ class FrequencyCaps:
                 settled.append(
                     _defer(row, verdict.until, now, f"FrequencyCap: {rule.describe()}, deferred")
                 )
-        changed = ledger.changed()
-        if changed:
-            await claim.write_caps(changed)
+        if ledger.added.events:
+            await claim.write_caps(now, ledger.added)
         return keep, settled
