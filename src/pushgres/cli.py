@@ -187,6 +187,9 @@ def _notification_from_flags(args: argparse.Namespace) -> Notification:
         data["send_at"] = args.send_at
     if args.metadata is not None:
         data["metadata"] = _json_object_flag(args.metadata, "--metadata")
+    data["category"] = args.category
+    data["timezone"] = args.timezone
+    data["local_send_at"] = args.local_send_at
     try:
         return as_notification({k: v for k, v in data.items() if v is not None})
     except EnqueueError as exc:
@@ -586,7 +589,8 @@ Enqueue one notification given by flags, or many from JSON Lines (--file).
 
 Each JSON line is one notification object with the columns of pushgres.queue: app, platform,
 device_token, payload, and optionally priority, push_type, collapse_id, expires_at, topic,
-send_at (ISO 8601 or Unix seconds), dedupe_key, max_attempts, metadata. Blank lines are
+send_at (ISO 8601 or Unix seconds), dedupe_key, max_attempts, metadata, category, timezone,
+local_send_at (a wall-clock time without a zone, read in the device's). Blank lines are
 skipped. Every notification is checked before anything is written, and all are enqueued in
 one transaction: a bad one (named by its line) enqueues none.
 
@@ -602,8 +606,8 @@ devices per app by state (active, invalid, stale, uninstalled, unregistered)."""
 
 OUTCOME = """\
 Print the outcome of each notification id as one JSON object per line, in the order given:
-id, app, platform, status (queued, sent, failed, token_invalid or expired), provider_status
-(the HTTP status), reason, provider_id (the apns-id or the FCM message name), attempts,
+id, app, platform, status (queued, sent, failed, token_invalid, expired or suppressed),
+provider_status (the HTTP status), reason, provider_id (the apns-id or the FCM message name), attempts,
 enqueued_at, finished_at and metadata (the caller's JSON object, or null). An id the database
 does not know prints {"id": ID, "status": "unknown"}."""
 
@@ -619,7 +623,7 @@ group id and counts; `pushgres group ID` shows its outcome later.
 
 GROUP = """\
 Print a fan-out's outcome: its notifications by status (queued while not finished, then sent,
-failed, token_invalid or expired) and reason, per user with --per-user."""
+failed, token_invalid, expired or suppressed) and reason, per user with --per-user."""
 
 CHECK_CREDENTIALS = """\
 Check every app's credential and whether its provider accepts it, delivering nothing.
@@ -884,6 +888,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--send-at", metavar="TIME", help="ISO 8601 time before which it is not sent (no zone: UTC)"
     )
+    _add_guardrail_flags(p)
+    p.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        help="the device's IANA time zone for quiet hours and --local-send-at (default: the "
+        "registry's for the token, else the app's)",
+    )
     p.add_argument(
         "--dedupe-key",
         metavar="KEY",
@@ -964,6 +975,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_guardrail_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--category",
+        metavar="NAME",
+        help="one of the config's [categories] (default: the app's default category)",
+    )
+    p.add_argument(
+        "--local-send-at",
+        type=_local_time_flag,
+        metavar="LOCAL_TIME",
+        help="a wall-clock time such as 2026-12-24T09:00 (no zone): sent when it is that time "
+        "in each device's own time zone",
+    )
+
+
+def _local_time_flag(value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 local time such as 2026-12-24T09:00: {value!r}"
+        ) from None
+    if parsed.tzinfo is not None:
+        raise argparse.ArgumentTypeError(
+            "a wall-clock time, without a UTC offset: it is read in each device's time zone"
+        )
+    return parsed
+
+
 def _add_send_commands(sub: Any) -> None:
     p = _add_command(sub, "send", "send a portable message to users' devices (a fan-out)", SEND)
     _add_db_args(p)
@@ -996,6 +1036,7 @@ def _add_send_commands(sub: Any) -> None:
         help='native pieces per platform merged over the rendering: {"apns": {...}, "fcm": {...}}',
     )
     p.add_argument("--send-at", metavar="TIME", help="ISO 8601 time before which it is not sent")
+    _add_guardrail_flags(p)
     p.add_argument(
         "--dedupe-key",
         metavar="KEY",
@@ -1205,6 +1246,8 @@ async def _cmd_send(args: argparse.Namespace) -> int:
             "dedupe_key": args.dedupe_key,
             "metadata": metadata,
             "max_attempts": args.max_attempts,
+            "category": args.category,
+            "local_send_at": args.local_send_at,
         }
         if args.connections == 1:
             done = await fanout.send_to_users(conn, args.to, users, message, **options)

@@ -71,7 +71,7 @@ class FanOut:
 @dataclass(frozen=True, slots=True)
 class GroupCount:
     user_id: str | None  # None unless the outcome was asked per user
-    status: str  # queued | sent | failed | token_invalid | expired
+    status: str  # queued | sent | failed | token_invalid | expired | suppressed
     reason: str | None
     count: int
 
@@ -113,8 +113,14 @@ async def send_to_users(
     metadata: Mapping[str, Any] | None = None,
     max_attempts: int = 5,
     connections: int = 1,
+    category: str | None = None,
+    local_send_at: dt.datetime | None = None,
 ) -> FanOut:
     """Fan ``message`` out to every active device of each of ``user_ids`` on ``target``.
+
+    ``category`` is one of the config's categories (None: each app's default);
+    ``local_send_at`` a wall-clock time (naive) at which each device gets it in its own time
+    zone (see the README's "Guardrails").
 
     A user given twice is counted and sent to once. With ``connections`` > 1 (``conn`` must
     be a pool), slices are enqueued on that many connections at once, each slice committed by
@@ -138,12 +144,21 @@ async def send_to_users(
         raise EnqueueError("max_attempts must be 1..100")
     if isinstance(connections, bool) or not 1 <= connections <= 16:
         raise EnqueueError("connections must be 1..16")
+    if local_send_at is not None and (
+        not isinstance(local_send_at, dt.datetime) or local_send_at.tzinfo is not None
+    ):
+        raise EnqueueError(
+            "local_send_at must be a wall-clock time without a UTC offset, such as "
+            "'2026-12-24T09:00' (it is read in each device's own time zone)"
+        )
     opening = (
         target,
         json_text(message, "message"),
         json_text(overrides, "overrides"),
         dedupe_key,
         json_text(metadata, "metadata"),
+        category,
+        local_send_at,
     )
     slices = [users[i : i + SLICE_USERS] for i in range(0, len(users), SLICE_USERS)]
     with _refusals(), store.schema_required():

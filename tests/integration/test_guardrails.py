@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pushgres import devices
+from pushgres import devices, fanout
 from pushgres.exceptions import EnqueueError
 from pushgres.simulator import devkit
 
@@ -335,3 +335,68 @@ async def test_local_time_sends_at_each_devices_wall_clock(env: dict[str, Any]) 
         paris = soon.replace(tzinfo=zoneinfo.ZoneInfo("Europe/Paris")) - dt.datetime.now(UTC)
         assert abs(waiting[ids[1]]["in_s"] - paris.total_seconds()) < 10
         assert 23 * 3600 - 10 < waiting[ids[2]]["in_s"] < 23 * 3600 + 10
+
+
+async def test_a_fanout_under_a_category_at_each_devices_local_time(env: dict[str, Any]) -> None:
+    dsn = env["dsn"]
+    settings = settings_for(configure(env))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await devices.register(
+            conn,
+            APNS_APP,
+            "apns",
+            devkit.apns_token("ok", 51),
+            user_id="ann",
+            timezone="Asia/Tokyo",
+        )
+        await devices.register(
+            conn,
+            APNS_APP,
+            "apns",
+            devkit.apns_token("ok", 52),
+            user_id="bob",
+            timezone="America/Los_Angeles",
+        )
+    finally:
+        await conn.close()
+    tokyo = zoneinfo.ZoneInfo("Asia/Tokyo")
+    soon = (dt.datetime.now(tokyo) + dt.timedelta(seconds=2)).replace(tzinfo=None, microsecond=0)
+    message = {"title": "Advent", "body": "Door 24 is open"}
+    async with running_daemon(settings) as daemon:
+        await started(daemon)
+        conn = await asyncpg.connect(dsn)
+        try:
+            with pytest.raises(EnqueueError, match="unknown category 'promo'"):
+                await fanout.send_to_users(conn, APNS_APP, ["ann"], message, category="promo")
+            done = await fanout.send_to_users(
+                conn, APNS_APP, ["ann", "bob"], message, category="receipts", local_send_at=soon
+            )
+            group = done.group_id
+            ann = await wait_terminal(dsn, [await _row_id(conn, group, "ann")], timeout_s=20)
+            assert [o.status for o in ann.values()] == ["sent"]
+            (bob,) = await queued(dsn, [await _row_id(conn, group, "bob")])
+            los_angeles = zoneinfo.ZoneInfo("America/Los_Angeles")
+            expected = soon.replace(tzinfo=los_angeles) - dt.datetime.now(UTC)
+            assert abs(bob["in_s"] - expected.total_seconds()) < 10
+            assert bob["last_reason"].startswith("LocalTime: waiting for")
+            categories = await conn.fetch(
+                "SELECT DISTINCT category FROM pushgres.results WHERE group_id = $1"
+                " UNION SELECT DISTINCT category FROM pushgres.queue WHERE group_id = $1",
+                group,
+            )
+            assert [r["category"] for r in categories] == ["receipts"]
+        finally:
+            await conn.close()
+
+
+async def _row_id(conn: asyncpg.Connection, group: int, user: str) -> int:
+    found = await conn.fetchval(
+        "SELECT id FROM (SELECT id, user_id FROM pushgres.queue WHERE group_id = $1"
+        " UNION ALL SELECT id, user_id FROM pushgres.results WHERE group_id = $1) g"
+        " WHERE user_id = $2",
+        group,
+        user,
+    )
+    assert found is not None
+    return int(found)

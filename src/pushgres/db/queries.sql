@@ -559,7 +559,7 @@ FROM unnest(coalesce((SELECT apps FROM pushgres.app_groups WHERE name = $1), ARR
 
 -- name: open_fanout
 SELECT group_id, duplicate, complete, users, users_without_device, notifications
-FROM pushgres.open_fanout($1, $2::jsonb, $3::jsonb, $4, $5::jsonb)
+FROM pushgres.open_fanout($1, $2::jsonb, $3::jsonb, $4, $5::jsonb, $6, $7::timestamp)
 
 -- name: fanout_slice
 -- One slice ($3) of fan-out group $1's users ($2), its rows after send_at $4.

@@ -24,6 +24,7 @@
     ["failed", "failed"],
     ["token_invalid", "token invalid"],
     ["expired", "expired"],
+    ["suppressed", "suppressed"],
   ];
   const REASONS_SHOWN = 6;
   const CREDENTIAL_WARN_DAYS = 30;
