@@ -21,6 +21,7 @@ from typing import Any
 from pushgres.config import AppConfig, CapRule, PoolConfig, QuietHours
 from pushgres.models import ClaimedRow
 from pushgres.pipeline.guardrails import (
+    CapCoverage,
     CapsAdded,
     FrequencyCaps,
     LedgerRecord,
@@ -34,21 +35,22 @@ BATCHES = 200
 ROUNDS = 5
 PEOPLE = 20_000
 APP = "ios"
+KIND = f"{APP}/"
 
 
 class _Ledger:
     """The caps' ledger in memory: what ``Claim.lock_caps`` and ``write_caps`` return and take."""
 
     def __init__(self, now: dt.datetime) -> None:
-        earlier = [now - dt.timedelta(hours=5)]
+        earlier = [(now - dt.timedelta(hours=5)).timestamp()]
         self.earlier = earlier
 
-    async def lock_caps(self, keys: Sequence[tuple[str, str]]) -> Sequence[LedgerRecord]:
+    async def lock_caps(self, subjects: Sequence[str]) -> Sequence[LedgerRecord]:
         # Everyone has one message counted five hours ago: the daily cap has room, and the
         # cooldown's window has passed.
-        return [(rule, subject, list(self.earlier), [1]) for rule, subject in keys]
+        return [(subject, list(self.earlier), [1], [KIND]) for subject in subjects]
 
-    async def write_caps(self, now: dt.datetime, added: CapsAdded) -> None:
+    async def write_caps(self, now: float, keep_s: float, added: CapsAdded) -> None:
         return None
 
 
@@ -97,7 +99,7 @@ def _stages(guardrails: bool) -> list[Stage]:
         ),
     ]
     policies = category_policies(app, {}, caps)
-    return [NotSendable(), Timing(app, policies), FrequencyCaps(policies)]
+    return [NotSendable(), Timing(app, policies), FrequencyCaps(policies, CapCoverage({}, caps))]
 
 
 async def _time(guardrails: bool, batches: list[list[ClaimedRow]], now: dt.datetime) -> float:

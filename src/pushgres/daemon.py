@@ -42,7 +42,7 @@ from .housekeeping import Housekeeping
 from .observability.diagnosis import DiagnosisObserver
 from .observability.metrics import AppState, History, MetricsObserver, QueueSample
 from .pipeline.capacity import Capacity
-from .pipeline.guardrails import FrequencyCaps, Timing, category_policies
+from .pipeline.guardrails import CapCoverage, FrequencyCaps, Timing, category_policies
 from .pipeline.lane import Lane, LaneSettings
 from .pipeline.observer import DaemonStats, Observer, Observers, StatsObserver
 from .pipeline.stages import NotSendable, Stage
@@ -333,7 +333,8 @@ class Daemon:
         policies = category_policies(app, settings.categories, settings.caps)
         stages: list[Stage] = [NotSendable(), Timing(app, policies)]
         if any(p.caps for p in policies.values()):
-            stages.append(FrequencyCaps(policies))
+            coverage = CapCoverage(settings.categories, settings.caps)
+            stages.append(FrequencyCaps(policies, coverage))
         return Lane(
             app.name,
             sender=sender,

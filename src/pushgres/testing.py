@@ -102,28 +102,28 @@ class MemoryClaim:
         self.results: list[ResultRecord] = []
         self.requeues: list[Requeue] = []
         self.invalid_tokens: list[InvalidToken] = []
-        self.caps: dict[tuple[str, str], tuple[list[dt.datetime], list[int]]] = {}
+        self.caps: dict[str, tuple[list[float], list[int], list[str]]] = {}
 
-    async def lock_caps(self, keys: Sequence[tuple[str, str]]) -> Sequence[LedgerRecord]:
+    async def lock_caps(self, subjects: Sequence[str]) -> Sequence[LedgerRecord]:
         await self._store._round_trip("write")
         ledger = {**self._store.cap_ledger, **self.caps}
         found = []
-        for rule, subject in keys:
-            sent_at, events = ledger.get((rule, subject), ([], []))
-            found.append((rule, subject, list(sent_at), list(events)))
+        for subject in subjects:
+            sent_at, events, kinds = ledger.get(subject, ([], [], []))
+            found.append((subject, list(sent_at), list(events), list(kinds)))
         return found
 
-    async def write_caps(self, now: dt.datetime, added: CapsAdded) -> None:
+    async def write_caps(self, now: float, keep_s: float, added: CapsAdded) -> None:
         await self._store._round_trip("write")
         ledger = {**self._store.cap_ledger, **self.caps}
-        for rule, subject, event in zip(added.rules, added.subjects, added.events, strict=True):
-            cutoff = now - dt.timedelta(seconds=added.windows[rule])
-            sent_at, events = ledger.get((rule, subject), ([], []))
-            live = [(s, e) for s, e in zip(sent_at, events, strict=True) if s > cutoff]
-            live.append((now, event))
-            ledger[(rule, subject)] = self.caps[(rule, subject)] = (
-                [s for s, _ in live],
-                [e for _, e in live],
+        for subject, event, kind in zip(added.subjects, added.events, added.tags, strict=True):
+            sent_at, events, kinds = ledger.get(subject, ([], [], []))
+            live = [e for e in zip(sent_at, events, kinds, strict=True) if e[0] > now - keep_s]
+            live.append((now, event, kind))
+            ledger[subject] = self.caps[subject] = (
+                [e[0] for e in live],
+                [e[1] for e in live],
+                [e[2] for e in live],
             )
 
     async def write(
@@ -152,8 +152,8 @@ class MemoryStore:
         """Every result committed, in order."""
         self.invalid_tokens: dict[tuple[str, str], InvalidToken] = {}
         """Dead tokens by (app, device token)."""
-        self.cap_ledger: dict[tuple[str, str], tuple[list[dt.datetime], list[int]]] = {}
-        """The frequency caps' counts by (rule, subject), as committed."""
+        self.cap_ledger: dict[str, tuple[list[float], list[int], list[str]]] = {}
+        """The frequency caps' counts by person (admitted at, message, kind), as committed."""
         self.ids: set[int] = set()
         """Every row ever added."""
         self.claims = 0

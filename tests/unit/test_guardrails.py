@@ -23,6 +23,7 @@ from pushgres.config import (
 from pushgres.exceptions import ConfigError
 from pushgres.models import ClaimedRow, Status
 from pushgres.pipeline.guardrails import (
+    CapCoverage,
     CapLedger,
     FrequencyCaps,
     Timing,
@@ -224,22 +225,47 @@ async def test_a_local_time_passed_at_enqueue_goes_the_next_day_when_asked() -> 
 # -- the caps' ledger --------------------------------------------------------------------------
 
 
+def _ts(t: dt.datetime) -> float:
+    return t.timestamp()
+
+
 def test_ledger_admits_up_to_the_limit_then_holds_back_until_the_window_moves() -> None:
     t0 = dt.datetime(2026, 7, 1, tzinfo=UTC)
-    earlier = [t0 - dt.timedelta(hours=30), t0 - dt.timedelta(hours=3)]
-    ledger = CapLedger([("daily", "u:1", earlier, [-7, -8])], [DAILY], t0)
+    coverage = CapCoverage({}, [DAILY])
+    earlier = [_ts(t0 - dt.timedelta(hours=30)), _ts(t0 - dt.timedelta(hours=3))]
+    ledger = CapLedger([("u:1", earlier, [-7, -8], ["shop/", "shop/"])], coverage, t0)
     # Thirty hours ago is out of the window: one counted, two more may go.
-    assert ledger.judge([DAILY], "u:1", -1).blocking is None
-    assert ledger.judge([DAILY], "u:1", -2).blocking is None
-    verdict = ledger.judge([DAILY], "u:1", -3)
+    assert ledger.judge([DAILY], "u:1", -1, "shop/").blocking is None
+    assert ledger.judge([DAILY], "u:1", -2, "shop/").blocking is None
+    verdict = ledger.judge([DAILY], "u:1", -3, "shop/")
     assert verdict.blocking is DAILY and verdict.until == t0 + dt.timedelta(hours=21)
     # The same message again (a retry, another device of the person): not counted twice.
-    assert ledger.judge([DAILY], "u:1", -1).blocking is None
+    assert ledger.judge([DAILY], "u:1", -1, "shop/").blocking is None
     # A message counted only before the window is counted anew.
-    assert ledger.judge([DAILY], "u:1", -7).blocking is DAILY
+    assert ledger.judge([DAILY], "u:1", -7, "shop/").blocking is DAILY
     added = ledger.added
-    assert (added.rules, added.subjects, added.events) == (["daily"] * 2, ["u:1"] * 2, [-1, -2])
-    assert added.windows == {"daily": 86400}
+    assert (added.subjects, added.events, added.tags) == (["u:1"] * 2, [-1, -2], ["shop/"] * 2)
+
+
+def test_a_cap_counts_only_the_kinds_it_covers() -> None:
+    t0 = dt.datetime(2026, 7, 1, tzinfo=UTC)
+    news_only = CapRule(
+        name="news",
+        apps=frozenset({"shop"}),
+        categories=frozenset({"news"}),
+        limit=1,
+        window_s=3600,
+    )
+    coverage = CapCoverage(CATEGORIES, [DAILY, news_only])
+    hour = [_ts(t0 - dt.timedelta(minutes=m)) for m in (50, 40, 30)]
+    # Receipts (transactional) and another app's news are in the person's entry, not counted.
+    kinds = ["shop/receipts", "other/news", "shop/chat"]
+    ledger = CapLedger([("u:1", hour, [-1, -2, -3], kinds)], coverage, t0)
+    assert ledger.judge([news_only], "u:1", -4, "shop/news").blocking is None
+    assert ledger.judge([news_only], "u:1", -5, "shop/news").blocking is news_only
+    # The daily cap counts chat (not transactional) and the news just admitted: room for one.
+    assert ledger.judge([DAILY], "u:1", -6, "shop/chat").blocking is None
+    assert ledger.judge([DAILY], "u:1", -7, "shop/chat").blocking is DAILY
 
 
 def test_every_rule_must_admit_and_suppress_wins_over_defer() -> None:
@@ -252,16 +278,15 @@ def test_every_rule_must_admit_and_suppress_wins_over_defer() -> None:
         window_s=600,
         over="defer",
     )
-    minute_ago = [t0 - dt.timedelta(minutes=1)]
-    records = [("daily", "u:1", list(minute_ago), [-1]), ("cool", "u:1", list(minute_ago), [-1])]
-    ledger = CapLedger(records, [DAILY, cooldown], t0)
-    held = ledger.judge([DAILY, cooldown], "u:1", -2)
+    coverage = CapCoverage({}, [DAILY, cooldown])
+    minute_ago = [_ts(t0 - dt.timedelta(minutes=1))]
+    ledger = CapLedger([("u:1", minute_ago, [-1], ["shop/"])], coverage, t0)
+    held = ledger.judge([DAILY, cooldown], "u:1", -2, "shop/")
     assert held.blocking is cooldown and held.until == t0 + dt.timedelta(minutes=9)
     assert ledger.added.events == []  # held back by one rule, counted by none
-    full = [t0 - dt.timedelta(hours=h) for h in (3, 2, 1)]
-    records = [("daily", "u:2", full, [-3, -4, -5]), ("cool", "u:2", [], [])]
-    ledger = CapLedger(records, [DAILY, cooldown], t0)
-    verdict = ledger.judge([cooldown, DAILY], "u:2", -6)
+    full = [_ts(t0 - dt.timedelta(hours=h)) for h in (3, 2, 1)]
+    ledger = CapLedger([("u:2", full, [-3, -4, -5], ["shop/"] * 3)], coverage, t0)
+    verdict = ledger.judge([cooldown, DAILY], "u:2", -6, "shop/")
     assert verdict.blocking is DAILY  # over the daily cap: suppressed, whatever else defers
 
 
@@ -276,7 +301,7 @@ async def test_caps_stage_counts_a_fanout_once_per_person_and_suppresses_the_res
     now = dt.datetime(2026, 7, 1, tzinfo=UTC)
     store = MemoryStore()
     two = CapRule(name="two", apps=frozenset({"shop"}), categories=None, limit=2, window_s=3600)
-    stage = FrequencyCaps(category_policies(app(), {}, [two]))
+    stage = FrequencyCaps(category_policies(app(), {}, [two]), CapCoverage({}, [two]))
     rows = [
         # One fan-out (group 7) to ann's phone and tablet: one message.
         row(1, now, user_id="ann", group_id=7),
@@ -293,7 +318,7 @@ async def test_caps_stage_counts_a_fanout_once_per_person_and_suppresses_the_res
     assert held.result is not None and held.result.row.id == 3
     assert held.result.status == Status.SUPPRESSED
     assert held.result.reason == "FrequencyCap: two (2 per 1h)"
-    assert c.caps[("two", "u:ann")] == ([now, now], [7, -4])
+    assert c.caps["u:ann"] == ([now.timestamp()] * 2, [7, -4], ["shop/", "shop/"])
 
 
 # -- the config -----------------------------------------------------------------------------

@@ -625,34 +625,34 @@ GROUP BY 1, 2
 ORDER BY 1 DESC, 2
 
 -- name: cap_lock
--- The frequency caps' entries of one batch ($1 rules, $2 subjects, sorted), created empty when
--- new, locked until the claim transaction ends. One statement taking the rows in sorted order:
--- daemons whose batches share people wait for each other and never deadlock.
-INSERT INTO pushgres.cap_ledger AS l (rule, subject)
-SELECT k.rule, k.subject FROM unnest($1::text[], $2::text[]) AS k(rule, subject)
-ORDER BY k.rule, k.subject
-ON CONFLICT (rule, subject) DO UPDATE SET rule = excluded.rule
-RETURNING l.rule, l.subject, l.sent_at, l.events
+-- The frequency caps' entries of one batch's people ($1), created empty when new, locked until
+-- the claim transaction ends. One statement taking the rows in sorted order: daemons whose
+-- batches share people wait for each other and never deadlock.
+INSERT INTO pushgres.cap_ledger AS l (subject)
+SELECT s.subject FROM unnest($1::text[]) AS s(subject)
+ORDER BY s.subject
+ON CONFLICT (subject) DO UPDATE SET subject = excluded.subject
+RETURNING l.subject, l.sent_at, l.events, l.kinds
 
 -- name: cap_write
--- What a batch admitted at $4: each ($1 rule, $2 subject) counts one more message ($3), in
--- order; $5/$6 each rule's window in seconds. What left an entry's window is forgotten.
-WITH w AS (
-    SELECT rule, window_s FROM unnest($5::text[], $6::float8[]) AS w(rule, window_s)
-), n AS (
-    SELECT t.rule, t.subject, array_agg(t.event ORDER BY t.ord) AS events, count(*)::int AS k
-    FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS t(rule, subject, event, ord)
-    GROUP BY t.rule, t.subject
+-- What a batch admitted at $4 (Unix seconds): each person ($1) counts one more message ($2,
+-- of kind $3), in order. What is older than $5 seconds (the longest window) is forgotten.
+WITH n AS (
+    SELECT t.subject, array_agg(t.event ORDER BY t.ord) AS events,
+           array_agg(t.kind ORDER BY t.ord) AS kinds, count(*)::int AS k
+    FROM unnest($1::text[], $2::bigint[], $3::text[]) WITH ORDINALITY AS t(subject, event, kind, ord)
+    GROUP BY t.subject
 )
 UPDATE pushgres.cap_ledger l
-SET (sent_at, events) = (
-        SELECT coalesce(array_agg(u.s ORDER BY u.o), '{}') || array_fill($4::timestamptz, ARRAY[n.k]),
-               coalesce(array_agg(u.e ORDER BY u.o), '{}') || n.events
-        FROM unnest(l.sent_at, l.events) WITH ORDINALITY AS u(s, e, o)
-        WHERE u.s > $4::timestamptz - make_interval(secs => w.window_s)),
-    expires_at = $4::timestamptz + make_interval(secs => w.window_s)
-FROM n JOIN w ON w.rule = n.rule
-WHERE l.rule = n.rule AND l.subject = n.subject
+SET (sent_at, events, kinds) = (
+        SELECT coalesce(array_agg(u.s ORDER BY u.o), '{}') || array_fill($4::float8, ARRAY[n.k]),
+               coalesce(array_agg(u.e ORDER BY u.o), '{}') || n.events,
+               coalesce(array_agg(u.g ORDER BY u.o), '{}') || n.kinds
+        FROM unnest(l.sent_at, l.events, l.kinds) WITH ORDINALITY AS u(s, e, g, o)
+        WHERE u.s > $4::float8 - $5::float8),
+    expires_at = to_timestamp($4::float8 + $5::float8)
+FROM n
+WHERE l.subject = n.subject
 
 -- name: prune_cap_ledger
 -- Caps' entries whose newest message left its window: nothing in them counts any more.

@@ -223,25 +223,17 @@ class Claim:
         self.rows = rows
         self.is_written = False
 
-    async def lock_caps(self, keys: Sequence[tuple[str, str]]) -> Sequence[LedgerRecord]:
-        """Lock the frequency caps' entries of ``keys`` (sorted) for the transaction."""
+    async def lock_caps(self, subjects: Sequence[str]) -> Sequence[LedgerRecord]:
+        """Lock the frequency caps' entries of ``subjects`` for the transaction."""
         with map_db_errors("locking frequency cap counts", self._availability):
-            records: Sequence[LedgerRecord] = await self._conn.fetch(
-                QUERIES["cap_lock"], [k[0] for k in keys], [k[1] for k in keys]
-            )
+            records: Sequence[LedgerRecord] = await self._conn.fetch(QUERIES["cap_lock"], subjects)
         return records
 
-    async def write_caps(self, now: dt.datetime, added: CapsAdded) -> None:
+    async def write_caps(self, now: float, keep_s: float, added: CapsAdded) -> None:
         """Count what the batch admitted in the caps' entries."""
         with map_db_errors("writing frequency cap counts", self._availability):
             await self._conn.execute(
-                QUERIES["cap_write"],
-                added.rules,
-                added.subjects,
-                added.events,
-                now,
-                list(added.windows),
-                list(added.windows.values()),
+                QUERIES["cap_write"], added.subjects, added.events, added.tags, now, keep_s
             )
 
     async def write(

@@ -27,18 +27,18 @@ pass both stages untouched.
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from ..config import AppConfig, CapRule, CategoryConfig, QuietHours
 from ..models import ClaimedRow, Requeue, ResultRecord, Status
 from .decide import Decision
 
 __all__ = [
+    "CapCoverage",
     "CapLedger",
     "CapStore",
     "CapsAdded",
@@ -237,30 +237,30 @@ class Timing:
 class CapStore(Protocol):
     """Where the caps' counts live: the batch's claim transaction (``db.store.Claim``)."""
 
-    async def lock_caps(self, keys: Sequence[tuple[str, str]]) -> Sequence[LedgerRecord]:
-        """Lock the ledger entries of ``keys`` (created empty if new) until the transaction
-        ends: each one's rule, subject, admitted times (oldest first) and messages."""
+    async def lock_caps(self, subjects: Sequence[str]) -> Sequence[LedgerRecord]:
+        """Lock the ledger entries of ``subjects`` (created empty if new; taken in sorted
+        order, whatever the order given) until the transaction ends."""
         ...
 
-    async def write_caps(self, now: dt.datetime, added: CapsAdded) -> None:
-        """Count ``added``'s messages at ``now`` (under the locks :meth:`lock_caps` took),
-        forgetting what left each rule's window."""
+    async def write_caps(self, now: float, keep_s: float, added: CapsAdded) -> None:
+        """Count ``added``'s messages at ``now`` (Unix seconds, under the locks
+        :meth:`lock_caps` took), forgetting what is older than ``keep_s``."""
         ...
 
 
-LedgerRecord = tuple[str, str, list[dt.datetime], list[int]]
-"""A ledger entry as locked: rule, subject, admitted times (oldest first), messages."""
+LedgerRecord = tuple[str, list[float], list[int], list[str]]
+"""A person's entry as locked: subject; when each counted message was admitted (Unix seconds,
+oldest first), the message, and what it was (``app/category``)."""
 
 
 @dataclass(slots=True)
 class CapsAdded:
-    """What a batch admitted, as parallel lists: each (rule, subject) counted one ``event``
-    more; ``windows`` gives each rule's window in seconds."""
+    """What a batch admitted, as parallel lists: each subject counted one ``event`` more,
+    of the kind ``tag`` (``app/category``)."""
 
-    windows: dict[str, float]
-    rules: list[str]
     subjects: list[str]
     events: list[int]
+    tags: list[str]
 
 
 def cap_subject(row: ClaimedRow) -> str:
@@ -289,56 +289,89 @@ class CapVerdict:
 ADMITTED: Final = CapVerdict()
 
 
+class CapCoverage:
+    """Which rules count a message of each kind (``app/category``), for every rule of the
+    config: a person's entry holds messages of every app and category the caps count."""
+
+    def __init__(self, categories: Mapping[str, CategoryConfig], rules: Iterable[CapRule]) -> None:
+        self._categories = categories
+        self._rules = tuple(rules)
+        self._found: dict[str, frozenset[str]] = {}
+        self.keep_s = max((rule.window_s for rule in self._rules), default=0.0)
+        """How long an entry must remember: the longest window."""
+
+    def __call__(self, tag: str) -> frozenset[str]:
+        found = self._found.get(tag)
+        if found is None:
+            app, _, name = tag.partition("/")
+            category = self._categories.get(name) if name else None
+            found = frozenset(r.name for r in self._rules if r.covers(app, category))
+            if len(self._found) < 10_000:
+                self._found[tag] = found
+        return found
+
+
 class CapLedger:
     """The caps' counts for one batch at one moment, as locked from the store. Pure: no I/O.
 
-    What each entry holds before its rule's window is skipped (``start``), not copied; what
-    the batch admits is appended at ``now`` and listed in :attr:`added` for the store.
+    A person's entry lists the messages admitted to them within the longest window, each with
+    its kind; a rule counts those of the kinds it covers within its own window. What the batch
+    admits is appended at ``now`` and listed in :attr:`added` for the store.
     """
 
     def __init__(
-        self, records: Iterable[LedgerRecord], rules: Iterable[CapRule], now: dt.datetime
+        self, records: Iterable[LedgerRecord], coverage: CapCoverage, now: dt.datetime
     ) -> None:
-        self._now = now
-        self._windows = {rule.name: dt.timedelta(seconds=rule.window_s) for rule in rules}
-        cutoffs = {name: now - window for name, window in self._windows.items()}
-        self.added = CapsAdded({r: w.total_seconds() for r, w in self._windows.items()}, [], [], [])
-        entries: dict[tuple[str, str], list[Any]] = {}
-        for rule, subject, sent_at, events in records:
-            start = 0
-            if sent_at and sent_at[0] <= cutoffs[rule]:
-                start = bisect.bisect_right(sent_at, cutoffs[rule])
-            entries[(rule, subject)] = [sent_at, events, start]
-        self._entries = entries
+        self._now = now.timestamp()
+        self._coverage = coverage
+        self.added = CapsAdded([], [], [])
+        self._entries: dict[str, LedgerRecord] = {r[0]: r for r in records}
 
-    def judge(self, rules: Iterable[CapRule], subject: str, event: int) -> CapVerdict:
-        """Whether one message to ``subject`` may go now under every rule; admitting it counts
-        it in each rule that had not counted it yet."""
-        entries = self._entries
+    def judge(self, rules: Iterable[CapRule], subject: str, event: int, tag: str) -> CapVerdict:
+        """Whether one message (``event``, of kind ``tag``) to ``subject`` may go now under
+        every rule; admitting it counts it once for all of them."""
+        _, sent_at, events, kinds = self._entries[subject]
+        now, coverage = self._now, self._coverage
         verdict = ADMITTED
-        fresh: list[tuple[str, list[Any]]] = []
-        for rule in rules:
+        counts = not sent_at  # nothing counted yet: every rule has room
+        for rule in () if counts else rules:
             name = rule.name
-            entry = entries[(name, subject)]
-            sent_at, events, start = entry
-            if event in events and events.index(event) >= start:
+            cutoff = now - rule.window_s
+            limit = rule.limit
+            n = 0
+            nth = 0.0  # the limit-th newest counted message
+            seen = False
+            i = len(sent_at)
+            while i:  # newest first, down to the window's start (the list is in time order)
+                i -= 1
+                at = sent_at[i]
+                if at <= cutoff:
+                    break
+                if name in coverage(kinds[i]):
+                    if events[i] == event:
+                        seen = True  # counted already: a retry, or another device of the person
+                        break
+                    n += 1
+                    if n == limit:
+                        nth = at
+            if seen:
                 continue
-            if len(sent_at) - start < rule.limit:
-                fresh.append((name, entry))
+            if n < limit:
+                counts = True
                 continue
-            until = sent_at[-rule.limit] + self._windows[name]
+            until = dt.datetime.fromtimestamp(nth + rule.window_s, UTC)
             if rule.over == "suppress":
                 return CapVerdict(rule, until)
             if verdict.until is None or until > verdict.until:
                 verdict = CapVerdict(rule, until)
-        if verdict is ADMITTED and fresh:
-            now, added = self._now, self.added
-            for name, entry in fresh:
-                entry[0].append(now)
-                entry[1].append(event)
-                added.rules.append(name)
-                added.subjects.append(subject)
-                added.events.append(event)
+        if verdict is ADMITTED and counts:
+            sent_at.append(now)
+            events.append(event)
+            kinds.append(tag)
+            added = self.added
+            added.subjects.append(subject)
+            added.events.append(event)
+            added.tags.append(tag)
         return verdict
 
 
@@ -347,10 +380,12 @@ class FrequencyCaps:
 
     name = "frequency-caps"
 
-    def __init__(self, policies: Mapping[str | None, CategoryPolicy]) -> None:
+    def __init__(
+        self, policies: Mapping[str | None, CategoryPolicy], coverage: CapCoverage
+    ) -> None:
         self._policies = policies
         self._default = policies[None]
-        self._rules = list({r.name: r for p in policies.values() for r in p.caps}.values())
+        self._coverage = coverage
 
     async def sift(
         self, rows: list[ClaimedRow], now: dt.datetime, claim: CapStore
@@ -358,21 +393,31 @@ class FrequencyCaps:
         policies, default = self._policies, self._default
         capped: list[tuple[ClaimedRow, tuple[CapRule, ...], str]] = []
         keep: list[ClaimedRow] = []
+        subjects: dict[str, None] = {}
+        repeated = False
         for row in rows:
             rules = policies.get(row.category, default).caps
-            if rules and not row.probe:
-                capped.append((row, rules, cap_subject(row)))
-            else:
+            if not rules or row.probe:
                 keep.append(row)
+                continue
+            user = row.user_id or row.device_user
+            subject = "u:" + user if user is not None else f"d:{row.app}:{row.device_token}"
+            capped.append((row, rules, subject))
+            if subject in subjects:
+                repeated = True
+            else:
+                subjects[subject] = None
         if not capped:
             return rows, []
-        keys = sorted({(rule.name, subject) for _, rules, subject in capped for rule in rules})
-        ledger = CapLedger(await claim.lock_caps(keys), self._rules, now)
-        # The claim's own order: higher priority first, then the older.
-        capped.sort(key=lambda c: (-c[0].priority, c[0].send_at, c[0].id))
+        ledger = CapLedger(await claim.lock_caps(list(subjects)), self._coverage, now)
+        if repeated:
+            # One person's messages are judged in the claim's order: higher priority first,
+            # then the older.
+            capped.sort(key=lambda c: (-c[0].priority, c[0].send_at, c[0].id))
         settled: list[Decision] = []
         for row, rules, subject in capped:
-            verdict = ledger.judge(rules, subject, _event(row))
+            tag = f"{row.app}/{row.category or ''}"
+            verdict = ledger.judge(rules, subject, _event(row), tag)
             rule = verdict.blocking
             if rule is None:
                 keep.append(row)
@@ -391,5 +436,5 @@ class FrequencyCaps:
                     _defer(row, verdict.until, now, f"FrequencyCap: {rule.describe()}, deferred")
                 )
         if ledger.added.events:
-            await claim.write_caps(now, ledger.added)
+            await claim.write_caps(now.timestamp(), self._coverage.keep_s, ledger.added)
         return keep, settled

@@ -9,8 +9,8 @@
 --                        time zone ("09:00 on 24 December, wherever the device is").
 --   pushgres.results     gains the category the notification was sent (or held back) under,
 --                        and the terminal status 'suppressed' (a frequency cap held it back).
---   pushgres.cap_ledger  what each frequency cap has counted for each person: the times and
---                        the messages admitted within the cap's window, at most its limit.
+--   pushgres.cap_ledger  what the frequency caps have counted for each person: the messages
+--                        admitted within the longest cap window, with when and of what kind.
 --                        Rows are locked and updated inside the daemon's claim transaction,
 --                        so several daemons draining one person's notifications never exceed
 --                        a cap.
@@ -71,15 +71,16 @@ ALTER TABLE pushgres.results ADD CONSTRAINT results_status
     CHECK (status IN ('sent', 'failed', 'token_invalid', 'expired', 'suppressed'));
 
 CREATE TABLE pushgres.cap_ledger (
-    rule        text          NOT NULL,
-    subject     text          NOT NULL,
-    -- When each counted message was admitted, oldest first, and the message: a fan-out's
-    -- group id, or minus the notification's id (a person's devices count one message once).
-    sent_at     timestamptz[] NOT NULL DEFAULT '{}',
-    events      bigint[]      NOT NULL DEFAULT '{}',
-    -- When the newest entry leaves the window: the row can be forgotten after that.
-    expires_at  timestamptz   NOT NULL DEFAULT now(),
-    PRIMARY KEY (rule, subject)
+    subject     text        PRIMARY KEY,
+    -- The messages admitted to the person within the longest cap window, oldest first: when
+    -- (Unix seconds), which (a fan-out's group id, or minus the notification's id: a person's
+    -- devices count one message once) and what kind ('app/category': each cap counts the
+    -- kinds it covers).
+    sent_at     float8[]    NOT NULL DEFAULT '{}',
+    events      bigint[]    NOT NULL DEFAULT '{}',
+    kinds       text[]      NOT NULL DEFAULT '{}',
+    -- When the newest message leaves the longest window: the row can be forgotten then.
+    expires_at  timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 80);
 
 -- Fan-outs to people under a category, or at a local time.
