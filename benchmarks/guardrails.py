@@ -1,57 +1,45 @@
-"""The guardrail stages' cost per notification, in process: caps and quiet hours on vs off.
+"""The guardrail stages' cost per notification: caps and quiet hours on vs off, on PostgreSQL.
 
-One run times the same claimed batches through a lane's stages as the daemon builds them --
-without guardrails (the first stage and the timing stage with nothing to hold back) and with
-them (quiet hours outside their window, a local-time row in twenty, and two frequency caps:
-3 per 24 h and 1 per 10 minutes, over people who each have a few messages counted already) --
-alternating rounds so both see the same machine. The caps' ledger is answered by an in-memory
-stand-in, so the figure is the daemon's Python CPU: what PostgreSQL spends locking and writing
-the ledger is Postgres CPU, measured end to end. CPU time (``process_time``), best of the
-rounds; the difference is the guardrails' cost.
+One run passes the same claimed batches of 500 through a lane's stages as the daemon builds
+them, each batch inside a transaction on the benchmark's Postgres with the store's own
+:class:`~pushgres.db.store.Claim` (so the caps' ledger is locked, read and written as in the
+daemon) -- without guardrails (the first stage and the timing stage with nothing to hold
+back) and with them (quiet hours outside their window, a local-time row in twenty, and two
+frequency caps: 3 per 24 h, and 1 per 10 minutes that defers) -- alternating rounds so both
+see the same machine. Twenty thousand people each have one message counted five hours
+before; each batch's transaction is rolled back, so every round sees the same ledger.
+
+Reported: this process's CPU per notification (``process_time``: the stages' Python and
+asyncpg's encoding and decoding, i.e. the daemon's share), best of the rounds, and
+PostgreSQL's CPU per notification over the same rounds (its processes' CPU time from /proc).
+The differences on - off are the guardrails' cost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import pathlib
 import time
-from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
+import uvloop
+
 from pushgres.config import AppConfig, CapRule, PoolConfig, QuietHours
+from pushgres.db.store import Claim
 from pushgres.models import ClaimedRow
-from pushgres.pipeline.guardrails import (
-    CapCoverage,
-    CapsAdded,
-    FrequencyCaps,
-    LedgerRecord,
-    Timing,
-    category_policies,
-)
+from pushgres.pipeline.guardrails import CapCoverage, FrequencyCaps, Timing, category_policies
 from pushgres.pipeline.stages import NotSendable, Stage, run_stages
 
+from .e2e import bench_database, migrate_database
+from .procs import tree_cpu_s
+
 BATCH = 500
-BATCHES = 200
+BATCHES = 100
 ROUNDS = 5
 PEOPLE = 20_000
 APP = "ios"
-KIND = f"{APP}/"
-
-
-class _Ledger:
-    """The caps' ledger in memory: what ``Claim.lock_caps`` and ``write_caps`` return and take."""
-
-    def __init__(self, now: dt.datetime) -> None:
-        earlier = [(now - dt.timedelta(hours=5)).timestamp()]
-        self.earlier = earlier
-
-    async def lock_caps(self, subjects: Sequence[str]) -> Sequence[LedgerRecord]:
-        # Everyone has one message counted five hours ago: the daily cap has room, and the
-        # cooldown's window has passed.
-        return [(subject, list(self.earlier), [1], [KIND]) for subject in subjects]
-
-    async def write_caps(self, now: float, keep_s: float, added: CapsAdded) -> None:
-        return None
 
 
 def _rows(now: dt.datetime, start: int) -> list[ClaimedRow]:
@@ -102,35 +90,76 @@ def _stages(guardrails: bool) -> list[Stage]:
     return [NotSendable(), Timing(app, policies), FrequencyCaps(policies, CapCoverage({}, caps))]
 
 
-async def _time(guardrails: bool, batches: list[list[ClaimedRow]], now: dt.datetime) -> float:
+async def _round(
+    conn: asyncpg.Connection, guardrails: bool, batches: list[list[ClaimedRow]], now: dt.datetime
+) -> float:
     stages = _stages(guardrails)
-    ledger = _Ledger(now)
+    for rows in batches:  # the timing stage sets each row's category: start afresh
+        for row in rows:
+            row.category = None
     started = time.process_time()
     for rows in batches:
-        await run_stages(stages, list(rows), now, ledger)
+        tx = conn.transaction()
+        await tx.start()
+        await run_stages(stages, list(rows), now, Claim(conn, []))
+        await tx.rollback()
     return (time.process_time() - started) / (len(batches) * BATCH) * 1e6
 
 
-async def _measure() -> dict[str, Any]:
+async def _measure(dsn: str, postmaster: int | None) -> dict[str, Any]:
     now = dt.datetime(2026, 7, 1, 10, tzinfo=dt.UTC)  # noon in Paris: outside quiet hours
     batches = [_rows(now, 1 + b * BATCH) for b in range(BATCHES)]
-    off, on = [], []
-    for _ in range(ROUNDS):
-        for rows in batches:  # the stages set each row's category: start each round afresh
-            for row in rows:
-                row.category = None
-        off.append(await _time(False, batches, now))
-        on.append(await _time(True, batches, now))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO pushgres.cap_ledger (subject, sent_at, events, kinds)"
+            " SELECT 'u:user-' || g, ARRAY[$1::float8], ARRAY[-1::bigint], ARRAY[$2]"
+            " FROM generate_series(0, $3 - 1) g",
+            (now - dt.timedelta(hours=5)).timestamp(),
+            f"{APP}/",
+            PEOPLE,
+        )
+        await conn.execute("ANALYZE pushgres.cap_ledger")
+        off: list[float] = []
+        on: list[float] = []
+        pg = {False: 0.0, True: 0.0}
+        for _ in range(ROUNDS):
+            for guardrails, found in ((False, off), (True, on)):
+                before = tree_cpu_s(postmaster) if postmaster else None
+                found.append(await _round(conn, guardrails, batches, now))
+                after = tree_cpu_s(postmaster) if postmaster else None
+                if before is not None and after is not None:
+                    pg[guardrails] += after - before
+    finally:
+        await conn.close()
+    notifications = ROUNDS * BATCHES * BATCH
+    pg_off = pg[False] / notifications * 1e6 if postmaster else None
+    pg_on = pg[True] / notifications * 1e6 if postmaster else None
     return {
         "batch": BATCH,
         "notifications": BATCHES * BATCH,
         "rounds": ROUNDS,
+        "people": PEOPLE,
         "off_us": min(off),
         "on_us": min(on),
         "guardrails_us": min(on) - min(off),
+        "postgres_off_us": pg_off,
+        "postgres_on_us": pg_on,
+        "postgres_guardrails_us": None if pg_on is None or pg_off is None else pg_on - pg_off,
     }
 
 
-def run_guardrails() -> dict[str, Any]:
-    """µs of daemon CPU per notification through the stages, guardrails off and on."""
-    return asyncio.run(_measure())
+def run_guardrails(workdir: pathlib.Path) -> dict[str, Any]:
+    """µs of CPU per notification through the stages, guardrails off and on."""
+    state = workdir / "guardrails"
+    state.mkdir(parents=True, exist_ok=True)
+    dsn, server = bench_database(state)
+    try:
+        migrate_database(dsn)
+        postmaster = server.get_pid() if server is not None else None
+        # The daemon's event loop: uvloop (asyncpg's reads cost less on it).
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_measure(dsn, postmaster))
+    finally:
+        if server is not None:
+            server.cleanup()

@@ -22,6 +22,7 @@ __all__ = ["machine_facts", "metrics_cost", "ratios", "render", "targets", "writ
 Steps = dict[str, dict[str, Any]]
 PACKAGES = ("pushgres", "uvloop", "h2", "asyncpg", "aioapns")
 MIN_TRANSPORT_VS_CEILING = 0.80
+MAX_GUARDRAILS_US = 3.0  # the guardrail stages' daemon CPU per notification (on - off)
 MIN_E2E_PER_S = 25_000
 MAX_DAEMON_CPU_US = 30.0
 MIN_VS_AIOAPNS = 10.0
@@ -167,6 +168,12 @@ def targets(steps: Steps) -> list[dict[str, Any]]:
             "{:.2f} µs".format,
         ),
         (
+            f"guardrails <= {MAX_GUARDRAILS_US:.0f} µs/notification of daemon CPU (on - off)",
+            _ok(steps, "guardrails", "guardrails_us"),
+            lambda v: v <= MAX_GUARDRAILS_US,
+            "{:.2f} µs".format,
+        ),
+        (
             f"fan-out >= {FANOUT_TARGET_PER_S:,} notifications/s enqueued (2 connections)",
             _ok(steps, "fanout", "notifications_per_s"),
             lambda v: v >= FANOUT_TARGET_PER_S,
@@ -237,6 +244,17 @@ def _observers_line(step: dict[str, Any]) -> str:
     )
 
 
+def _guardrails_line(step: dict[str, Any]) -> str:
+    if step.get("status") != "ok":
+        return f"  {'guardrails':<24} {step.get('status', 'n/a'):<8} {step.get('reason', '')}"
+    return (
+        f"  {'guardrails':<24} ok       stages µs/notification, daemon: off "
+        f"{step['off_us']:.2f}, on {step['on_us']:.2f} (+{step['guardrails_us']:.2f}); "
+        f"postgres: off {_num(step['postgres_off_us'], '.1f')}, "
+        f"on {_num(step['postgres_on_us'], '.1f')}"
+    )
+
+
 def render(run: dict[str, Any]) -> str:
     """The human-readable table of a run."""
     machine = run["machine"]
@@ -262,6 +280,9 @@ def render(run: dict[str, Any]) -> str:
             label = f"aioapns {step['aioapns']}"
         if name == "observers":
             lines.append(_observers_line(step))
+            continue
+        if name == "guardrails":
+            lines.append(_guardrails_line(step))
             continue
         if name == "fanout":
             lines.append(_fanout_line(step))

@@ -1,7 +1,7 @@
 """The command line of ``make bench``: which steps run, with how much load, and the cleanup.
 
 Steps run in order (sink probe, ceiling, transport per codec, aioapns, the observers' cost
-with metrics on and off, end to end with metrics off and then on, a fan-out to 1,000,000
+with metrics on and off, the guardrail stages' cost on and off, end to end with metrics off and then on, a fan-out to 1,000,000
 users' devices), each in
 :func:`_step`: a failure is recorded with its reason and the next step still runs. Everything
 lives in one temporary folder, removed at the end (``--keep`` keeps it); only the JSON result
@@ -31,6 +31,7 @@ from .ceiling import probe_echo_upload, run_ceiling
 from .client import ROOT, run_client
 from .e2e import run_e2e
 from .fanout import run_fanout
+from .guardrails import run_guardrails
 from .observers import run_observers
 from .procs import StepFailed, reap_all
 from .report import machine_facts, metrics_cost, ratios, render, targets, write_json
@@ -58,7 +59,17 @@ QUICK = {
     "probe_requests": 5_000,
     "fanout_users": 100_000,
 }
-STEPS = ("probe", "ceiling", "transport", "aioapns", "observers", "e2e-off", "e2e", "fanout")
+STEPS = (
+    "probe",
+    "ceiling",
+    "transport",
+    "aioapns",
+    "observers",
+    "guardrails",
+    "e2e-off",
+    "e2e",
+    "fanout",
+)
 
 _SINK_WHY = (
     "it costs a few µs of CPU per request, far below any Python sender, and answers like APNs "
@@ -215,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             if "observers" in args.steps:
                 _step(steps, "observers", run_observers)
+            if "guardrails" in args.steps:
+                _step(steps, "guardrails", functools.partial(run_guardrails, workdir))
             # Metrics off, then on (as users run it): the same run, so their difference is
             # the metrics' cost end to end.
             for name, metrics in (("e2e-off", False), ("e2e", True)):

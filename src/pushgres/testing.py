@@ -116,9 +116,15 @@ class MemoryClaim:
     async def write_caps(self, now: float, keep_s: float, added: CapsAdded) -> None:
         await self._store._round_trip("write")
         ledger = {**self._store.cap_ledger, **self.caps}
-        for subject, event, kind in zip(added.subjects, added.events, added.tags, strict=True):
+        forgotten: set[str] = set()
+        for subject, forget, event, kind in zip(
+            added.subjects, added.forget, added.events, added.tags, strict=True
+        ):
             sent_at, events, kinds = ledger.get(subject, ([], [], []))
-            live = [e for e in zip(sent_at, events, kinds, strict=True) if e[0] > now - keep_s]
+            live = list(zip(sent_at, events, kinds, strict=True))
+            if subject not in forgotten:  # as the SQL: once per subject and batch
+                live = live[forget:]
+                forgotten.add(subject)
             live.append((now, event, kind))
             ledger[subject] = self.caps[subject] = (
                 [e[0] for e in live],

@@ -625,32 +625,34 @@ GROUP BY 1, 2
 ORDER BY 1 DESC, 2
 
 -- name: cap_lock
--- The frequency caps' entries of one batch's people ($1), created empty when new, locked until
--- the claim transaction ends. One statement taking the rows in sorted order: daemons whose
--- batches share people wait for each other and never deadlock.
-INSERT INTO pushgres.cap_ledger AS l (subject)
-SELECT s.subject FROM unnest($1::text[]) AS s(subject)
-ORDER BY s.subject
-ON CONFLICT (subject) DO UPDATE SET subject = excluded.subject
-RETURNING l.subject, l.sent_at, l.events, l.kinds
+-- The frequency caps' entries of one batch's people ($1, a JSON array of subjects), locked
+-- until the claim transaction ends (created empty when new). The entries that hold anything
+-- come back as one JSON array of [subject, sent_at, events, kinds]: one value to decode
+-- instead of a record of three arrays per person.
+SELECT coalesce(json_agg(json_build_array(l.subject, l.sent_at, l.events, l.kinds))
+                    FILTER (WHERE cardinality(l.sent_at) > 0), '[]')::text
+FROM pushgres.lock_cap_ledger(ARRAY(SELECT jsonb_array_elements_text($1::jsonb))) AS l
 
 -- name: cap_write
--- What a batch admitted at $4 (Unix seconds): each person ($1) counts one more message ($2,
--- of kind $3), in order. What is older than $5 seconds (the longest window) is forgotten.
-WITH n AS (
-    SELECT t.subject, array_agg(t.event ORDER BY t.ord) AS events,
+-- What a batch admitted at $2 (Unix seconds), $1 a JSON array of [subject, forget, event,
+-- kind]: each person forgets the first `forget` messages of their entry (older than the
+-- longest window, $3 seconds) and counts one more message (`event`, of `kind`) per element,
+-- in order.
+WITH t AS (
+    SELECT e ->> 0 AS subject, (e ->> 1)::int AS forget, (e ->> 2)::bigint AS event,
+           e ->> 3 AS kind, ord
+    FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS a(e, ord)
+), n AS (
+    SELECT t.subject, max(t.forget) AS forget, array_agg(t.event ORDER BY t.ord) AS events,
            array_agg(t.kind ORDER BY t.ord) AS kinds, count(*)::int AS k
-    FROM unnest($1::text[], $2::bigint[], $3::text[]) WITH ORDINALITY AS t(subject, event, kind, ord)
+    FROM t
     GROUP BY t.subject
 )
 UPDATE pushgres.cap_ledger l
-SET (sent_at, events, kinds) = (
-        SELECT coalesce(array_agg(u.s ORDER BY u.o), '{}') || array_fill($4::float8, ARRAY[n.k]),
-               coalesce(array_agg(u.e ORDER BY u.o), '{}') || n.events,
-               coalesce(array_agg(u.g ORDER BY u.o), '{}') || n.kinds
-        FROM unnest(l.sent_at, l.events, l.kinds) WITH ORDINALITY AS u(s, e, g, o)
-        WHERE u.s > $4::float8 - $5::float8),
-    expires_at = to_timestamp($4::float8 + $5::float8)
+SET sent_at = l.sent_at[n.forget + 1:] || array_fill($2::float8, ARRAY[n.k]),
+    events = l.events[n.forget + 1:] || n.events,
+    kinds = l.kinds[n.forget + 1:] || n.kinds,
+    expires_at = to_timestamp($2::float8 + $3::float8)
 FROM n
 WHERE l.subject = n.subject
 

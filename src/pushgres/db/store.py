@@ -216,7 +216,10 @@ class Claim:
     """One claimed batch inside its open transaction."""
 
     def __init__(
-        self, conn: asyncpg.Connection, rows: list[ClaimedRow], availability: _Availability
+        self,
+        conn: asyncpg.Connection,
+        rows: list[ClaimedRow],
+        availability: _Availability = _NO_AVAILABILITY,
     ) -> None:
         self._conn = conn
         self._availability = availability
@@ -224,16 +227,19 @@ class Claim:
         self.is_written = False
 
     async def lock_caps(self, subjects: Sequence[str]) -> Sequence[LedgerRecord]:
-        """Lock the frequency caps' entries of ``subjects`` for the transaction."""
+        """Lock the frequency caps' entries of ``subjects`` for the transaction; those that
+        hold anything."""
         with map_db_errors("locking frequency cap counts", self._availability):
-            records: Sequence[LedgerRecord] = await self._conn.fetch(QUERIES["cap_lock"], subjects)
+            found = await self._conn.fetchval(QUERIES["cap_lock"], codec.dumps(subjects).decode())
+        records: Sequence[LedgerRecord] = codec.loads(found)
         return records
 
     async def write_caps(self, now: float, keep_s: float, added: CapsAdded) -> None:
         """Count what the batch admitted in the caps' entries."""
+        rows = zip(added.subjects, added.forget, added.events, added.tags, strict=True)
         with map_db_errors("writing frequency cap counts", self._availability):
             await self._conn.execute(
-                QUERIES["cap_write"], added.subjects, added.events, added.tags, now, keep_s
+                QUERIES["cap_write"], codec.dumps(list(rows)).decode(), now, keep_s
             )
 
     async def write(

@@ -27,6 +27,7 @@ pass both stages untouched.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
@@ -239,7 +240,8 @@ class CapStore(Protocol):
 
     async def lock_caps(self, subjects: Sequence[str]) -> Sequence[LedgerRecord]:
         """Lock the ledger entries of ``subjects`` (created empty if new; taken in sorted
-        order, whatever the order given) until the transaction ends."""
+        order, whatever the order given) until the transaction ends; those that hold
+        anything (a subject not returned has nothing counted)."""
         ...
 
     async def write_caps(self, now: float, keep_s: float, added: CapsAdded) -> None:
@@ -255,10 +257,12 @@ oldest first), the message, and what it was (``app/category``)."""
 
 @dataclass(slots=True)
 class CapsAdded:
-    """What a batch admitted, as parallel lists: each subject counted one ``event`` more,
-    of the kind ``tag`` (``app/category``)."""
+    """What a batch admitted, as parallel lists: each subject forgets its first ``forget``
+    messages (older than the longest window) and counts one ``event`` more, of the kind
+    ``tag`` (``app/category``)."""
 
     subjects: list[str]
+    forget: list[int]
     events: list[int]
     tags: list[str]
 
@@ -324,13 +328,17 @@ class CapLedger:
     ) -> None:
         self._now = now.timestamp()
         self._coverage = coverage
-        self.added = CapsAdded([], [], [])
+        self.added = CapsAdded([], [], [], [])
+        self._forget_before = self._now - coverage.keep_s
         self._entries: dict[str, LedgerRecord] = {r[0]: r for r in records}
 
     def judge(self, rules: Iterable[CapRule], subject: str, event: int, tag: str) -> CapVerdict:
         """Whether one message (``event``, of kind ``tag``) to ``subject`` may go now under
         every rule; admitting it counts it once for all of them."""
-        _, sent_at, events, kinds = self._entries[subject]
+        entry = self._entries.get(subject)
+        if entry is None:
+            entry = self._entries[subject] = (subject, [], [], [])
+        _, sent_at, events, kinds = entry
         now, coverage = self._now, self._coverage
         verdict = ADMITTED
         counts = not sent_at  # nothing counted yet: every rule has room
@@ -370,6 +378,10 @@ class CapLedger:
             kinds.append(tag)
             added = self.added
             added.subjects.append(subject)
+            forget_before = self._forget_before
+            added.forget.append(
+                bisect.bisect_right(sent_at, forget_before) if sent_at[0] <= forget_before else 0
+            )
             added.events.append(event)
             added.tags.append(tag)
         return verdict
