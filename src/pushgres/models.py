@@ -259,12 +259,15 @@ class ResultRecord:
 
 @dataclass(frozen=True, slots=True)
 class Requeue:
-    """A row going back to the queue for another attempt after ``delay_s``."""
+    """A row going back to the queue for another attempt after ``delay_s`` -- or, when
+    ``deferred``, held back by a guardrail (quiet hours, local time, a frequency cap) before
+    any attempt."""
 
     row: ClaimedRow
     delay_s: float
     reason: str
     attempts: int
+    deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -288,6 +288,8 @@ async def test_quiet_hours_hold_notifications_until_the_window_ends(env: dict[st
         paris_row = (await wait_terminal(dsn, [ids[0]], timeout_s=20))[ids[0]]
         assert paris_row.status == "sent"
         assert clock() >= eight.astimezone(UTC)
+        # Held back, not retried: deferrals are counted apart from retries.
+        assert daemon.stats.deferred >= 2 and daemon.stats.retried == 0
 
 
 async def test_quiet_hours_end_at_local_time_across_a_dst_change(env: dict[str, Any]) -> None:

@@ -90,6 +90,8 @@ class _AppCounters:
     platform: str
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
+    deferred: Counter[str] = field(default_factory=Counter)
+    """Rows held back by a guardrail, by reason (QuietHours, LocalTime, FrequencyCap)."""
     invalidated: int = 0
     claimed: int = 0
     probes: Counter[str] = field(default_factory=Counter)
@@ -211,7 +213,9 @@ class MetricsObserver:
             outcomes[sent, ""] += plain
         latency.sum += total
         for requeue in requeues:
-            if not requeue.row.probe:
+            if requeue.deferred:
+                counters.deferred[_reason_name(requeue.reason)] += 1
+            elif not requeue.row.probe:
                 counters.retries[_reason_name(requeue.reason)] += 1
         counters.invalidated += sum(1 for token in invalid if not token.probe)
 
@@ -294,6 +298,12 @@ class Collector(_Collector):
             "Notifications that reached a terminal status, by status and reason",
             labels=["app", "platform", "status", "reason"],
         )
+        deferred = CounterMetricFamily(
+            "pushgres_deferred",
+            "Notifications held back by a guardrail before any attempt (QuietHours, LocalTime, "
+            "FrequencyCap), by reason",
+            labels=["app", "platform", "reason"],
+        )
         retries = CounterMetricFamily(
             "pushgres_retries",
             "Sends that went back to the queue to be retried, by reason",
@@ -346,6 +356,8 @@ class Collector(_Collector):
                 notifications.add_metric([*labels, status, reason], n)
             for reason, n in sorted(c.retries.items()):
                 retries.add_metric([*labels, reason], n)
+            for reason, n in sorted(c.deferred.items()):
+                deferred.add_metric([*labels, reason], n)
             for reason, n in sorted(c.config_errors.items()):
                 config.add_metric([*labels, reason], n)
             for status, n in sorted(c.probes.items()):
@@ -357,6 +369,7 @@ class Collector(_Collector):
                 family.add_metric(labels, histogram.cumulative(), histogram.sum)
         yield notifications
         yield retries
+        yield deferred
         yield invalidated
         yield claimed
         yield config

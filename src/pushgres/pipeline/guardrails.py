@@ -158,7 +158,7 @@ def _defer(row: ClaimedRow, until: dt.datetime, now: dt.datetime, reason: str) -
             )
         )
     delay = max(0.0, (until - now).total_seconds())
-    return Decision(requeue=Requeue(row, delay, reason, row.attempts))
+    return Decision(requeue=Requeue(row, delay, reason, row.attempts, deferred=True))
 
 
 class Timing:

@@ -76,6 +76,8 @@ class DaemonStats:
     outcomes: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     retried: int = 0
+    deferred: int = 0
+    """Held back by a guardrail (quiet hours, local time, a frequency cap)."""
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -124,16 +126,19 @@ class StatsObserver:
             stats.outcomes[record.status] += 1
             if record.reason:
                 stats.reasons[record.reason.split(":", 1)[0]] += 1
-        stats.retried += len(requeues)
+        deferred = sum(1 for q in requeues if q.deferred)
+        stats.deferred += deferred
+        stats.retried += len(requeues) - deferred
 
     def report(self, lanes: str) -> None:
         """The one-line summary the daemon logs every minute."""
         stats = self.stats
         logger.info(
-            "claimed=%d %s retried=%d batches=%d %s",
+            "claimed=%d %s retried=%d deferred=%d batches=%d %s",
             stats.claimed,
             " ".join(f"{k}={v}" for k, v in sorted(stats.outcomes.items())),
             stats.retried,
+            stats.deferred,
             stats.batches,
             lanes,
             extra={"action": "report"},
