@@ -189,6 +189,8 @@ class AppConfig:
     platform: str
     pool: PoolConfig
     rate_limit_per_s: float | None = None
+    weight: float = 1.0
+    """The app's share of the daemon's batch slots when several apps want more than there are."""
     stale_after_days: int = DEFAULT_STALE_AFTER_DAYS
     """Registered devices not seen for this long are marked stale (the provider may cap it)."""
     provider: object = None
@@ -545,6 +547,7 @@ def parse_config(
                 platform=platform,
                 pool=pool,
                 rate_limit_per_s=section.optional_float("rate_limit_per_s", 1, 1e7),
+                weight=section.float_("weight", 1.0, 0.01, 1000),
                 stale_after_days=section.int_(
                     "stale_after_days", DEFAULT_STALE_AFTER_DAYS, 1, 3650
                 ),

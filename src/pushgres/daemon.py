@@ -45,6 +45,7 @@ from .pipeline.capacity import Capacity
 from .pipeline.guardrails import CapCoverage, FrequencyCaps, Timing, category_policies
 from .pipeline.lane import Lane, LaneSettings
 from .pipeline.observer import DaemonStats, Observer, Observers, StatsObserver
+from .pipeline.slots import FairSlots
 from .pipeline.stages import NotSendable, Stage
 from .providers import PROVIDERS, build_senders
 from .providers.base import Sender
@@ -140,9 +141,7 @@ class Daemon:
         self._chores: Housekeeping | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._abort: asyncio.Future[None] | None = None
-        self._batch_slots = asyncio.Semaphore(
-            max(1, settings.database.pool_size - RESERVED_DB_CONNECTIONS)
-        )
+        self._batch_slots = FairSlots(max(1, settings.database.pool_size - RESERVED_DB_CONNECTIONS))
         self.started_at = time.time()
         self.admin_url: str | None = None
         """The admin listener's base URL once it listens."""
@@ -348,7 +347,7 @@ class Daemon:
             ),
             stages=stages,
             observer=self._observer,
-            batch_slots=self._batch_slots,
+            batch_slots=self._batch_slots.lane(app.name, app.weight),
             stopping=stop,
             abort=self._abort,
             rng=self._rng,

@@ -160,6 +160,7 @@ class ClaimedRow:
     category: str | None = None
     timezone: str | None = None
     local_send_at: dt.datetime | None = None
+    transactional: bool = False
     is_expired: bool = False
     is_token_invalid: bool = False
     device_user: str | None = None

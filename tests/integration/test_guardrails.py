@@ -14,7 +14,9 @@ import asyncpg
 import pytest
 
 from pushgres import devices, fanout
+from pushgres.db.store import Store
 from pushgres.exceptions import EnqueueError
+from pushgres.models import Requeue
 from pushgres.simulator import devkit
 
 from .harness import (
@@ -402,3 +404,37 @@ async def _row_id(conn: asyncpg.Connection, group: int, user: str) -> int:
     )
     assert found is not None
     return int(found)
+
+
+# -- lanes -------------------------------------------------------------------------------------
+
+
+async def test_transactional_rows_are_claimed_ahead_of_a_bulk_backlog(dsn: str) -> None:
+    store = await Store.open(
+        dsn, max_size=2, idle_in_transaction_timeout_s=60, statement_timeout_s=30
+    )
+    try:
+        await store.sync_categories({"news": False, "receipts": True})
+        bulk = [apns(devkit.apns_token("ok", 1000 + i), category="news") for i in range(300)]
+        bulk += [apns(devkit.apns_token("ok", 2000 + i)) for i in range(300)]  # no category
+        await enqueue(dsn, bulk)
+        urgent = await enqueue(
+            dsn,
+            [
+                apns(devkit.apns_token("ok", 3000), category="receipts", priority=5),
+                apns(devkit.apns_token("ok", 3001), category="receipts"),
+            ],
+        )
+        async with store.claim(APNS_APP, 10) as claim:
+            ids = [row.id for row in claim.rows]
+            assert set(urgent) <= set(ids) and len(ids) == 10
+            by_id = {row.id: row for row in claim.rows}
+            assert all(by_id[i].transactional for i in urgent)
+            assert sum(row.transactional for row in claim.rows) == 2
+            # A retry keeps its lane.
+            await claim.write([], [Requeue(by_id[urgent[0]], 0.0, "TooManyRequests", 1)], [])
+        async with store.claim(APNS_APP, 1) as claim:
+            assert [row.id for row in claim.rows] == [urgent[0]]
+            await claim.write([], [Requeue(claim.rows[0], 0.0, "Interrupted", 1)], [])
+    finally:
+        await store.close()

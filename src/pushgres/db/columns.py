@@ -44,15 +44,18 @@ QUEUE_COLUMNS: Final = (
     "category",
     "timezone",
     "local_send_at",
+    "transactional",
 )
 """A queue row as the claim returns it (and :class:`~pushgres.models.ClaimedRow` holds it)."""
 
 ENQUEUE_COLUMNS: Final = (
     *QUEUE_COLUMNS[: QUEUE_COLUMNS.index("message") + 1],
-    *QUEUE_COLUMNS[QUEUE_COLUMNS.index("category") :],
+    "category",
+    "timezone",
+    "local_send_at",
 )
 """What a direct enqueue writes (attempts, last_reason and enqueued_at are the daemon's; user,
-group and probe are a fan-out's and an uninstall probe's)."""
+group and probe are a fan-out's and an uninstall probe's; the lane follows the category)."""
 
 CLAIM_FLAGS: Final = ("is_expired", "is_token_invalid", "device_user", "device_timezone")
 """Computed by the claim after the queue columns: facts about the row at claim time (the last

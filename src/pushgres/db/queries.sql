@@ -30,14 +30,24 @@ SELECT to_regclass('pushgres.schema_migrations') IS NOT NULL
 SELECT coalesce(max(version), 0) FROM pushgres.schema_migrations
 
 -- name: claim_batch
--- The registry's device for each token (if any) is joined once: its state, its user and its
--- time zone (the guardrails count caps per person and judge quiet hours in its time zone).
-WITH c AS MATERIALIZED (
+-- The app's transactional rows first (their own small index), then its bulk rows, as many as
+-- the first leave room for. The registry's device for each token
+-- (if any) is joined once: its state, its user and its time zone (the guardrails count caps
+-- per person and judge quiet hours in its time zone).
+WITH t AS MATERIALIZED (
     SELECT id, device_token FROM pushgres.queue
-    WHERE app = $1 AND send_at <= now()
+    WHERE app = $1 AND transactional AND send_at <= now()
     ORDER BY priority DESC, send_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+), b AS MATERIALIZED (
+    SELECT id, device_token FROM pushgres.queue
+    WHERE app = $1 AND NOT transactional AND send_at <= now()
+    ORDER BY priority DESC, send_at, id
+    LIMIT $2 - (SELECT count(*) FROM t)
+    FOR UPDATE SKIP LOCKED
+), c AS (
+    SELECT id, device_token FROM t UNION ALL SELECT id, device_token FROM b
 )
 DELETE FROM pushgres.queue q
 USING c LEFT JOIN pushgres.devices d ON d.app = $1 AND d.token = c.device_token
@@ -46,7 +56,7 @@ RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q
           q.push_type, q.collapse_id, q.expires_at, q.topic, q.send_at, q.dedupe_key,
           q.max_attempts, q.metadata::text AS metadata, q.message::text AS message, q.attempts,
           q.last_reason, q.enqueued_at, q.user_id, q.group_id, q.probe, q.category, q.timezone,
-          q.local_send_at,
+          q.local_send_at, q.transactional,
           (q.expires_at IS NOT NULL AND q.expires_at <= now()) AS is_expired,
           -- A token the registry knows is judged by its state there; any other by the dead
           -- tokens the providers named. Either way only since before the row was enqueued.
@@ -82,7 +92,7 @@ RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q
           q.push_type, q.collapse_id, q.expires_at, q.topic, q.send_at, q.dedupe_key,
           q.max_attempts, q.metadata::text AS metadata, q.message::text AS message, q.attempts,
           q.last_reason, q.enqueued_at, q.user_id, q.group_id, q.probe, q.category, q.timezone,
-          q.local_send_at, false AS is_expired, false AS is_token_invalid,
+          q.local_send_at, q.transactional, false AS is_expired, false AS is_token_invalid,
           NULL::text AS device_user, NULL::text AS device_timezone
 
 -- name: invalidate_tokens
@@ -121,19 +131,19 @@ FROM dead
 INSERT INTO pushgres.queue (id, app, platform, device_token, payload, priority, push_type,
                             collapse_id, expires_at, topic, send_at, dedupe_key, max_attempts,
                             metadata, message, attempts, last_reason, enqueued_at, user_id,
-                            group_id, probe, category, timezone, local_send_at)
+                            group_id, probe, category, timezone, local_send_at, transactional)
 SELECT id, app, platform, device_token, payload::jsonb, priority, push_type, collapse_id,
        expires_at, topic, now() + make_interval(secs => delay_s), dedupe_key, max_attempts,
        metadata::jsonb, message::jsonb, attempts, last_reason, enqueued_at, user_id, group_id,
-       probe, category, timezone, local_send_at
+       probe, category, timezone, local_send_at, transactional
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
             $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::float8[], $12::text[],
             $13::smallint[], $14::text[], $15::text[], $16::smallint[], $17::text[],
             $18::timestamptz[], $19::text[], $20::bigint[], $21::boolean[], $22::text[],
-            $23::text[], $24::timestamp[])
+            $23::text[], $24::timestamp[], $25::boolean[])
     AS t(id, app, platform, device_token, payload, priority, push_type, collapse_id, expires_at,
          topic, delay_s, dedupe_key, max_attempts, metadata, message, attempts, last_reason,
-         enqueued_at, user_id, group_id, probe, category, timezone, local_send_at)
+         enqueued_at, user_id, group_id, probe, category, timezone, local_send_at, transactional)
 
 -- name: take_back_stragglers
 -- Rows whose send outlived their batch wait in the queue under a lease (send_at past their

@@ -45,7 +45,7 @@ from .guardrails import CapStore
 from .observer import Observer
 from .stages import Stage, run_stages
 
-__all__ = ["Lane", "LaneSettings", "LaneStore", "wait_any"]
+__all__ = ["BatchSlots", "Lane", "LaneSettings", "LaneStore", "wait_any"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,14 @@ class ClaimHandle(CapStore, Protocol):
         requeues: Sequence[Requeue],
         invalid_tokens: Sequence[InvalidToken],
     ) -> None: ...
+
+
+class BatchSlots(Protocol):
+    """The lane's share of the daemon's batch slots (``slots.LaneSlots``, or a semaphore)."""
+
+    async def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 class LaneStore(Protocol):
@@ -130,7 +138,7 @@ class Lane:
         capacity: Capacity,
         stages: Sequence[Stage],
         observer: Observer,
-        batch_slots: asyncio.Semaphore,
+        batch_slots: BatchSlots,
         stopping: asyncio.Event,
         abort: asyncio.Future[None],
         rng: random.Random | None = None,

@@ -4,9 +4,11 @@
 --                        and at each reload, so that an enqueue naming an unknown category is
 --                        refused by the database itself (a trigger on the queue).
 --   pushgres.queue       gains the notification's category (NULL: its app's default), its own
---                        time zone (NULL: the registry's for the token, else the app's) and
+--                        time zone (NULL: the registry's for the token, else the app's),
 --                        local_send_at, a wall-clock time at which to send it in the device's
---                        time zone ("09:00 on 24 December, wherever the device is").
+--                        time zone ("09:00 on 24 December, wherever the device is"), and
+--                        whether it is transactional (its category's, set at enqueue): the
+--                        daemon claims an app's transactional rows ahead of its bulk ones.
 --   pushgres.results     gains the category the notification was sent (or held back) under,
 --                        and the terminal status 'suppressed' (a frequency cap held it back).
 --   pushgres.cap_ledger  what the frequency caps have counted for each person: the messages
@@ -38,17 +40,31 @@ ALTER TABLE pushgres.queue
     ADD COLUMN category       text,
     ADD COLUMN timezone       text,
     ADD COLUMN local_send_at  timestamp,
+    ADD COLUMN transactional  boolean NOT NULL DEFAULT false,
     ADD CONSTRAINT queue_timezone_known CHECK (timezone IS NULL OR pushgres.is_time_zone(timezone));
 
--- An enqueue naming a category the config does not declare is refused, naming it. Rows without
--- a category (their app's default) pay nothing; the daemon's own re-inserts (retries,
--- deferrals) are not checked again, so a category removed from the config later cannot wedge
--- rows already queued under it.
+-- The transactional lane: an app's transactional rows, claimed ahead of its bulk ones (a small
+-- index: a million-row campaign does not stand in front of a password reset).
+CREATE INDEX queue_claim_transactional ON pushgres.queue (app, priority DESC, send_at, id)
+    WHERE transactional;
+
+-- An enqueue naming a category the config does not declare is refused, naming it; one naming
+-- a transactional category goes in the transactional lane. Rows without a category (their
+-- app's default) pay nothing; the daemon's own re-inserts (retries, deferrals) keep their lane
+-- and are not checked again, so a category removed from the config later cannot wedge rows
+-- already queued under it.
 CREATE FUNCTION pushgres.queue_category_known() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    is_transactional boolean;
 BEGIN
-    IF coalesce(current_setting('pushgres.daemon', true), '') = 'on'
-       OR EXISTS (SELECT 1 FROM pushgres.categories c WHERE c.name = NEW.category) THEN
+    IF coalesce(current_setting('pushgres.daemon', true), '') = 'on' THEN
+        RETURN NEW;
+    END IF;
+    SELECT c.transactional INTO is_transactional FROM pushgres.categories c
+    WHERE c.name = NEW.category;
+    IF FOUND THEN
+        NEW.transactional := is_transactional;
         RETURN NEW;
     END IF;
     RAISE EXCEPTION 'pushgres: unknown category % (app %, device token %...)',
