@@ -45,6 +45,7 @@ from .pipeline.capacity import Capacity
 from .pipeline.guardrails import CapCoverage, FrequencyCaps, Timing, category_policies
 from .pipeline.lane import Lane, LaneSettings
 from .pipeline.observer import DaemonStats, Observer, Observers, StatsObserver
+from .pipeline.pacing import Pacing
 from .pipeline.slots import FairSlots
 from .pipeline.stages import NotSendable, Stage
 from .providers import PROVIDERS, build_senders
@@ -178,6 +179,8 @@ class Daemon:
                     credential_kind="certificate" if running.expires_at is not None else None,
                     credential_expires_at=running.expires_at,
                     alerts=self._diagnosis.active(name),
+                    pace_per_s=running.lane.capacity.pace_per_s,
+                    paced_devices=len(running.lane.pacing.devices) if running.lane.pacing else 0,
                 )
             )
         return states
@@ -330,7 +333,8 @@ class Daemon:
             request_timeout_s=daemon.request_timeout_s,
         )
         policies = category_policies(app, settings.categories, settings.caps)
-        stages: list[Stage] = [NotSendable(), Timing(app, policies)]
+        pacing = Pacing(PROVIDERS[app.platform].pace_scopes)
+        stages: list[Stage] = [NotSendable(), Timing(app, policies), pacing.devices]
         if any(p.caps for p in policies.values()):
             coverage = CapCoverage(settings.categories, settings.caps)
             stages.append(FrequencyCaps(policies, coverage))
@@ -344,6 +348,7 @@ class Daemon:
                 sender.capacity,
                 batch_size=daemon.batch_size,
                 rate_limit_per_s=app.rate_limit_per_s,
+                pace=pacing.project,
             ),
             stages=stages,
             observer=self._observer,
@@ -352,6 +357,7 @@ class Daemon:
             abort=self._abort,
             rng=self._rng,
             clock=self._clock,
+            pacing=pacing,
         )
 
     async def _close_sender(self, running: _Running) -> None:

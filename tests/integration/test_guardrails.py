@@ -438,3 +438,68 @@ async def test_transactional_rows_are_claimed_ahead_of_a_bulk_backlog(dsn: str) 
             await claim.write([], [Requeue(claim.rows[0], 0.0, "Interrupted", 1)], [])
     finally:
         await store.close()
+
+
+# -- quota pacing -------------------------------------------------------------------------------
+
+
+async def test_a_project_over_its_fcm_quota_is_paced_then_recovers(env: dict[str, Any]) -> None:
+    dsn, sims = env["dsn"], env["sims"]
+    settings = settings_for(configure(env))
+    sims.fcm.patch({"quota_per_minute": 150, "retry_after_mode": "none"})
+    async with running_daemon(settings) as daemon:
+        await started(daemon)
+        ids = await enqueue(dsn, [fcm(devkit.fcm_token("ok", 6000 + i)) for i in range(600)])
+        deadline = asyncio.get_running_loop().time() + 20
+        paced = None
+        while paced is None:
+            assert asyncio.get_running_loop().time() < deadline, "the app was never paced"
+            (android,) = [a for a in daemon.app_states() if a.name == FCM_APP]
+            paced = android.pace_per_s
+            await asyncio.sleep(0.05)
+        # Without a pace every retry round sends all 450 rows over the quota again (a round
+        # every 0.5 s here: 2,700 requests in three seconds). Paced, the rate halves while
+        # the provider keeps refusing: once it has settled, a small fraction of that.
+        await asyncio.sleep(3.0)
+        tried_before = len(sims.requests("fcm"))
+        await asyncio.sleep(3.0)
+        tried = len(sims.requests("fcm")) - tried_before
+        assert tried < 300, tried
+        (android,) = [a for a in daemon.app_states() if a.name == FCM_APP]
+        settled = android.pace_per_s
+        assert settled is not None and settled < paced
+        # The quota refills (the simulator's window is a minute): lift it, and the pace comes
+        # back to the full rate by itself, additively.
+        sims.fcm.patch({"quota_per_minute": 0})
+        found = await wait_terminal(dsn, ids, timeout_s=90)
+        assert all(o.status == "sent" for o in found.values())
+        (android,) = [a for a in daemon.app_states() if a.name == FCM_APP]
+        assert android.pace_per_s is None or android.pace_per_s > settled  # recovering
+
+
+async def test_a_device_apns_throttles_is_held_back_not_hammered(env: dict[str, Any]) -> None:
+    dsn, sims = env["dsn"], env["sims"]
+    settings = settings_for(configure(env))
+    sims.apns.patch({"per_token_limit": {"count": 2, "per_s": 0.5}})
+    busy = devkit.apns_token("ok", 7000)
+    async with running_daemon(settings) as daemon:
+        await started(daemon)
+        first = await enqueue(dsn, [apns(busy, category="receipts") for _ in range(3)])
+        done = await wait_terminal(dsn, first[:2])
+        assert [o.status for o in done.values()] == ["sent", "sent"]
+        (throttled,) = await wait_queued_reason(dsn, first[2:])
+        assert throttled["last_reason"] == "TooManyRequests"
+        later = await enqueue(
+            dsn,
+            [apns(busy, category="receipts") for _ in range(3)]
+            + [apns(devkit.apns_token("ok", 7001 + i)) for i in range(5)],
+        )
+        others = await wait_terminal(dsn, later[3:])
+        assert all(o.status == "sent" for o in others.values())
+        held = await wait_queued_reason(dsn, later[:3])
+        assert all(r["last_reason"].startswith("TooManyRequests: device paced") for r in held)
+        assert all(r["attempts"] == 0 for r in held)
+        (ios,) = [a for a in daemon.app_states() if a.name == APNS_APP]
+        assert ios.paced_devices == 1
+    throttles = [r for r in sims.requests("apns") if r.get("status") == 429]
+    assert len(throttles) == 1  # asked once, then the device was left alone

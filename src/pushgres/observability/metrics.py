@@ -241,6 +241,9 @@ class AppState:
     credential_expires_at: float | None = None
     alerts: tuple[tuple[str, str], ...] = ()
     """Active alerts: (name, message)."""
+    pace_per_s: float | None = None
+    """The pace quota throttling set (None: not paced)."""
+    paced_devices: int = 0
 
 
 class StateSource(Protocol):
@@ -398,6 +401,16 @@ class Collector(_Collector):
                 "1 when the app has a usable connection and accepted credentials",
                 labels=["app", "platform"],
             ),
+            "pace": GaugeMetricFamily(
+                "pushgres_pace_per_second",
+                "The send rate the provider's quota throttling set for the app (0: not paced)",
+                labels=["app", "platform"],
+            ),
+            "paced_devices": GaugeMetricFamily(
+                "pushgres_paced_devices",
+                "Devices held back after the provider answered TooManyRequests for them",
+                labels=["app", "platform"],
+            ),
         }
         counters = {
             "goaways": ("pushgres_http2_goaways", "GOAWAY frames received"),
@@ -429,6 +442,8 @@ class Collector(_Collector):
             gauges["connections"].add_metric(labels, app.connection.get("connections", 0))
             gauges["stream_limit"].add_metric(labels, app.connection.get("stream_limit", 0))
             gauges["ready"].add_metric(labels, 0 if app.problem else 1)
+            gauges["pace"].add_metric(labels, app.pace_per_s or 0.0)
+            gauges["paced_devices"].add_metric(labels, app.paced_devices)
             for key, family in counter_families.items():
                 family.add_metric(labels, app.connection.get(key, 0))
             if app.credential_expires_at is not None:

@@ -9,6 +9,8 @@ before every claim and gets either a number of rows or how long to wait.
   claimed while the current one is on the wire and takes the slots its answers free up.
 * Worthwhile batches: no claim for fewer than a quarter of a batch while more is coming.
 * Rate limit: rows are claimed only with tokens for them; unused tokens go back.
+* Pace: when the provider throttles the app's project, rows are claimed no faster than the
+  pace (:class:`~pushgres.pipeline.pacing.ProjectPace`) allows, through a second bucket.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from .pacing import ProjectPace
 from .ratelimit import TokenBucket
 
 __all__ = ["LOOKAHEAD_BATCHES", "MAX_BATCHES_PER_LANE", "Capacity", "Grant"]
@@ -42,11 +45,15 @@ class Capacity:
         *,
         batch_size: int,
         rate_limit_per_s: float | None = None,
+        pace: ProjectPace | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._streams = streams
         self._batch_size = batch_size
+        self._clock = clock
         self.bucket = TokenBucket(rate_limit_per_s, clock=clock) if rate_limit_per_s else None
+        self.pace = pace
+        self._paced: TokenBucket | None = None
         self.in_flight = 0  # rows claimed and not yet answered
         self.batches = 0  # batches claimed and not yet written
 
@@ -60,15 +67,23 @@ class Capacity:
         floor = max(1, per_batch // MIN_CLAIM_FRACTION)
         if wanted < floor or self.batches >= MAX_BATCHES_PER_LANE:
             return Grant(0)
-        bucket = self.bucket
-        if bucket is not None:
-            # Claim only what the rate limit lets us send now, in worthwhile batches.
+        # Claim only what the rate limit and the pace let us send now, in worthwhile batches.
+        taken: list[tuple[TokenBucket, int]] = []
+        for bucket in (self.bucket, self._pace_bucket()):
+            if bucket is None:
+                continue
             enough = min(wanted, floor, int(bucket.capacity))
             granted = bucket.take(wanted)
             if granted < enough:
                 bucket.give_back(granted)
+                for earlier, n in taken:
+                    earlier.give_back(n)
                 return Grant(0, bucket.wait_s(enough))
+            taken.append((bucket, granted))
             wanted = granted
+        for bucket, n in taken:
+            if n > wanted:
+                bucket.give_back(n - wanted)
         self.in_flight += wanted
         self.batches += 1
         return Grant(wanted)
@@ -76,8 +91,27 @@ class Capacity:
     def unused(self, rows: int) -> None:
         """A claim found ``rows`` fewer than granted: their slots and tokens return."""
         self.in_flight -= rows
-        if self.bucket is not None and rows:
-            self.bucket.give_back(rows)
+        if rows:
+            for bucket in (self.bucket, self._paced):
+                if bucket is not None:
+                    bucket.give_back(rows)
+
+    @property
+    def pace_per_s(self) -> float | None:
+        """The pace the provider's throttling set (None: not paced)."""
+        return self.pace.current() if self.pace is not None else None
+
+    def _pace_bucket(self) -> TokenBucket | None:
+        rate = self.pace_per_s
+        if rate is None:
+            self._paced = None
+            return None
+        if self._paced is None:
+            self._paced = TokenBucket(rate, clock=self._clock)
+        else:
+            self._paced.rate_per_s = rate
+            self._paced.capacity = max(1.0, rate)
+        return self._paced
 
     def answered(self, rows: int) -> None:
         """``rows`` of a batch have their answers (or will never be sent): slots return."""

@@ -43,6 +43,7 @@ from .capacity import Capacity
 from .decide import Decision, decide
 from .guardrails import CapStore
 from .observer import Observer
+from .pacing import Pacing
 from .stages import Stage, run_stages
 
 __all__ = ["BatchSlots", "Lane", "LaneSettings", "LaneStore", "wait_any"]
@@ -143,9 +144,12 @@ class Lane:
         abort: asyncio.Future[None],
         rng: random.Random | None = None,
         clock: Callable[[], dt.datetime] | None = None,
+        pacing: Pacing | None = None,
     ) -> None:
         self.name = name
         self._clock = clock or _utc_now
+        self.pacing = pacing
+        """Where the batches' answers go to slow what a provider throttles, if anywhere."""
         self.sender = sender
         self.capacity = capacity
         self._store = store
@@ -306,6 +310,8 @@ class Lane:
         self._release(batch, len(batch.rows) - len(to_send))
         started = time.perf_counter()
         outcomes = await self._send(to_send, now, batch)
+        if self.pacing is not None:
+            self.pacing.answered(to_send, outcomes)
         stragglers = [row for row, o in zip(to_send, outcomes, strict=True) if o is None]
         # Capacity returns as soon as the answers are in, before the write-back, so the next
         # batch is claimed while this one commits. Each straggler returns its own slot.

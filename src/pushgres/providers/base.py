@@ -331,6 +331,8 @@ class Provider(Protocol):
 
     token_lifetime_days: int | None
     """How long the provider keeps a token of a device that never checks in, if it says."""
+    pace_scopes: Mapping[str, str]
+    """Throttling reasons and what each slows: ``project`` or ``device`` (pipeline/pacing.py)."""
 
 
 class ProviderModule:
@@ -348,8 +350,11 @@ class ProviderModule:
         credential_expiry: Callable[[AppConfig], dt.datetime | None],
         diagnoses: Callable[[AppConfig], Sequence[Diagnosis]] = lambda app: (),
         token_lifetime_days: int | None = None,
+        pace_scopes: Mapping[str, str] | None = None,
     ) -> None:
         self.platform = platform
+        self.pace_scopes: Mapping[str, str] = dict(pace_scopes or {})
+        """Throttling reasons and what each slows: ``project`` or ``device``."""
         self._parse_app = parse_app
         self._check = check
         self._check_message = check_message

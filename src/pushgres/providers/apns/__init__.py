@@ -13,7 +13,7 @@ from ..base import ProviderModule
 from .config import parse_app
 from .credentials import check_credentials, credential_expiry
 from .protocol import check_message, check_notification
-from .reasons import diagnoses
+from .reasons import PACE_SCOPES, diagnoses
 from .sender import build_senders
 
 __all__ = ["PROVIDER"]
@@ -27,4 +27,5 @@ PROVIDER = ProviderModule(
     check_credentials=check_credentials,
     credential_expiry=credential_expiry,
     diagnoses=diagnoses,
+    pace_scopes=PACE_SCOPES,
 )

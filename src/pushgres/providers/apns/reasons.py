@@ -21,11 +21,16 @@ from .config import ApnsConfig
 __all__ = [
     "APNS_HINTS",
     "APNS_REASONS",
+    "PACE_SCOPES",
     "action_for",
     "bad_device_token_detail",
     "diagnoses",
     "hint_for",
 ]
+
+# What a throttling answer slows (pipeline/pacing.py): 429 TooManyRequests is about one
+# device ("The provider sent too many notifications to the same device token").
+PACE_SCOPES: dict[str, str] = {"TooManyRequests": "device"}
 
 APNS_REASONS: dict[str, Action] = {
     "BadCollapseId": Action.FIX,

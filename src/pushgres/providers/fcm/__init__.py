@@ -13,6 +13,7 @@ from ..base import ProviderModule
 from .config import parse_app
 from .credentials import check_credentials, credential_expiry
 from .protocol import check_message, check_notification
+from .reasons import PACE_SCOPES
 from .sender import build_senders
 
 __all__ = ["PROVIDER"]
@@ -28,4 +29,5 @@ PROVIDER = ProviderModule(
     # Google: a token with no activity for 270 days is expired on Android ("Best practices
     # for FCM registration token management").
     token_lifetime_days=270,
+    pace_scopes=PACE_SCOPES,
 )

@@ -18,11 +18,19 @@ __all__ = [
     "FCM_ERROR_CODES",
     "FCM_HINTS",
     "FCM_STATUSES",
+    "PACE_SCOPES",
     "TOKEN_INVALID_APNS_REASONS",
     "TOKEN_INVALID_MESSAGES",
     "action_for",
     "hint_for",
 ]
+
+# What a throttling answer slows (pipeline/pacing.py): the project's quota of messages per
+# minute is the project's, whichever token hit it (Google: "Throttling and quotas").
+PACE_SCOPES: dict[str, str] = {
+    "QUOTA_EXCEEDED": "project",
+    "RESOURCE_EXHAUSTED": "project",
+}
 
 FCM_ERROR_CODES: dict[str, Action] = {
     "UNSPECIFIED_ERROR": Action.WAIT,
