@@ -24,6 +24,7 @@ import os
 import pathlib
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -260,22 +261,18 @@ def _write_config(
     streams: int,
     batch_size: int,
     admin_port: int | None,
+    apps: Sequence[str] = (APP,),
+    extra: str = "",
 ) -> pathlib.Path:
-    """The daemon's config: one APNs token-auth app aimed at the sink; validated here.
+    """The daemon's config: APNs token-auth apps aimed at the sink; validated here.
 
     With ``admin_port``, the admin listener is on (metrics counted, scraped during the run).
+    ``extra`` is more TOML (categories, say), appended as given.
     """
     admin = f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n' if admin_port else ""
-    path.write_text(
-        f"""# Written by `make bench`: one APNs token-auth app against the sink.
-[database]
-dsn = {json.dumps(dsn)}
-
-[daemon]
-batch_size = {batch_size}
-log_level = "warning"
-
-[apps.{APP}]
+    tables = "".join(
+        f"""
+[apps.{app}]
 platform = "apns"
 environment = "production"
 topic = {json.dumps(TOPIC)}
@@ -289,7 +286,18 @@ ca_file = {json.dumps(credentials.ca_file)}
 max_connections = {connections}
 max_streams_per_connection = {streams}
 codec = {json.dumps(codec)}
-{admin}""",
+"""
+        for app in apps
+    )
+    path.write_text(
+        f"""# Written by `make bench`: APNs token-auth apps against the sink.
+[database]
+dsn = {json.dumps(dsn)}
+
+[daemon]
+batch_size = {batch_size}
+log_level = "warning"
+{tables}{admin}{extra}""",
         encoding="utf-8",
     )
     try:

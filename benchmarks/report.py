@@ -23,6 +23,7 @@ Steps = dict[str, dict[str, Any]]
 PACKAGES = ("pushgres", "uvloop", "h2", "asyncpg", "aioapns")
 MIN_TRANSPORT_VS_CEILING = 0.80
 MAX_GUARDRAILS_US = 3.0  # the guardrail stages' daemon CPU per notification (on - off)
+MAX_FAIRNESS_P99_S = 0.5  # transactional enqueue->sent p99 while a campaign drains
 MIN_E2E_PER_S = 25_000
 MAX_DAEMON_CPU_US = 30.0
 MIN_VS_AIOAPNS = 10.0
@@ -174,6 +175,12 @@ def targets(steps: Steps) -> list[dict[str, Any]]:
             "{:.2f} µs".format,
         ),
         (
+            f"transactional p99 <= {MAX_FAIRNESS_P99_S * 1000:.0f} ms during a campaign",
+            _ok(steps, "fairness", "p99_s"),
+            lambda v: v <= MAX_FAIRNESS_P99_S,
+            lambda v: f"{v * 1000:.0f} ms",
+        ),
+        (
             f"fan-out >= {FANOUT_TARGET_PER_S:,} notifications/s enqueued (2 connections)",
             _ok(steps, "fanout", "notifications_per_s"),
             lambda v: v >= FANOUT_TARGET_PER_S,
@@ -244,6 +251,27 @@ def _observers_line(step: dict[str, Any]) -> str:
     )
 
 
+def _fairness_lines(step: dict[str, Any]) -> list[str]:
+    if step.get("status") != "ok" and "with_campaign" not in step:
+        return [f"  {'fairness':<24} {step.get('status', 'n/a'):<8} {step.get('reason', '')}"]
+
+    def ms(value: float | None) -> str:
+        return _num(value and value * 1000, ".0f", " ms")
+
+    lines = [
+        f"  {'fairness':<24} {step.get('status', 'n/a'):<8} transactional 2 x "
+        f"{step['per_s_each']:.0f}/s for {step['duration_s']:g}s, enqueue->sent:"
+    ]
+    for phase, label in (("with_campaign", f"{step['rows']:,}-row campaign"), ("alone", "alone")):
+        found = step[phase]
+        lines.append(
+            f"  {'':<24} {label:<24} app A p50 {ms(found['a']['p50'])}, p99 "
+            f"{ms(found['a']['p99'])}; app B p50 {ms(found['b']['p50'])}, p99 "
+            f"{ms(found['b']['p99'])}; campaign {_num(found['campaign_sends_per_s'])}/s"
+        )
+    return lines
+
+
 def _guardrails_line(step: dict[str, Any]) -> str:
     if step.get("status") != "ok":
         return f"  {'guardrails':<24} {step.get('status', 'n/a'):<8} {step.get('reason', '')}"
@@ -283,6 +311,9 @@ def render(run: dict[str, Any]) -> str:
             continue
         if name == "guardrails":
             lines.append(_guardrails_line(step))
+            continue
+        if name == "fairness":
+            lines += _fairness_lines(step)
             continue
         if name == "fanout":
             lines.append(_fanout_line(step))

@@ -30,6 +30,7 @@ from pushgres.http2.codecs import CODECS, DEFAULT_CODEC
 from .ceiling import probe_echo_upload, run_ceiling
 from .client import ROOT, run_client
 from .e2e import run_e2e
+from .fairness import run_fairness
 from .fanout import run_fanout
 from .guardrails import run_guardrails
 from .observers import run_observers
@@ -49,6 +50,8 @@ FULL = {
     "queued": 500_000,
     "probe_requests": 20_000,
     "fanout_users": 1_000_000,
+    "fairness_rows": 1_000_000,
+    "fairness_s": 10.0,
 }
 QUICK = {
     "h2load_requests": 100_000,
@@ -58,6 +61,8 @@ QUICK = {
     "queued": 40_000,
     "probe_requests": 5_000,
     "fanout_users": 100_000,
+    "fairness_rows": 200_000,
+    "fairness_s": 4.0,
 }
 STEPS = (
     "probe",
@@ -68,6 +73,7 @@ STEPS = (
     "guardrails",
     "e2e-off",
     "e2e",
+    "fairness",
     "fanout",
 )
 
@@ -95,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--h2load-requests", type=int, help="ceiling: h2load requests")
     add("--probe-requests", type=int, help="--echo-upload sink probe: h2load requests (0: skip)")
     add("--fanout-users", type=int, help="fan-out: users in the registry, all sent to")
+    add("--fairness-rows", type=int, help="fairness: the campaign's bulk rows")
+    add("--fairness-s", type=float, help="fairness: seconds of transactional traffic per phase")
     add("--connections", type=int, default=2, help="HTTP/2 connections (pool, h2load -c)")
     add("--streams", type=int, default=500, help="streams per connection (pool, h2load -m)")
     add("--batch", type=int, default=250, help="transport: requests per send_batch call")
@@ -120,6 +128,8 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
         "rows",
         "queued",
         "fanout_users",
+        "fairness_rows",
+        "fairness_s",
     ):
         if getattr(args, key) < 1:
             _parser().error(f"--{key.replace('_', '-')} must be at least 1")
@@ -247,6 +257,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         batch_size=args.batch_size,
                         timeout_s=args.e2e_timeout,
                         metrics=metrics,
+                        **shape,
+                    ),
+                )
+            if "fairness" in args.steps:
+                _step(
+                    steps,
+                    "fairness",
+                    functools.partial(
+                        run_fairness,
+                        sink,
+                        credentials,
+                        workdir,
+                        rows=args.fairness_rows,
+                        duration_s=args.fairness_s,
+                        codec_name=args.e2e_codec,
+                        batch_size=args.batch_size,
                         **shape,
                     ),
                 )
