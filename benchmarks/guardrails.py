@@ -7,7 +7,9 @@ daemon) -- without guardrails (the first stage and the timing stage with nothing
 back) and with them (quiet hours outside their window, a local-time row in twenty, and two
 frequency caps: 3 per 24 h, and 1 per 10 minutes that defers) -- alternating rounds so both
 see the same machine. Twenty thousand people each have one message counted five hours
-before; each batch's transaction is rolled back, so every round sees the same ledger.
+before (the worst case: every person's entry is read and judged), and first, once, nobody
+has anything counted ("fresh"); each batch's transaction is rolled back, so every round sees
+the same ledger.
 
 Reported: this process's CPU per notification (``process_time``: the stages' Python and
 asyncpg's encoding and decoding, i.e. the daemon's share), best of the rounds, and
@@ -111,6 +113,8 @@ async def _measure(dsn: str, postmaster: int | None) -> dict[str, Any]:
     batches = [_rows(now, 1 + b * BATCH) for b in range(BATCHES)]
     conn = await asyncpg.connect(dsn)
     try:
+        # Fresh: nobody has anything counted (a campaign to people not messaged lately).
+        fresh = [await _round(conn, True, batches, now) for _ in range(ROUNDS)]
         await conn.execute(
             "INSERT INTO pushgres.cap_ledger (subject, sent_at, events, kinds)"
             " SELECT 'u:user-' || g, ARRAY[$1::float8], ARRAY[-1::bigint], ARRAY[$2]"
@@ -143,6 +147,8 @@ async def _measure(dsn: str, postmaster: int | None) -> dict[str, Any]:
         "off_us": min(off),
         "on_us": min(on),
         "guardrails_us": min(on) - min(off),
+        "fresh_on_us": min(fresh),
+        "guardrails_fresh_us": min(fresh) - min(off),
         "postgres_off_us": pg_off,
         "postgres_on_us": pg_on,
         "postgres_guardrails_us": None if pg_on is None or pg_off is None else pg_on - pg_off,

@@ -277,7 +277,8 @@ def _guardrails_line(step: dict[str, Any]) -> str:
         return f"  {'guardrails':<24} {step.get('status', 'n/a'):<8} {step.get('reason', '')}"
     return (
         f"  {'guardrails':<24} ok       stages µs/notification, daemon: off "
-        f"{step['off_us']:.2f}, on {step['on_us']:.2f} (+{step['guardrails_us']:.2f}); "
+        f"{step['off_us']:.2f}, on {step['on_us']:.2f} (+{step['guardrails_us']:.2f}; "
+        f"+{step['guardrails_fresh_us']:.2f} for people with nothing counted); "
         f"postgres: off {_num(step['postgres_off_us'], '.1f')}, "
         f"on {_num(step['postgres_on_us'], '.1f')}"
     )

@@ -41,16 +41,23 @@ WITH t AS MATERIALIZED (
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), b AS MATERIALIZED (
+    -- LIMIT $2, not $2 less t's: a constant limit keeps the estimate (and so the plan of the
+    -- DELETE below: index probes, not a hash of the whole queue) right. When t found rows,
+    -- the few bulk rows beyond the batch stay locked, unclaimed, until it commits.
     SELECT id, device_token FROM pushgres.queue
     WHERE app = $1 AND NOT transactional AND send_at <= now()
     ORDER BY priority DESC, send_at, id
-    LIMIT $2 - (SELECT count(*) FROM t)
+    LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), c AS (
-    SELECT id, device_token FROM t UNION ALL SELECT id, device_token FROM b
+    (SELECT id, device_token FROM t UNION ALL SELECT id, device_token FROM b) LIMIT $2
 )
 DELETE FROM pushgres.queue q
-USING c LEFT JOIN pushgres.devices d ON d.app = $1 AND d.token = c.device_token
+USING c LEFT JOIN LATERAL (
+    -- One primary-key probe per row, whatever the registry's size.
+    SELECT r.state, r.state_changed_at, r.user_id, r.timezone FROM pushgres.devices r
+    WHERE r.app = $1 AND r.token = c.device_token
+) d ON true
 WHERE q.id = c.id
 RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q.priority,
           q.push_type, q.collapse_id, q.expires_at, q.topic, q.send_at, q.dedupe_key,
