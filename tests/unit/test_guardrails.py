@@ -409,3 +409,18 @@ def test_durations_read_back_in_their_unit() -> None:
         "24h",
         "7d",
     ]
+
+
+async def test_the_spread_never_outlasts_the_expiry() -> None:
+    now = dt.datetime(2026, 7, 1, 20, tzinfo=UTC)  # 22:00 in Paris: quiet until 06:00 UTC
+    config = app(quiet_hours=NIGHT, timezone="Europe/Paris", quiet_spread_s=3600)
+    timing = Timing(config, category_policies(config, {}, []))
+    end = dt.datetime(2026, 7, 2, 6, tzinfo=UTC)
+    rows = [row(i, now, expires_at=end + dt.timedelta(minutes=10)) for i in range(1, 50)]
+    keep, settled = await timing.sift(rows, now, claim())
+    assert not keep and all(d.requeue is not None for d in settled)
+    latest = end + dt.timedelta(minutes=10, seconds=-1)
+    for d in settled:
+        assert d.requeue is not None
+        at = now + dt.timedelta(seconds=d.requeue.delay_s)
+        assert end <= at <= latest

@@ -143,9 +143,17 @@ def _spread(row_id: int, spread_s: float) -> dt.timedelta:
     return dt.timedelta(seconds=spread_s * fraction)
 
 
-def _defer(row: ClaimedRow, until: dt.datetime, now: dt.datetime, reason: str) -> Decision:
-    """Back to the queue until ``until`` (not an attempt), or ``expired`` if it cannot wait."""
-    if row.expires_at is not None and row.expires_at <= until:
+def _defer(
+    row: ClaimedRow,
+    until: dt.datetime,
+    now: dt.datetime,
+    reason: str,
+    spread: dt.timedelta = dt.timedelta(0),
+) -> Decision:
+    """Back to the queue until ``until`` plus ``spread`` (not an attempt; the spread never past
+    the row's expiry), or ``expired`` if it cannot wait until ``until``."""
+    expires_at = row.expires_at
+    if expires_at is not None and expires_at <= until:
         when = until.strftime("%Y-%m-%d %H:%M:%S UTC")
         return Decision(
             result=ResultRecord(
@@ -157,6 +165,11 @@ def _defer(row: ClaimedRow, until: dt.datetime, now: dt.datetime, reason: str) -
                 row.attempts,
             )
         )
+    if spread:
+        spread_until = until + spread
+        if expires_at is not None and expires_at <= spread_until:
+            spread_until = max(until, expires_at - dt.timedelta(seconds=1))
+        until = spread_until
     delay = max(0.0, (until - now).total_seconds())
     return Decision(requeue=Requeue(row, delay, reason, row.attempts, deferred=True))
 
@@ -173,7 +186,6 @@ class Timing:
         self._app_zone_name = app.timezone
         self._spread_s = app.quiet_spread_s
         self._next_day = app.late_local_time == "next_day"
-        self._quiet = any(p.quiet is not None for p in policies.values())
 
     async def sift(
         self, rows: list[ClaimedRow], now: dt.datetime, claim: CapStore
@@ -205,9 +217,8 @@ class Timing:
                 if until is not None:
                     zone_label = zone_name if _zone(zone_name) else self._app_zone_name
                     reason = f"QuietHours: {window} in {zone_label}"
-                    settled.append(
-                        _defer(row, until + _spread(row.id, self._spread_s), now, reason)
-                    )
+                    spread = _spread(row.id, self._spread_s)
+                    settled.append(_defer(row, until, now, reason, spread))
                     continue
             keep.append(row)
         return keep, settled
