@@ -186,12 +186,23 @@ class Timing:
         self._app_zone_name = app.timezone
         self._spread_s = app.quiet_spread_s
         self._next_day = app.late_local_time == "next_day"
+        # Nothing to stamp or hold back but local send times: the plain loop.
+        self._local_only = all(p.quiet is None and p.category is None for p in policies.values())
 
     async def sift(
         self, rows: list[ClaimedRow], now: dt.datetime, claim: CapStore
     ) -> tuple[list[ClaimedRow], list[Decision]]:
         keep: list[ClaimedRow] = []
         settled: list[Decision] = []
+        if self._local_only:
+            for row in rows:
+                if row.local_send_at is not None and not row.probe:
+                    decision = self._local_time(row, now)
+                    if decision is not None:
+                        settled.append(decision)
+                        continue
+                keep.append(row)
+            return keep, settled
         policies, default = self._policies, self._default
         quiet_ends: dict[tuple[str | None, int], dt.datetime | None] = {}
         for row in rows:

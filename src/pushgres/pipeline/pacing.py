@@ -203,18 +203,22 @@ class Pacing:
     def answered(self, rows: Sequence[ClaimedRow], outcomes: Sequence[Outcome | None]) -> None:
         project_reasons, device_reasons = self._project_reasons, self._device_reasons
         devices = self.devices
+        any_device = devices.any
+        sent = Action.SENT
         n = throttled = accepted = 0
         for row, outcome in zip(rows, outcomes, strict=True):
             if outcome is None:
                 continue
             n += 1
-            reason = outcome.reason
-            if outcome.action is Action.SENT:
+            if outcome.action is sent:
                 accepted += 1
-                if devices.any:
+                if any_device:
                     devices.accepted(row.device_token)
-            elif reason in project_reasons:
+                continue
+            reason = outcome.reason
+            if reason in project_reasons:
                 throttled += 1
             elif reason in device_reasons:
                 devices.throttled(row.device_token, outcome.retry_after_s)
+                any_device = True
         self.project.answered(n, throttled, accepted)
