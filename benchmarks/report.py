@@ -169,7 +169,7 @@ def targets(steps: Steps) -> list[dict[str, Any]]:
             "{:.2f} µs".format,
         ),
         (
-            f"guardrails <= {MAX_GUARDRAILS_US:.0f} µs/notification of daemon CPU (on - off)",
+            f"caps <= {MAX_GUARDRAILS_US:.0f} µs/notification of daemon CPU (on - off)",
             _ok(steps, "guardrails", "guardrails_us"),
             lambda v: v <= MAX_GUARDRAILS_US,
             "{:.2f} µs".format,
@@ -276,11 +276,10 @@ def _guardrails_line(step: dict[str, Any]) -> str:
     if step.get("status") != "ok":
         return f"  {'guardrails':<24} {step.get('status', 'n/a'):<8} {step.get('reason', '')}"
     return (
-        f"  {'guardrails':<24} ok       stages µs/notification, daemon: off "
-        f"{step['off_us']:.2f}, on {step['on_us']:.2f} (+{step['guardrails_us']:.2f}; "
-        f"+{step['guardrails_fresh_us']:.2f} for people with nothing counted); "
-        f"postgres: off {_num(step['postgres_off_us'], '.1f')}, "
-        f"on {_num(step['postgres_on_us'], '.1f')}"
+        f"  {'guardrails':<24} ok       daemon µs/notification: caps +{step['guardrails_us']:.2f} "
+        f"(+{step['guardrails_fresh_us']:.2f} for people with nothing counted), quiet hours and "
+        f"local time +{step['timing_us']:.2f} (stages without guardrails {step['off_us']:.2f}); "
+        f"postgres: caps +{_num(step['postgres_guardrails_us'], '.1f')}"
     )
 
 

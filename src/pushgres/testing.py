@@ -117,9 +117,7 @@ class MemoryClaim:
         await self._store._round_trip("write")
         ledger = {**self._store.cap_ledger, **self.caps}
         forgotten: set[str] = set()
-        for subject, forget, event, kind in zip(
-            added.subjects, added.forget, added.events, added.tags, strict=True
-        ):
+        for subject, forget, event, kind in added:
             sent_at, events, kinds = ledger.get(subject, ([], [], []))
             live = list(zip(sent_at, events, kinds, strict=True))
             if subject not in forgotten:  # as the SQL: once per subject and batch

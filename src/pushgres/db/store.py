@@ -236,11 +236,8 @@ class Claim:
 
     async def write_caps(self, now: float, keep_s: float, added: CapsAdded) -> None:
         """Count what the batch admitted in the caps' entries."""
-        rows = zip(added.subjects, added.forget, added.events, added.tags, strict=True)
         with map_db_errors("writing frequency cap counts", self._availability):
-            await self._conn.execute(
-                QUERIES["cap_write"], codec.dumps(list(rows)).decode(), now, keep_s
-            )
+            await self._conn.execute(QUERIES["cap_write"], codec.dumps(added).decode(), now, keep_s)
 
     async def write(
         self,

@@ -277,16 +277,10 @@ LedgerRecord = tuple[str, list[float], list[int], list[str]]
 oldest first), the message, and what it was (``app/category``)."""
 
 
-@dataclass(slots=True)
-class CapsAdded:
-    """What a batch admitted, as parallel lists: each subject forgets its first ``forget``
-    messages (older than the longest window) and counts one ``event`` more, of the kind
-    ``tag`` (``app/category``)."""
-
-    subjects: list[str]
-    forget: list[int]
-    events: list[int]
-    tags: list[str]
+CapsAdded = list[tuple[str, int, int, str]]
+"""What a batch admitted, in order: (subject, forget, event, kind) -- the person forgets the
+first ``forget`` messages of their entry (older than the longest window) and counts one
+message more, ``event``, of ``kind`` (``app/category``)."""
 
 
 def cap_subject(row: ClaimedRow) -> str:
@@ -323,6 +317,8 @@ class CapCoverage:
         self._categories = categories
         self._rules = tuple(rules)
         self._found: dict[str, frozenset[str]] = {}
+        self.known: Mapping[str, frozenset[str]] = self._found
+        """The kinds looked up so far (a dict lookup is cheaper than a call)."""
         self.keep_s = max((rule.window_s for rule in self._rules), default=0.0)
         """How long an entry must remember: the longest window."""
 
@@ -348,26 +344,32 @@ class CapLedger:
     def __init__(
         self, records: Iterable[LedgerRecord], coverage: CapCoverage, now: dt.datetime
     ) -> None:
-        self._now = now.timestamp()
+        self.now = self._now = now.timestamp()
         self._coverage = coverage
-        self.added = CapsAdded([], [], [], [])
+        self.added: CapsAdded = []
         self._forget_before = self._now - coverage.keep_s
-        self._entries: dict[str, LedgerRecord] = {r[0]: r for r in records}
+        self.entries: dict[str, LedgerRecord] = {r[0]: r for r in records}
+        """Each person's entry by subject; a person absent has nothing counted (and, having
+        every cap's room, is admitted by adding an entry and an :attr:`added` row)."""
 
     def judge(self, rules: Iterable[CapRule], subject: str, event: int, tag: str) -> CapVerdict:
         """Whether one message (``event``, of kind ``tag``) to ``subject`` may go now under
         every rule; admitting it counts it once for all of them."""
-        entry = self._entries.get(subject)
+        entry = self.entries.get(subject)
         if entry is None:
-            entry = self._entries[subject] = (subject, [], [], [])
+            entry = self.entries[subject] = (subject, [], [], [])
         _, sent_at, events, kinds = entry
         now, coverage = self._now, self._coverage
+        known = coverage.known
         verdict = ADMITTED
         counts = not sent_at  # nothing counted yet: every rule has room
         for rule in () if counts else rules:
+            limit = rule.limit
+            if len(sent_at) < limit and event not in events:
+                counts = True  # room, whatever the window holds
+                continue
             name = rule.name
             cutoff = now - rule.window_s
-            limit = rule.limit
             n = 0
             nth = 0.0  # the limit-th newest counted message
             seen = False
@@ -377,7 +379,10 @@ class CapLedger:
                 at = sent_at[i]
                 if at <= cutoff:
                     break
-                if name in coverage(kinds[i]):
+                covering = known.get(kinds[i])
+                if covering is None:
+                    covering = coverage(kinds[i])
+                if name in covering:
                     if events[i] == event:
                         seen = True  # counted already: a retry, or another device of the person
                         break
@@ -398,14 +403,11 @@ class CapLedger:
             sent_at.append(now)
             events.append(event)
             kinds.append(tag)
-            added = self.added
-            added.subjects.append(subject)
             forget_before = self._forget_before
-            added.forget.append(
+            forget = (
                 bisect.bisect_right(sent_at, forget_before) if sent_at[0] <= forget_before else 0
             )
-            added.events.append(event)
-            added.tags.append(tag)
+            self.added.append((subject, forget, event, tag))
         return verdict
 
 
@@ -420,6 +422,7 @@ class FrequencyCaps:
         self._policies = policies
         self._default = policies[None]
         self._coverage = coverage
+        self._kinds: dict[str | None, str] = {}  # category: the kind its messages count as
 
     async def sift(
         self, rows: list[ClaimedRow], now: dt.datetime, claim: CapStore
@@ -449,9 +452,20 @@ class FrequencyCaps:
             # then the older.
             capped.sort(key=lambda c: (-c[0].priority, c[0].send_at, c[0].id))
         settled: list[Decision] = []
+        kinds = self._kinds
+        entries, added, now_ts = ledger.entries, ledger.added, ledger.now
         for row, rules, subject in capped:
-            tag = f"{row.app}/{row.category or ''}"
-            verdict = ledger.judge(rules, subject, _event(row), tag)
+            category = row.category
+            kind = kinds.get(category)
+            if kind is None:
+                kind = kinds[category] = f"{row.app}/{category or ''}"
+            event = row.group_id if row.group_id is not None else -row.id
+            if subject not in entries:  # nothing counted for this person: every cap has room
+                entries[subject] = (subject, [now_ts], [event], [kind])
+                added.append((subject, 0, event, kind))
+                keep.append(row)
+                continue
+            verdict = ledger.judge(rules, subject, event, kind)
             rule = verdict.blocking
             if rule is None:
                 keep.append(row)
@@ -469,6 +483,6 @@ class FrequencyCaps:
                 settled.append(
                     _defer(row, verdict.until, now, f"FrequencyCap: {rule.describe()}, deferred")
                 )
-        if ledger.added.events:
+        if ledger.added:
             await claim.write_caps(now.timestamp(), self._coverage.keep_s, ledger.added)
         return keep, settled
