@@ -368,8 +368,11 @@ class CapLedger:
             if len(sent_at) < limit and event not in events:
                 counts = True  # room, whatever the window holds
                 continue
-            name = rule.name
             cutoff = now - rule.window_s
+            if sent_at[-1] <= cutoff and event not in events:
+                counts = True  # nothing in this cap's window
+                continue
+            name = rule.name
             n = 0
             nth = 0.0  # the limit-th newest counted message
             seen = False
