@@ -47,6 +47,7 @@ __all__ = [
 
 COPY_THRESHOLD = store.COPY_THRESHOLD
 EARLIEST_OFFSET = dt.timedelta(hours=14)  # the furthest time zone ahead of UTC (Pacific/Kiritimati)
+LATEST_OFFSET = dt.timedelta(hours=12)  # the furthest behind (Etc/GMT+12)
 _APP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -263,7 +264,12 @@ def _columns(n: Notification, i: int) -> tuple[Any, ...]:
         priority = delivery.priority or priority
         collapse_id = delivery.collapse_id or collapse_id
         if delivery.ttl_s is not None:
-            expires_at = delivery.expires_at(send_at or dt.datetime.now(dt.UTC))
+            start = send_at or dt.datetime.now(dt.UTC)
+            if n.send_at is None and n.local_send_at is not None:
+                # The ttl counts from the last moment that local time happens (UTC-12): every
+                # device gets the whole ttl from its own local time at least.
+                start = n.local_send_at.replace(tzinfo=dt.UTC) + LATEST_OFFSET
+            expires_at = delivery.expires_at(start)
     return (
         n.app,
         n.platform,

@@ -503,3 +503,37 @@ async def test_a_device_apns_throttles_is_held_back_not_hammered(env: dict[str, 
         assert ios.paced_devices == 1
     throttles = [r for r in sims.requests("apns") if r.get("status") == 429]
     assert len(throttles) == 1  # asked once, then the device was left alone
+
+
+async def test_a_ttl_with_a_local_send_time_lasts_from_the_last_zone(dsn: str) -> None:
+    """Every device gets the whole ttl from its own local time: it counts from UTC-12's."""
+    nine = dt.datetime(2026, 12, 24, 9, 0)
+    last = dt.datetime(2026, 12, 24, 21, 0, tzinfo=UTC)  # 09:00 at UTC-12
+    message = {"title": "Door 24", "ttl": 3600}
+    (direct,) = await enqueue(
+        dsn,
+        [
+            {
+                "app": APNS_APP,
+                "platform": "apns",
+                "device_token": devkit.apns_token("ok", 1),
+                "message": message,
+                "local_send_at": nine,
+            }
+        ],
+    )
+    conn = await asyncpg.connect(dsn)
+    try:
+        await devices.register(conn, APNS_APP, "apns", devkit.apns_token("ok", 2), user_id="ann")
+        done = await fanout.send_to_users(conn, APNS_APP, ["ann"], message, local_send_at=nine)
+        rows = await conn.fetch(
+            "SELECT id, send_at, expires_at FROM pushgres.queue WHERE id = $1 OR group_id = $2",
+            direct,
+            done.group_id,
+        )
+    finally:
+        await conn.close()
+    assert len(rows) == 2
+    for row in rows:
+        assert row["send_at"] == dt.datetime(2026, 12, 23, 19, 0, tzinfo=UTC)  # UTC+14's 09:00
+        assert row["expires_at"] == last + dt.timedelta(hours=1)

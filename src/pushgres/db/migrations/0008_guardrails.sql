@@ -277,7 +277,12 @@ BEGIN
     content := g.message - ARRAY['collapse_key', 'ttl', 'priority'];
     prio := CASE g.message ->> 'priority' WHEN 'normal' THEN 5 ELSE 10 END;
     IF g.message ? 'ttl' THEN
-        expiry := due + make_interval(secs => (g.message ->> 'ttl')::float8);
+        -- With a local send time, the ttl counts from the last moment that time happens
+        -- (UTC-12): every device gets the whole ttl from its own local time at least.
+        expiry := CASE WHEN send_at IS NULL AND g.local_send_at IS NOT NULL
+                       THEN (g.local_send_at + interval '12 hours') AT TIME ZONE 'UTC'
+                       ELSE due END
+                  + make_interval(secs => (g.message ->> 'ttl')::float8);
     END IF;
 
     -- Planned for each call, with the arguments' sizes known. For many users, a hash join
