@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from pushgres import devices, fanout
+from pushgres.daemon import Daemon
 from pushgres.db.store import Store
 from pushgres.exceptions import EnqueueError
 from pushgres.models import Requeue
@@ -537,3 +538,46 @@ async def test_a_ttl_with_a_local_send_time_lasts_from_the_last_zone(dsn: str) -
     for row in rows:
         assert row["send_at"] == dt.datetime(2026, 12, 23, 19, 0, tzinfo=UTC)  # UTC+14's 09:00
         assert row["expires_at"] == last + dt.timedelta(hours=1)
+
+
+async def test_a_reload_applies_new_caps_and_categories(env: dict[str, Any]) -> None:
+    dsn = env["dsn"]
+    path = configure(env)
+    before = settings_for(path)
+    token = devkit.apns_token("ok", 8000)
+    current = {"settings": before}
+    daemon = Daemon(before, reload_config=lambda: current["settings"])
+    task = asyncio.create_task(daemon.run())
+    try:
+        await started(daemon)
+        ids = await enqueue(dsn, [apns(token) for _ in range(4)])
+        found = await wait_terminal(dsn, ids)
+        assert Counter(o.status for o in found.values()) == {"sent": 3, "suppressed": 1}
+        # The new config: a tighter cap, and a new category.
+        path.write_text(
+            path.read_text().replace("limit = 3", "limit = 1") + "\n[categories.alerts]\n"
+        )
+        current["settings"] = settings_for(path)
+        daemon.reload()
+        conn = await asyncpg.connect(dsn)
+        try:
+            for _ in range(100):
+                names = {
+                    r["name"] for r in await conn.fetch("SELECT name FROM pushgres.categories")
+                }
+                if "alerts" in names:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
+        assert "alerts" in names
+        other = devkit.apns_token("ok", 8001)
+        ids = await enqueue(dsn, [apns(other, category="alerts") for _ in range(3)])
+        found = await wait_terminal(dsn, ids)
+        assert Counter(o.status for o in found.values()) == {"sent": 1, "suppressed": 2}
+        assert {o.reason for o in found.values() if o.status == "suppressed"} == {
+            "FrequencyCap: daily (1 per 24h)"
+        }
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 30)
