@@ -649,16 +649,7 @@ def _caps(
                 raise ConfigError(f"{where}.group names {group!r}, which is not one of [groups]")
             covered = frozenset(groups[group])
         else:
-            if (
-                not isinstance(listed, list)
-                or not listed
-                or not all(isinstance(a, str) for a in listed)
-            ):
-                raise ConfigError(f'{where}.apps must be a list of app names, such as ["ios"]')
-            unknown = sorted(set(listed) - names)
-            if unknown:
-                raise ConfigError(f"{where}.apps names app(s) not configured: {', '.join(unknown)}")
-            covered = frozenset(listed)
+            covered = frozenset(_app_names(listed, f"{where}.apps", names, '["ios"]'))
         wanted = table.get("categories")
         cats: frozenset[str] | None = None
         if wanted is not None:
@@ -722,19 +713,20 @@ def _groups(section: Section, apps: set[str]) -> dict[str, tuple[str, ...]]:
             raise ConfigError(f"{where}: group names are 1-64 of A-Z a-z 0-9 _ . - ")
         if name in apps:
             raise ConfigError(f"{where}: an app is named {name!r} too; a group needs its own name")
-        members = section.data[name]
-        if (
-            not isinstance(members, list)
-            or not members
-            or not all(isinstance(m, str) for m in members)
-        ):
-            raise ConfigError(f'{where} must be a list of app names, such as ["ios", "android"]')
-        unknown = sorted(set(members) - apps)
-        if unknown:
-            raise ConfigError(f"{where} names app(s) not configured: {', '.join(unknown)}")
+        members = _app_names(section.data[name], where, apps, '["ios", "android"]')
         groups[name] = tuple(dict.fromkeys(members))
     section.finish()
     return groups
+
+
+def _app_names(value: Any, where: str, apps: set[str], example: str) -> list[str]:
+    """A non-empty list of the config's app names (a group's members, a cap's apps)."""
+    if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
+        raise ConfigError(f"{where} must be a list of app names, such as {example}")
+    unknown = sorted(set(value) - apps)
+    if unknown:
+        raise ConfigError(f"{where} names app(s) not configured: {', '.join(unknown)}")
+    return value
 
 
 def _listen_address(value: str, key: str) -> tuple[str, int]:

@@ -615,33 +615,24 @@ class Daemon:
             for name, app in wanted.items()
             if name in current and (current[name] != app or guardrails)
         ]
-        if guardrails:
-            # The new lanes (every app is "changed") are built from the new guardrails.
+        removed = [name for name in current if name not in wanted]
+        if guardrails or new.groups != old.groups:
+            # Written before any lane is built: the new lanes (with guardrails changed, every
+            # app's) are built from them.
             self._settings = old = dataclasses.replace(
-                old, categories=new.categories, caps=new.caps
+                old, groups=new.groups, categories=new.categories, caps=new.caps
             )
+            chores.serve(list(self._running), groups=new.groups)
             chores.declare(_categories(new))
             try:
                 await chores.sync_groups()
             except StoreError as exc:  # maintenance writes them again in a while
-                logger.error("config reload: categories not written: %s", exc)
+                logger.error("config reload: app groups and categories not written: %s", exc)
             logger.info(
-                "config reloaded: categories %s; caps %s",
+                "config reloaded: app groups %s; categories %s; caps %s",
+                ", ".join(new.groups) or "none",
                 ", ".join(new.categories) or "none",
                 ", ".join(c.name for c in new.caps) or "none",
-                extra={"action": "reload"},
-            )
-        removed = [name for name in current if name not in wanted]
-        if new.groups != old.groups:
-            self._settings = old = dataclasses.replace(old, groups=new.groups)
-            chores.serve(list(self._running), groups=new.groups)
-            try:
-                await chores.sync_groups()
-            except StoreError as exc:  # maintenance writes them again in a while
-                logger.error("config reload: app groups not written: %s", exc)
-            logger.info(
-                "config reloaded: app groups now %s",
-                ", ".join(new.groups) or "none",
                 extra={"action": "reload"},
             )
         if not (added or changed or removed):
