@@ -41,15 +41,14 @@ WITH t AS MATERIALIZED (
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), b AS MATERIALIZED (
-    -- LIMIT $2, not $2 less t's: a constant limit keeps the estimate (and so the plan of the
-    -- DELETE below: index probes, not a hash of the whole queue) right. When t found rows,
-    -- the few bulk rows beyond the batch stay locked, unclaimed, until it commits.
     SELECT id, device_token FROM pushgres.queue
     WHERE app = $1 AND NOT transactional AND send_at <= now()
     ORDER BY priority DESC, send_at, id
-    LIMIT $2
+    LIMIT $2 - (SELECT count(*) FROM t)
     FOR UPDATE SKIP LOCKED
 ), c AS (
+    -- The outer LIMIT tells the planner what the computed one above hides: at most $2 rows,
+    -- so the DELETE below probes the primary key instead of hashing the whole queue.
     (SELECT id, device_token FROM t UNION ALL SELECT id, device_token FROM b) LIMIT $2
 )
 DELETE FROM pushgres.queue q
