@@ -12,7 +12,9 @@ apps), sends one portable message to all those people through the group -- a fan
 group's outcome by status and reason, sends per second and enqueue→sent latency p50/p99, and
 checks that the simulators accepted exactly the notifications recorded as sent, that nothing
 reached a device after its user logged out, and that the registry now knows the dead tokens.
-Exits 0 only if that check holds.
+A second marketing message to the same people then meets the config's daily cap (one a person
+a day over the product's apps): every one of its notifications ends suppressed, none is sent.
+Exits 0 only if those checks hold.
 
 The daemon's admin listener is on (loopback): the demo prints the dashboard's and the metrics'
 addresses. With ``--serve`` the daemon and the simulators keep running after the check, fed a
@@ -73,6 +75,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "apns": {"aps": {"interruption-level": "active"}},
     "fcm": {"android": {"notification": {"channel_id": "cart"}}},
 }
+REMINDER = {"title": "Still thinking about it?", "body": "Your cart is still here", "ttl": 86_400}
 STARTUP_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 1800.0
 
@@ -131,6 +134,21 @@ queue_sample_interval_s = 2
 
 [groups]
 {GROUP} = [{json.dumps(APNS_APP)}, {json.dumps(FCM_APP)}]
+
+# Guardrails: marketing is capped at one notification per person a day over the product's
+# apps; transactional notifications are exempt.
+[guardrails]
+default_category = "marketing"
+
+[categories.marketing]
+
+[categories.receipts]
+transactional = true
+
+[caps.daily]
+group = "{GROUP}"
+limit = 1
+window = "24h"
 
 [apps.{APNS_APP}]
 platform = "apns"
@@ -274,6 +292,24 @@ async def _send(dsn: str, registry: Registry) -> tuple[int, int, int, int]:
         if span is None:
             raise RuntimeError("the fan-out enqueued nothing")
         return done.group_id, span[0], span[1], done.notifications
+    finally:
+        await conn.close()
+
+
+async def _remind(dsn: str, registry: Registry, daemon: subprocess.Popen[bytes]) -> int:
+    """A second marketing message to the same people the same day: the daily cap holds every
+    one of them back. Returns the reminder's group id once all of it has an outcome."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        done = await fanout.send_to_users(conn, GROUP, registry.users, REMINDER)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while True:
+            outcome = await fanout.group_outcome(conn, done.group_id)
+            if outcome is not None and outcome.done:
+                return done.group_id
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the reminder did not get its outcomes; see daemon.log")
+            await asyncio.sleep(0.5)
     finally:
         await conn.close()
 
@@ -435,9 +471,10 @@ def _demo(args: argparse.Namespace, runner: asyncio.Runner) -> int:
             runner.run(_ready(admin, daemon_proc))
             _log(f"dashboard: {admin}/dashboard/   metrics: {admin}/metrics")
             group_id, lo, hi, total = runner.run(_send(dsn, registry))
-            run = Run(registry, group_id, lo, hi, total)
-            if not runner.run(_progress(dsn, run.lo, run.hi, run.total, daemon_proc)):
+            if not runner.run(_progress(dsn, lo, hi, total, daemon_proc)):
                 return 1
+            reminder = runner.run(_remind(dsn, registry, daemon_proc))
+            run = Run(registry, group_id, lo, hi, total, reminder)
             if args.serve:
                 rc = runner.run(_summary(dsn, sim, run, 0))
                 _serve(runner, dsn, admin, daemon_proc)
@@ -468,6 +505,8 @@ class Run:
     lo: int
     hi: int
     total: int
+    reminder_id: int
+    """The second message's group: held back by the daily cap."""
 
 
 async def _summary(dsn: str, sim: dict[str, Any], run: Run, daemon_rc: int) -> int:
@@ -522,6 +561,14 @@ async def _report(conn: asyncpg.Connection, sim: dict[str, Any], run: Run, daemo
     moved = sum(1 for p, t in registry.moved if accepted.get(p, {}).get(t, 0) == 1)
     newly_invalid = _invalid(await store.device_counts_of(conn)) - registry.invalid_before
     dead = by_status.get("token_invalid", 0)
+    reminder = await fanout.group_outcome(conn, run.reminder_id)
+    assert reminder is not None
+    held = reminder.by_status()
+    _log(
+        f"reminder (group {run.reminder_id}): {reminder.notifications:,} notifications to the "
+        f"same people: {held.get('suppressed', 0):,} suppressed "
+        f"(FrequencyCap: daily (1 per 24h)), {held.get('sent', 0):,} sent"
+    )
     ok = (
         mismatches == 0
         and accepted_total == sent_total
@@ -530,6 +577,7 @@ async def _report(conn: asyncpg.Connection, sim: dict[str, Any], run: Run, daemo
         and moved == len(registry.moved)
         and newly_invalid == dead
         and outcome.done
+        and held.get("suppressed", 0) == reminder.notifications
     )
     verdict = "OK" if ok else "FAILED"
     _log(
