@@ -15,6 +15,7 @@ import pytest
 
 from pushgres import devices, fanout
 from pushgres.daemon import Daemon
+from pushgres.db.queries import QUERIES
 from pushgres.db.store import Store
 from pushgres.exceptions import EnqueueError
 from pushgres.models import Requeue
@@ -581,3 +582,41 @@ async def test_a_reload_applies_new_caps_and_categories(env: dict[str, Any]) -> 
     finally:
         daemon.stop()
         await asyncio.wait_for(task, 30)
+
+
+async def test_daemons_with_other_categories_keep_each_others(dsn: str) -> None:
+    store = await Store.open(
+        dsn, max_size=2, idle_in_transaction_timeout_s=60, statement_timeout_s=30
+    )
+    conn = await asyncpg.connect(dsn)
+    try:
+        await store.sync_categories({"news": False})
+        await store.sync_categories({"receipts": True})  # another daemon's config
+        names = {r["name"] for r in await conn.fetch("SELECT name FROM pushgres.categories")}
+        assert names == {"news", "receipts"}
+        # Nobody has declared "news" for two days: the next sync removes it.
+        await conn.execute(
+            "UPDATE pushgres.categories SET updated_at = now() - interval '2 days'"
+            " WHERE name = 'news'"
+        )
+        await store.sync_categories({"receipts": True})
+        names = {r["name"] for r in await conn.fetch("SELECT name FROM pushgres.categories")}
+        assert names == {"receipts"}
+        # The cap ledger's pruning keeps what still counts and what a batch holds.
+        await conn.execute(
+            "INSERT INTO pushgres.cap_ledger (subject, expires_at) VALUES"
+            " ('u:old', now() - interval '1 hour'), ('u:live', now() + interval '1 hour'),"
+            " ('u:held', now() - interval '1 hour')"
+        )
+        holder = await asyncpg.connect(dsn)
+        try:
+            async with holder.transaction():
+                await holder.fetch("SELECT * FROM pushgres.lock_cap_ledger(ARRAY['u:held'])")
+                await conn.execute(QUERIES["prune_cap_ledger"])
+        finally:
+            await holder.close()
+        left = {r["subject"] for r in await conn.fetch("SELECT subject FROM pushgres.cap_ledger")}
+        assert left == {"u:live", "u:held"}
+    finally:
+        await conn.close()
+        await store.close()

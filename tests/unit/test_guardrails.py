@@ -424,3 +424,46 @@ async def test_the_spread_never_outlasts_the_expiry() -> None:
         assert d.requeue is not None
         at = now + dt.timedelta(seconds=d.requeue.delay_s)
         assert end <= at <= latest
+
+
+def test_quiet_hours_in_the_hour_lived_twice_end_in_the_future() -> None:
+    # Berlin goes back from 03:00 CEST to 02:00 CET on 25 October 2026. At 02:15 CET (the
+    # second 02:15) a window ending at 02:30 ends at 02:30 CET, not the past 02:30 CEST.
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    window = QuietHours(dt.time(22), dt.time(2, 30))
+    second = dt.datetime(2026, 10, 25, 1, 15, tzinfo=UTC)  # 02:15 CET
+    assert quiet_until(window, second, berlin) == dt.datetime(2026, 10, 25, 1, 30, tzinfo=UTC)
+    first = dt.datetime(2026, 10, 25, 0, 15, tzinfo=UTC)  # 02:15 CEST
+    assert quiet_until(window, first, berlin) == dt.datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+
+
+async def test_a_long_spread_never_lands_in_the_next_night() -> None:
+    now = dt.datetime(2026, 7, 1, 20, tzinfo=UTC)  # 22:00 in Paris
+    config = app(quiet_hours=NIGHT, timezone="Europe/Paris", quiet_spread_s=86400)
+    timing = Timing(config, category_policies(config, {}, []))
+    end = dt.datetime(2026, 7, 2, 6, tzinfo=UTC)  # 08:00; the open day lasts 13 hours
+    _, settled = await timing.sift([row(i, now) for i in range(1, 300)], now, claim())
+    for d in settled:
+        assert d.requeue is not None
+        at = now + dt.timedelta(seconds=d.requeue.delay_s)
+        assert end <= at <= end + dt.timedelta(hours=6.5)
+        assert quiet_until(NIGHT, at, PARIS) is None  # outside the window when it comes
+
+
+def test_one_message_under_two_kinds_counts_once() -> None:
+    # Cap A covers both apps, cap B only the second: a fan-out's row on the second app is
+    # entered again (B had not counted it), and A must still count the message once.
+    t0 = dt.datetime(2026, 7, 1, tzinfo=UTC)
+    both = CapRule(
+        name="a", apps=frozenset({"ios", "android"}), categories=None, limit=2, window_s=86400
+    )
+    android = CapRule(
+        name="b", apps=frozenset({"android"}), categories=None, limit=5, window_s=86400
+    )
+    coverage = CapCoverage({}, [both, android])
+    ledger = CapLedger([("u:1", [], [], [])], coverage, t0)
+    assert ledger.judge([both], "u:1", 7, "ios/").blocking is None
+    assert ledger.judge([both, android], "u:1", 7, "android/").blocking is None
+    assert [a[2] for a in ledger.added] == [7, 7]
+    assert ledger.judge([both], "u:1", -8, "ios/").blocking is None  # the second of two
+    assert ledger.judge([both], "u:1", -9, "ios/").blocking is both

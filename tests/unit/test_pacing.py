@@ -112,3 +112,18 @@ def test_the_device_map_is_bounded() -> None:
     for token in "abcde":
         devices.throttled(token, None)
     assert len(devices) == 3
+
+
+def test_a_burst_after_idle_is_paced_from_its_own_rate() -> None:
+    clock = Clock()
+    pace = ProjectPace(clock=clock)
+    clock.t += 0.5
+    pace.answered(500, 0)
+    clock.t += 3600.0  # an idle hour
+    pace.answered(500, 0)
+    clock.t += 0.25
+    pace.answered(500, 200)
+    rate = pace.current()
+    assert rate is not None and rate > 100  # not the idle hour's average
+    clock.t += 1.0
+    assert pace.current() is not None  # still paced a second later

@@ -673,23 +673,27 @@ FROM n
 WHERE l.subject = n.subject
 
 -- name: prune_cap_ledger
--- Caps' entries whose newest message left its window: nothing in them counts any more.
+-- Caps' entries whose newest message left the longest window: nothing in them counts any more.
+-- Entries a batch holds are skipped, and the age is checked again as each is deleted.
 DELETE FROM pushgres.cap_ledger
 WHERE ctid = ANY (ARRAY(
-    SELECT ctid FROM pushgres.cap_ledger WHERE expires_at < now() LIMIT 10000))
+    SELECT ctid FROM pushgres.cap_ledger WHERE expires_at < now() LIMIT 10000
+    FOR UPDATE SKIP LOCKED))
+  AND expires_at < now()
 
 -- name: sync_categories
--- The config's categories ($1 names, $2 whether each is transactional): written, and the
--- categories no longer in the config removed (rows already queued under one keep its name).
+-- The config's categories ($1 names, $2 whether each is transactional): written, each marked
+-- declared now. A category no daemon has declared for a day is removed: daemons whose configs
+-- differ do not take each other's away (rows already queued under one keep its name).
 WITH given AS (
     SELECT name, transactional FROM unnest($1::text[], $2::boolean[]) AS g(name, transactional)
 ), upserted AS (
     INSERT INTO pushgres.categories AS c (name, transactional)
     SELECT name, transactional FROM given
     ON CONFLICT (name) DO UPDATE SET transactional = excluded.transactional, updated_at = now()
-    WHERE c.transactional IS DISTINCT FROM excluded.transactional
 )
-DELETE FROM pushgres.categories c WHERE c.name <> ALL ($1::text[])
+DELETE FROM pushgres.categories c
+WHERE c.name <> ALL ($1::text[]) AND c.updated_at < now() - interval '1 day'
 
 -- name: categories
 SELECT name, transactional FROM pushgres.categories ORDER BY name

@@ -135,12 +135,27 @@ def quiet_until(window: QuietHours, now: dt.datetime, zone: dt.tzinfo) -> dt.dat
             day = local.date()
         else:
             return None
-    return local_instant(dt.datetime.combine(day, end), zone)
+    wall = dt.datetime.combine(day, end)
+    until = local_instant(wall, zone)
+    if until <= now:
+        # The clocks went back and the end's first occurrence has passed: its second one
+        # (fold=1), else -- the hour lived twice lies inside the window -- the next day's.
+        until = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+        if until <= now:
+            until = local_instant(wall + _ONE_DAY, zone)
+    return until
 
 
 def _spread(row_id: int, spread_s: float) -> dt.timedelta:
     fraction = (row_id * _SPREAD_MULTIPLIER % 2**32) / 2**32
     return dt.timedelta(seconds=spread_s * fraction)
+
+
+def open_s(window: QuietHours) -> float:
+    """How long the day outside ``window`` lasts (seconds, on a day without a DST change)."""
+    start = window.start.hour * 3600 + window.start.minute * 60
+    end = window.end.hour * 3600 + window.end.minute * 60
+    return float((start - end) % 86400)
 
 
 def _defer(
@@ -228,7 +243,10 @@ class Timing:
                 if until is not None:
                     zone_label = zone_name if _zone(zone_name) else self._app_zone_name
                     reason = f"QuietHours: {window} in {zone_label}"
-                    spread = _spread(row.id, self._spread_s)
+                    # Spread over at most half the open part of the day: a row must never land
+                    # in the next night's window (and be held again, every night).
+                    spread_s = min(self._spread_s, open_s(window) / 2)
+                    spread = _spread(row.id, spread_s)
                     settled.append(_defer(row, until, now, reason, spread))
                     continue
             keep.append(row)
@@ -374,6 +392,7 @@ class CapLedger:
                 continue
             name = rule.name
             n = 0
+            counted: set[int] = set()
             nth = 0.0  # the limit-th newest counted message
             seen = False
             i = len(sent_at)
@@ -386,9 +405,13 @@ class CapLedger:
                 if covering is None:
                     covering = coverage(kinds[i])
                 if name in covering:
-                    if events[i] == event:
+                    other = events[i]
+                    if other == event:
                         seen = True  # counted already: a retry, or another device of the person
                         break
+                    if other in counted:
+                        continue  # one message entered under two kinds (caps over other apps)
+                    counted.add(other)
                     n += 1
                     if n == limit:
                         nth = at

@@ -93,6 +93,11 @@ class ProjectPace:
         return self._answered / elapsed, self._accepted / elapsed
 
     def _measure(self, now: float, n: int, accepted: int) -> None:
+        if now - self._window_start > 2 * RATE_WINDOW_S:
+            # Idle for a while: a burst starts a window of its own (an idle hour averaged in
+            # would make the rate before a throttle look like nothing).
+            self._window_start = now
+            self._measured = self._measured_accepted = -1.0
         self._answered += n
         self._accepted += accepted
         elapsed = now - self._window_start

@@ -102,17 +102,31 @@ CREATE TABLE pushgres.cap_ledger (
 -- The caps' entries of one batch's people, created empty when new, locked until the caller's
 -- transaction ends. Missing entries are inserted first (no lock on existing ones), then all
 -- are locked in sorted order: daemons whose batches share people wait for one another and
--- never deadlock, and an entry is never rewritten just to lock it.
+-- never deadlock, and an entry is never rewritten just to lock it. An entry that maintenance
+-- pruned between the two steps is inserted and locked again.
 CREATE FUNCTION pushgres.lock_cap_ledger(subjects text[])
 RETURNS TABLE (subject text, sent_at float8[], events bigint[], kinds text[])
-LANGUAGE sql AS $$
-    INSERT INTO pushgres.cap_ledger AS l (subject)
-    SELECT s.subject FROM unnest(lock_cap_ledger.subjects) AS s(subject) ORDER BY s.subject
-    ON CONFLICT DO NOTHING;
-    SELECT l.subject, l.sent_at, l.events, l.kinds FROM pushgres.cap_ledger l
-    WHERE l.subject = ANY (lock_cap_ledger.subjects)
-    ORDER BY l.subject
-    FOR UPDATE;
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    wanted integer := cardinality(lock_cap_ledger.subjects);
+    locked integer;
+BEGIN
+    LOOP
+        INSERT INTO pushgres.cap_ledger AS l (subject)
+        SELECT s.subject FROM unnest(lock_cap_ledger.subjects) AS s(subject) ORDER BY s.subject
+        ON CONFLICT DO NOTHING;
+        SELECT count(*) INTO locked FROM (
+            SELECT 1 FROM pushgres.cap_ledger l
+            WHERE l.subject = ANY (lock_cap_ledger.subjects)
+            ORDER BY l.subject
+            FOR UPDATE) AS x;
+        EXIT WHEN locked >= wanted;
+    END LOOP;
+    RETURN QUERY
+        SELECT l.subject, l.sent_at, l.events, l.kinds FROM pushgres.cap_ledger l
+        WHERE l.subject = ANY (lock_cap_ledger.subjects);
+END;
 $$;
 
 -- Fan-outs to people under a category, or at a local time.
