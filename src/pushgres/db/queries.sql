@@ -40,16 +40,35 @@ WITH t AS MATERIALIZED (
     ORDER BY priority DESC, send_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-), b AS MATERIALIZED (
+), b10 AS MATERIALIZED (
+    -- The bulk lane, one priority at a time: within a priority the due rows come first in the
+    -- index and the scan stops at the first future one. (Across priorities one scan would read
+    -- every future row of the higher priority -- a campaign held back by quiet hours -- before
+    -- reaching the due rows of the next.)
     SELECT id, device_token FROM pushgres.queue
-    WHERE app = $1 AND NOT transactional AND send_at <= now()
-    ORDER BY priority DESC, send_at, id
+    WHERE app = $1 AND priority = 10 AND NOT transactional AND send_at <= now()
+    ORDER BY send_at, id
     LIMIT $2 - (SELECT count(*) FROM t)
+    FOR UPDATE SKIP LOCKED
+), b5 AS MATERIALIZED (
+    SELECT id, device_token FROM pushgres.queue
+    WHERE app = $1 AND priority = 5 AND NOT transactional AND send_at <= now()
+    ORDER BY send_at, id
+    LIMIT $2 - (SELECT count(*) FROM t) - (SELECT count(*) FROM b10)
+    FOR UPDATE SKIP LOCKED
+), b1 AS MATERIALIZED (
+    SELECT id, device_token FROM pushgres.queue
+    WHERE app = $1 AND priority = 1 AND NOT transactional AND send_at <= now()
+    ORDER BY send_at, id
+    LIMIT $2 - (SELECT count(*) FROM t) - (SELECT count(*) FROM b10) - (SELECT count(*) FROM b5)
     FOR UPDATE SKIP LOCKED
 ), c AS (
     -- The outer LIMIT tells the planner what the computed one above hides: at most $2 rows,
     -- so the DELETE below probes the primary key instead of hashing the whole queue.
-    (SELECT id, device_token FROM t UNION ALL SELECT id, device_token FROM b) LIMIT $2
+    (SELECT id, device_token FROM t
+     UNION ALL SELECT id, device_token FROM b10
+     UNION ALL SELECT id, device_token FROM b5
+     UNION ALL SELECT id, device_token FROM b1) LIMIT $2
 )
 DELETE FROM pushgres.queue q
 USING c LEFT JOIN LATERAL (
