@@ -82,32 +82,30 @@ async def started(daemon: Any) -> None:
     raise AssertionError("the daemon did not start")
 
 
-async def results(dsn: str, ids: list[int]) -> list[asyncpg.Record]:
+async def _rows_of(dsn: str, sql: str, ids: list[int]) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:
-        return list(
-            await conn.fetch(
-                "SELECT id, status, reason, category FROM pushgres.results"
-                " WHERE id = ANY($1::bigint[]) ORDER BY id",
-                ids,
-            )
-        )
+        return list(await conn.fetch(sql, ids))
     finally:
         await conn.close()
+
+
+async def results(dsn: str, ids: list[int]) -> list[asyncpg.Record]:
+    return await _rows_of(
+        dsn,
+        "SELECT id, status, reason, category FROM pushgres.results"
+        " WHERE id = ANY($1::bigint[]) ORDER BY id",
+        ids,
+    )
 
 
 async def queued(dsn: str, ids: list[int]) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return list(
-            await conn.fetch(
-                "SELECT id, attempts, last_reason, extract(epoch FROM send_at - now())::float8 AS in_s"
-                " FROM pushgres.queue WHERE id = ANY($1::bigint[]) ORDER BY id",
-                ids,
-            )
-        )
-    finally:
-        await conn.close()
+    return await _rows_of(
+        dsn,
+        "SELECT id, attempts, last_reason, extract(epoch FROM send_at - now())::float8 AS in_s"
+        " FROM pushgres.queue WHERE id = ANY($1::bigint[]) ORDER BY id",
+        ids,
+    )
 
 
 async def wait_queued_reason(dsn: str, ids: list[int], *, timeout_s: float = 20) -> list[Any]:
