@@ -463,7 +463,7 @@ class FrequencyCaps:
             if not rules or row.probe:
                 keep.append(row)
                 continue
-            user = row.user_id or row.device_user
+            user = row.user_id or row.device_user  # cap_subject(row), inlined: once per row
             subject = "u:" + user if user is not None else f"d:{row.app}:{row.device_token}"
             capped.append((row, rules, subject))
             if subject in subjects:
