@@ -1,9 +1,11 @@
 """The ceiling: ``h2load`` (nghttp2's C load generator) → the sink, requests per second.
 
-h2load sends the workload's request (same path ring, headers and body as pushgres, with the
-``apns-id`` of the first request on every request) over ``connections`` TLS connections with
-``streams`` concurrent streams each, the shape pushgres's pool uses. Its figure is what this
-machine can do over HTTP/2 + TLS at all with both ends in C; the other steps are compared to it.
+h2load sends the workload's request (APNs: the same path ring, headers and body as pushgres,
+with the ``apns-id`` of the first request on every request; FCM: the one send path, the first
+request's headers and body) over ``connections`` TLS connections with ``streams`` concurrent
+streams each, the shape pushgres's pool uses. Its figure is what this machine can do over
+HTTP/2 + TLS at all with both ends in C; the other steps are compared to it, and its sink CPU
+per request is the sink's own cost for that provider's answers.
 
 :func:`probe_echo_upload` runs the same load, smaller, against ``nghttpd --echo-upload`` to
 show in every report why the sink serves files instead (:mod:`benchmarks.sink`).
@@ -18,7 +20,14 @@ from typing import Any
 
 from .procs import StepFailed, run_child
 from .sink import Sink
-from .workload import TOKEN_RING, Credentials, HttpRequest, device_token, static_headers
+from .workload import (
+    FCM_PATH,
+    TOKEN_RING,
+    Credentials,
+    HttpRequest,
+    device_token,
+    static_headers,
+)
 
 __all__ = ["probe_echo_upload", "run_ceiling"]
 
@@ -36,6 +45,7 @@ def run_ceiling(
     requests: int,
     connections: int,
     streams: int,
+    provider: str = "apns",
 ) -> dict[str, Any]:
     """h2load against the sink: requests/s, h2load's and the sink's CPU µs per request."""
     binary = shutil.which("h2load")
@@ -44,12 +54,15 @@ def run_ceiling(
             "h2load not found: apt-get install nghttp2-client (make bench does it as root)"
         )
     sink.ensure()
-    body = workdir / "body.json"
+    body = workdir / f"body-{provider}.json"
     body.write_bytes(request[1])
-    uris = workdir / f"uris-{sink.port}.txt"
-    uris.write_text(
-        "".join(sink.url(f"/3/device/{device_token(n)}") + "\n" for n in range(TOKEN_RING))
+    uris = workdir / f"uris-{provider}-{sink.port}.txt"
+    paths = (
+        [FCM_PATH]
+        if provider == "fcm"
+        else [f"/3/device/{device_token(n)}" for n in range(TOKEN_RING)]
     )
+    uris.write_text("".join(sink.url(path) + "\n" for path in paths))
     argv = [binary, "-n", str(requests), "-c", str(connections), "-m", str(streams), "-t", "1"]
     argv += ["-d", str(body)]
     for header in static_headers(request):
@@ -76,8 +89,8 @@ def run_ceiling(
         "per_s": float(finished.group(1)),
         "client_cpu_us": done.cpu_s / requests * 1e6,
         "sink_cpu_us": sink_cpu_s / requests * 1e6,
-        "command": f"h2load -n {requests} -c {connections} -m {streams} -t 1 -d body.json "
-        f"-H <{len(static_headers(request))} apns headers> -i <{TOKEN_RING} URIs>",
+        "command": f"h2load -n {requests} -c {connections} -m {streams} -t 1 -d {body.name} "
+        f"-H <{len(static_headers(request))} {provider} headers> -i <{len(paths)} URIs>",
     }
 
 

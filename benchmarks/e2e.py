@@ -2,9 +2,10 @@
 
 Postgres is an embedded ``pgserver`` in the run's temporary folder (``pushgres demo``'s
 helper), or ``PUSHGRES_BENCH_DSN``. The step migrates with ``pushgres migrate``, enqueues
-``rows`` notifications for one APNs token-auth app through :func:`pushgres.api.enqueue` (COPY,
-timed), runs ``ANALYZE`` and ``CHECKPOINT`` so the load phase's upkeep is not billed to the
-daemon, writes a config that points the app at the sink and starts ``pushgres run``.
+``rows`` notifications for one app (APNs token auth, or FCM with ``provider="fcm"``, its access
+token from :class:`~benchmarks.oauth.TokenEndpoint`) through :func:`pushgres.api.enqueue`
+(COPY, timed), runs ``ANALYZE`` and ``CHECKPOINT`` so the load phase's upkeep is not billed to
+the daemon, writes a config that points the app at the sink and starts ``pushgres run``.
 
 The measurement window opens when the first results appear and closes when ``target`` results
 have been written; results are counted cheaply every 0.5 s from ``pg_stat_user_tables`` and
@@ -18,6 +19,7 @@ notification sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -39,9 +41,10 @@ from pushgres.demo import start_postgres
 from pushgres.exceptions import ConfigError
 from pushgres.simulator.devkit import free_port
 
+from .oauth import TokenEndpoint
 from .procs import Child, StepFailed, peak_rss_bytes, run_child, tree_cpu_s
 from .sink import Sink
-from .workload import APP, TOPIC, Credentials, notification
+from .workload import APP, FCM_APP, FCM_PROJECT, TOPIC, Credentials, notification
 
 __all__ = ["run_e2e"]
 
@@ -120,13 +123,17 @@ def run_e2e(
     batch_size: int,
     timeout_s: float,
     metrics: bool = True,
+    provider: str = "apns",
 ) -> dict[str, Any]:
     """The end-to-end figures (see the module docstring); raises :class:`StepFailed`."""
-    state = workdir / ("e2e" if metrics else "e2e-nometrics")
+    state = workdir / f"e2e-{provider}-{'metrics' if metrics else 'nometrics'}"
     state.mkdir(parents=True, exist_ok=True)
     dsn, server = bench_database(state)
     daemon: Child | None = None
+    services = contextlib.ExitStack()
     try:
+        if provider == "fcm":
+            services.enter_context(TokenEndpoint(state, credentials))
         sink.ensure()
         admin_port = free_port() if metrics else None
         metrics_url = f"http://127.0.0.1:{admin_port}/metrics" if admin_port else None
@@ -140,10 +147,12 @@ def run_e2e(
             streams=streams,
             batch_size=batch_size,
             admin_port=admin_port,
+            provider=provider,
         )
         migrate_database(dsn)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            queue = runner.run(asyncio.wait_for(_fill(dsn, rows), 120 + rows / MIN_ENQUEUE_PER_S))
+            filling = _fill(dsn, rows, provider)
+            queue = runner.run(asyncio.wait_for(filling, 120 + rows / MIN_ENQUEUE_PER_S))
             if queue.postmaster_pid is None and server is not None:
                 queue = dataclasses.replace(queue, postmaster_pid=server.get_pid())
             daemon = Child(
@@ -162,6 +171,7 @@ def run_e2e(
     finally:
         if daemon is not None:
             daemon.stop()
+        services.close()
         if server is not None:
             server.cleanup()
     sent = last.sent - first.sent
@@ -170,6 +180,7 @@ def run_e2e(
         raise StepFailed(f"nothing was sent within the window ({first}, {last}); raise --queued")
     where = "PUSHGRES_BENCH_DSN" if server is None else "embedded pgserver"
     result: dict[str, Any] = {
+        "provider": provider,
         "postgres": f"{queue.server_version} ({where})",
         "codec": codec,
         "metrics": metrics,
@@ -207,16 +218,18 @@ def run_e2e(
     return result
 
 
-async def _fill(dsn: str, rows: int) -> _Queue:
+async def _fill(dsn: str, rows: int, provider: str = "apns") -> _Queue:
     """Enqueue ``rows`` notifications (timed), then ANALYZE and CHECKPOINT."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("DELETE FROM pushgres.queue WHERE app = $1", APP)  # an aborted run's
+        app = FCM_APP if provider == "fcm" else APP
+        await conn.execute("DELETE FROM pushgres.queue WHERE app = $1", app)  # an aborted run's
         other_rows = await conn.fetchval("SELECT count(*) FROM pushgres.queue")
         lo = hi = 0
         started = time.monotonic()
         for start in range(0, rows, ENQUEUE_CHUNK):
-            chunk = [notification(n) for n in range(start, min(start + ENQUEUE_CHUNK, rows))]
+            end = min(start + ENQUEUE_CHUNK, rows)
+            chunk = [notification(n, provider) for n in range(start, end)]
             ids = await enqueue(conn, chunk)
             lo = min(ids) if start == 0 else lo
             hi = max(ids)
@@ -263,15 +276,32 @@ def _write_config(
     admin_port: int | None,
     apps: Sequence[str] = (APP,),
     extra: str = "",
+    provider: str = "apns",
 ) -> pathlib.Path:
-    """The daemon's config: APNs token-auth apps aimed at the sink; validated here.
+    """The daemon's config: APNs token-auth apps (or one FCM app) aimed at the sink; validated.
 
     With ``admin_port``, the admin listener is on (metrics counted, scraped during the run).
     ``extra`` is more TOML (categories, say), appended as given.
     """
     admin = f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n' if admin_port else ""
-    tables = "".join(
-        f"""
+    pool = f"""endpoint = "https://127.0.0.1:{sink.port}"
+tls_server_name = "localhost"
+ca_file = {json.dumps(credentials.ca_file)}
+max_connections = {connections}
+max_streams_per_connection = {streams}
+codec = {json.dumps(codec)}
+"""
+    fcm = f"""
+[apps.{FCM_APP}]
+platform = "fcm"
+service_account_file = {json.dumps(credentials.service_account_file)}
+project_id = {json.dumps(FCM_PROJECT)}
+{pool}"""
+    tables = (
+        fcm
+        if provider == "fcm"
+        else "".join(
+            f"""
 [apps.{app}]
 platform = "apns"
 environment = "production"
@@ -280,17 +310,12 @@ auth = "token"
 key_file = {json.dumps(credentials.key_file)}
 key_id = {json.dumps(credentials.key_id)}
 team_id = {json.dumps(credentials.team_id)}
-endpoint = "https://127.0.0.1:{sink.port}"
-tls_server_name = "localhost"
-ca_file = {json.dumps(credentials.ca_file)}
-max_connections = {connections}
-max_streams_per_connection = {streams}
-codec = {json.dumps(codec)}
-"""
-        for app in apps
+{pool}"""
+            for app in apps
+        )
     )
     path.write_text(
-        f"""# Written by `make bench`: APNs token-auth apps against the sink.
+        f"""# Written by `make bench`: {provider} apps against the sink.
 [database]
 dsn = {json.dumps(dsn)}
 

@@ -1,8 +1,9 @@
 """The command line of ``make bench``: which steps run, with how much load, and the cleanup.
 
-Steps run in order (sink probe, ceiling, transport per codec, aioapns, the observers' cost
-with metrics on and off, the guardrail stages' cost on and off, end to end with metrics off and then on, a fan-out to 1,000,000
-users' devices), each in
+Steps run in order (sink probe; the ceiling for APNs and for FCM; transport per codec and
+for FCM; aioapns; the observers' cost with metrics on and off; the guardrail stages' cost on
+and off; end to end APNs with metrics off and then on, and FCM; fairness; a fan-out to
+1,000,000 users' devices), each in
 :func:`_step`: a failure is recorded with its reason and the next step still runs. Everything
 lives in one temporary folder, removed at the end (``--keep`` keeps it); only the JSON result
 is written into the repository, under ``benchmarks/results/``. SIGTERM and Ctrl-C unwind
@@ -37,7 +38,7 @@ from .observers import run_observers
 from .procs import StepFailed, reap_all
 from .report import machine_facts, metrics_cost, ratios, render, targets, write_json
 from .sink import Sink
-from .workload import build_requests, make_credentials
+from .workload import build_fcm_requests, build_requests, make_credentials
 
 __all__ = ["main"]
 
@@ -67,12 +68,15 @@ QUICK = {
 STEPS = (
     "probe",
     "ceiling",
+    "ceiling-fcm",
     "transport",
+    "transport-fcm",
     "aioapns",
     "observers",
     "guardrails",
     "e2e-off",
     "e2e",
+    "e2e-fcm",
     "fairness",
     "fanout",
 )
@@ -190,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         credentials = make_credentials(workdir / "tls")
         request = build_requests("localhost", 1, credentials.authorization())[0]
+        fcm_request = build_fcm_requests("localhost", 1)[0]
         with Sink(workdir, credentials, max_streams=args.streams) as sink:
             run["sink"].update(description=sink.description, why=_SINK_WHY)
             client = functools.partial(run_client, sink=sink, credentials=credentials, **shape)
@@ -207,6 +212,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "ceiling",
                     lambda: run_ceiling(
                         sink, workdir, request, requests=args.h2load_requests, **shape
+                    ),
+                )
+            if "ceiling-fcm" in args.steps:
+                _step(
+                    steps,
+                    "ceiling-fcm",
+                    lambda: run_ceiling(
+                        sink,
+                        workdir,
+                        fcm_request,
+                        requests=args.h2load_requests,
+                        provider="fcm",
+                        **shape,
                     ),
                 )
             for codec in args.codecs if "transport" in args.steps else ():
@@ -228,6 +246,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         batch=args.batch,
                     ),
                 )
+            if "transport-fcm" in args.steps:
+                _step(
+                    steps,
+                    "transport-fcm",
+                    functools.partial(
+                        client,
+                        "transport",
+                        requests=args.requests,
+                        codec=args.e2e_codec,
+                        batch=args.batch,
+                        provider="fcm",
+                    ),
+                )
             if "aioapns" in args.steps:
                 _step(
                     steps,
@@ -240,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _step(steps, "guardrails", functools.partial(run_guardrails, workdir))
             # Metrics off, then on (as users run it): the same run, so their difference is
             # the metrics' cost end to end.
-            for name, metrics in (("e2e-off", False), ("e2e", True)):
+            # FCM as users run it, metrics on.
+            e2e_runs = (("e2e-off", False, "apns"), ("e2e", True, "apns"), ("e2e-fcm", True, "fcm"))
+            for name, metrics, provider in e2e_runs:
                 if name not in args.steps:
                     continue
                 _step(
@@ -257,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         batch_size=args.batch_size,
                         timeout_s=args.e2e_timeout,
                         metrics=metrics,
+                        provider=provider,
                         **shape,
                     ),
                 )

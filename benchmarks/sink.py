@@ -3,7 +3,10 @@
 It serves a document root on tmpfs that holds an empty file for every device token of the
 ring (:data:`benchmarks.workload.TOKEN_RING`), so ``POST /3/device/<token>`` is answered
 ``200`` with ``content-length: 0`` and an empty END_STREAM DATA frame: close to APNs's bodyless
-success, and cheap (an fd-cache lookup per request, no file I/O).
+success, and cheap (an fd-cache lookup per request, no file I/O). For FCM it serves one file
+at ``/v1/projects/<project>/messages:send`` holding ``{"name": "projects/<project>/messages/
+<id>"}``, the shape of FCM HTTP v1's success answer (Google, "FCM HTTP v1 API",
+projects.messages.send), so every FCM send is answered as Google answers it, body included.
 
 The obvious alternative, ``nghttpd --echo-upload``, spools every request body to a new
 temporary file under the hard-coded ``/tmp`` (mkstemp, unlink, write, lseek, read, close) and
@@ -24,14 +27,17 @@ import time
 from pushgres.simulator.devkit import free_port
 
 from .procs import Child, StepFailed
-from .workload import TOKEN_RING, Credentials, device_token
+from .workload import FCM_PATH, FCM_PROJECT, TOKEN_RING, Credentials, device_token
 
 __all__ = ["SINK_DESCRIPTION", "Sink"]
 
 SINK_DESCRIPTION = (
-    "nghttpd (nghttp2, C) over TLS, one thread, serving an empty file per device token "
-    "from tmpfs (POST /3/device/<token> -> 200, empty body), 16 MiB connection window"
+    "nghttpd (nghttp2, C) over TLS, one thread, serving from tmpfs an empty file per device "
+    "token (APNs: POST /3/device/<token> -> 200, empty body) and FCM's success body (POST "
+    f'{FCM_PATH} -> 200, {{"name": ...}}), 16 MiB connection window'
 )
+FCM_ANSWER = f'{{"name": "projects/{FCM_PROJECT}/messages/0:1733490000000000%31bd1c9631bd1c96"}}\n'
+
 LISTEN_TIMEOUT_S = 10.0
 # A 16 MiB connection window: no client waits for the sink's WINDOW_UPDATE. aioapns sleeps 1 s
 # on a FlowControlError and idled ~40% of its run with nghttpd's 64 KiB.
@@ -130,6 +136,9 @@ class Sink:
         device.mkdir(parents=True)
         for n in range(TOKEN_RING):
             (device / device_token(n)).touch()
+        fcm = pathlib.Path(root + FCM_PATH)
+        fcm.parent.mkdir(parents=True)
+        fcm.write_text(FCM_ANSWER)
         return root
 
     def _wait_listening(self, child: Child) -> None:

@@ -2,9 +2,11 @@
 
 Each codec of :data:`pushgres.http2.codecs.CODECS` runs in a subprocess of its own under
 uvloop (``python -m benchmarks.transport '<spec>'``, started by
-:func:`benchmarks.client.run_client`). The requests are built beforehand as
-the APNs sender builds them (:func:`benchmarks.workload.build_requests`), so the figure is the
-pool and codec alone: no database, no request building, no response parsing beyond the status.
+:func:`benchmarks.client.run_client`). The requests are built beforehand as the APNs sender
+builds them (:func:`benchmarks.workload.build_requests`), or the FCM sender with
+``"provider": "fcm"`` in the spec (:func:`benchmarks.workload.build_fcm_requests`), so the
+figure is the pool and codec alone: no database, no request building, no response parsing
+beyond the status (FCM's answers carry a body, which the pool reads).
 :func:`drive` is the whole load loop; switch it when the pool's submission API changes.
 """
 
@@ -17,9 +19,10 @@ from collections.abc import Sequence
 from pushgres.http2.pool import Http2Pool, PoolSettings, Response
 from pushgres.http2.tls import make_ssl_context
 from pushgres.providers.apns.protocol import NEVER_INDEXED_HEADERS
+from pushgres.providers.fcm.sender import NEVER_INDEXED_HEADERS as FCM_NEVER_INDEXED
 
 from .client import Measured, Spec, child_main
-from .workload import TOKEN_RING, Credentials, HttpRequest, build_requests
+from .workload import TOKEN_RING, Credentials, HttpRequest, build_fcm_requests, build_requests
 
 __all__ = ["drive"]
 
@@ -69,13 +72,18 @@ async def _bench(spec: Spec) -> Spec:
     credentials = Credentials(**spec["credentials"])
     port: int = spec["port"]
     authority = f"localhost:{port}"
-    requests = build_requests(authority, TOKEN_RING, credentials.authorization())
+    if spec.get("provider") == "fcm":
+        requests = build_fcm_requests(authority, TOKEN_RING)
+        never_indexed = FCM_NEVER_INDEXED
+    else:
+        requests = build_requests(authority, TOKEN_RING, credentials.authorization())
+        never_indexed = NEVER_INDEXED_HEADERS
     concurrency = spec["connections"] * spec["streams"]
     settings = PoolSettings(
         codec=spec["codec"],
         max_connections=spec["connections"],
         max_streams_per_connection=spec["streams"],
-        never_indexed=NEVER_INDEXED_HEADERS,  # the requests are APNs ones, as in the daemon
+        never_indexed=never_indexed,  # as the daemon's sender for that provider
     )
     pool = Http2Pool(
         "bench",

@@ -23,7 +23,11 @@ from .config import FcmConfig
 from .protocol import FcmRequestBuilder
 from .protocol import parse_response as parse_fcm
 
-__all__ = ["FcmSender", "build_sender", "build_senders"]
+__all__ = ["NEVER_INDEXED_HEADERS", "FcmSender", "build_sender", "build_senders"]
+
+NEVER_INDEXED_HEADERS: frozenset[bytes] = frozenset()
+"""None: every header of an FCM request is the same for one app (the path names the project,
+the per-message values travel in the body), so each is encoded once per connection."""
 
 
 class FcmSender(BatchSender):
@@ -89,7 +93,7 @@ def build_sender(app: AppConfig, *, request_timeout_s: float) -> FcmSender:
         pool=new_pool(
             app,
             make_ssl_context(ca_file=app.pool.ca_file),
-            never_indexed=frozenset({b":path"}),  # per-message values travel in the body
+            never_indexed=NEVER_INDEXED_HEADERS,
         ),
         builder=FcmRequestBuilder(
             authority=authority(app.pool), project_id=fcm.project_id or account.project_id
