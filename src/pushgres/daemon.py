@@ -46,6 +46,7 @@ from .pipeline.guardrails import CapCoverage, FrequencyCaps, Timing, category_po
 from .pipeline.lane import Lane, LaneSettings
 from .pipeline.observer import DaemonStats, Observer, Observers, StatsObserver
 from .pipeline.pacing import Pacing
+from .pipeline.shards import share
 from .pipeline.slots import FairSlots
 from .pipeline.stages import NotSendable, Stage
 from .providers import PROVIDERS, build_senders
@@ -119,6 +120,7 @@ class Daemon:
         self._clock = clock
         """The lanes' wall clock (None: the system's); tests move it to judge guardrails."""
         self._rng = rng or random.Random()
+        self._live_daemons: dict[str, list[str]] = {}  # as of the last heartbeat
         self._stats = StatsObserver()
         self.metrics = MetricsObserver() if settings.admin.listen is not None else None
         """The metrics observer, when the admin listener is configured."""
@@ -252,6 +254,7 @@ class Daemon:
                 probes=probes(settings.apps),
                 groups=settings.groups,
                 categories=_categories(settings),
+                on_peers=self._share_shards,
             )
             self._chores = chores
             await chores.maintain()
@@ -322,6 +325,24 @@ class Daemon:
         self._check_expiry(running)
         return running
 
+    def _share_shards(self, live: Mapping[str, Sequence[str]]) -> None:
+        """Split each app's queue shards between the live daemons serving it (after a heartbeat)."""
+        self._live_daemons = {d: list(apps) for d, apps in live.items()}
+        for lane in self._lanes:
+            self._assign_shards(lane)
+
+    def _assign_shards(self, lane: Lane) -> None:
+        peers = [d for d, apps in self._live_daemons.items() if lane.name in apps]
+        own = share(self.id, peers)
+        if lane.shards.assign(own, len({*peers, self.id})):
+            logger.info(
+                "app %s: claiming shards %s first (%d daemon(s) serve it)",
+                lane.name,
+                ",".join(map(str, own)) or "none",
+                lane.shards.peers,
+                extra={"action": "shards", "app": lane.name},
+            )
+
     def _build_lane(self, app: AppConfig, sender: Sender, stop: asyncio.Event) -> Lane:
         settings = self._settings
         daemon = settings.daemon
@@ -338,7 +359,7 @@ class Daemon:
         if any(p.caps for p in policies.values()):
             coverage = CapCoverage(settings.categories, settings.caps)
             stages.append(FrequencyCaps(policies, coverage))
-        return Lane(
+        lane = Lane(
             app.name,
             sender=sender,
             store=self._store,
@@ -359,6 +380,8 @@ class Daemon:
             clock=self._clock,
             pacing=pacing,
         )
+        self._assign_shards(lane)
+        return lane
 
     async def _close_sender(self, running: _Running) -> None:
         try:

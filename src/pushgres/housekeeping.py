@@ -5,7 +5,8 @@ TaskGroup. None of them stops the daemon on a database error: an outage is logge
 store, any other failure once per attempt, and the chore tries again on its next round.
 
 * heartbeat — this daemon and its apps in ``pushgres.daemons`` every ``HEARTBEAT_S``, so other
-  daemons on the database know which apps are served;
+  daemons on the database know which apps are served; the live daemons it reads back go to
+  ``on_peers`` (the daemon splits each app's queue shards by them, ``pipeline/shards.py``);
 * maintenance — result partitions ahead, old partitions, dedupe keys and daemon rows pruned;
 * unknown-app sweep — rows of apps no live daemon serves are failed (``UnknownApp``) once they
   are older than ``daemon.unknown_app_grace_s``;
@@ -21,7 +22,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from .config import DaemonConfig, ProbeConfig
@@ -57,8 +58,10 @@ class Housekeeping:
         probes: Mapping[str, ProbeConfig] | None = None,
         groups: Mapping[str, Sequence[str]] | None = None,
         categories: Mapping[str, bool] | None = None,
+        on_peers: Callable[[Mapping[str, Sequence[str]]], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_peers = on_peers
         self._categories: dict[str, bool] = dict(categories or {})
         self._id = daemon_id
         self._apps = list(apps)
@@ -156,7 +159,11 @@ class Housekeeping:
         host, pid = socket.gethostname(), os.getpid()
         while True:
             try:
-                await self._store.heartbeat(self._id, host, pid, self._apps)
+                live = await self._store.heartbeat(
+                    self._id, host, pid, self._apps, HEARTBEAT_LIVE_S
+                )
+                if self._on_peers is not None:
+                    self._on_peers(live)
             except StoreError as exc:
                 _log_failure("heartbeat", exc)
             await asyncio.sleep(HEARTBEAT_S)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "QUEUE_SHARDS",
     "Action",
     "ClaimedRow",
     "InvalidToken",
@@ -24,6 +25,11 @@ __all__ = [
     "ResultRecord",
     "Status",
 ]
+
+
+QUEUE_SHARDS = 16
+"""The queue's shards: a row's is ``hashtext(device_token)`` modulo this (schema 0009,
+``pushgres.queue_shards()``)."""
 
 
 class Platform(enum.StrEnum):

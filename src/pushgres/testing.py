@@ -33,13 +33,22 @@ import contextlib
 import dataclasses
 import datetime as dt
 import itertools
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from .exceptions import StoreError
-from .models import Action, ClaimedRow, InvalidToken, Outcome, Requeue, ResultRecord
+from .models import (
+    QUEUE_SHARDS,
+    Action,
+    ClaimedRow,
+    InvalidToken,
+    Outcome,
+    Requeue,
+    ResultRecord,
+)
 
 if TYPE_CHECKING:
     from .pipeline.guardrails import CapsAdded, LedgerRecord
@@ -55,6 +64,7 @@ __all__ = [
     "ManualClock",
     "MemoryClaim",
     "MemoryStore",
+    "memory_shard",
     "sent",
 ]
 
@@ -96,8 +106,9 @@ class ManualClock:
 class MemoryClaim:
     """One claimed batch in its open transaction; what it writes lands when the claim commits."""
 
-    def __init__(self, rows: list[ClaimedRow], store: MemoryStore) -> None:
+    def __init__(self, rows: list[ClaimedRow], store: MemoryStore, shards_read: int = 1) -> None:
         self.rows = rows
+        self.shards_read = shards_read
         self._store = store
         self.results: list[ResultRecord] = []
         self.requeues: list[Requeue] = []
@@ -145,6 +156,11 @@ class MemoryClaim:
 
 def _claim_order(row: ClaimedRow) -> tuple[int, dt.datetime, int]:
     return (-row.priority, row.send_at, row.id)
+
+
+def memory_shard(device_token: str) -> int:
+    """A token's shard in :class:`MemoryStore` (CRC-32, where Postgres uses ``hashtext``)."""
+    return zlib.crc32(device_token.encode()) % QUEUE_SHARDS
 
 
 class MemoryStore:
@@ -267,19 +283,31 @@ class MemoryStore:
     # -- the LaneStore protocol ------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def claim(self, app: str, limit: int) -> AsyncIterator[MemoryClaim]:
-        """Claim up to ``limit`` ready rows of ``app`` for the block (commit or roll back)."""
+    async def claim(
+        self, app: str, limit: int, shards: Sequence[int] = tuple(range(QUEUE_SHARDS))
+    ) -> AsyncIterator[MemoryClaim]:
+        """Claim up to ``limit`` ready rows of ``app`` for the block (commit or roll back),
+        shard by shard in the order given (a row's shard: :func:`memory_shard`)."""
         await self._round_trip("claim")
         self.claims += 1
         now = self.clock()
-        ready = sorted(
-            (r for r in self._queue.values() if r.app == app and r.send_at <= now),
-            key=_claim_order,
-        )[:limit]
+        due = [r for r in self._queue.values() if r.app == app and r.send_at <= now]
+        # The transactional lane across shards first, then the bulk rows shard by shard.
+        ready = sorted((r for r in due if r.transactional), key=_claim_order)
+        read = 0
+        for shard in shards:
+            if len(ready) >= limit:
+                break
+            read += 1
+            ready += sorted(
+                (r for r in due if not r.transactional and memory_shard(r.device_token) == shard),
+                key=_claim_order,
+            )
+        del ready[limit:]
         for row in ready:
             del self._queue[row.id]
             self._claimed[row.id] = row
-        claim = MemoryClaim([self._flagged(row, now) for row in ready], self)
+        claim = MemoryClaim([self._flagged(row, now) for row in ready], self, max(1, read))
         try:
             yield claim
             await self._round_trip("commit")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -43,6 +44,7 @@ from pushgres.testing import (
     ManualClock,
     MemoryClaim,
     MemoryStore,
+    memory_shard,
     sent,
 )
 
@@ -163,15 +165,31 @@ def lease_reason() -> str:
 # -- the fakes themselves ---------------------------------------------------------------------
 
 
+async def test_memory_store_claims_shard_by_shard_in_the_order_given() -> None:
+    store = MemoryStore()
+    by_shard: dict[int, list[int]] = {}
+    for n in range(40):
+        token = f"device-{n}"
+        by_shard.setdefault(memory_shard(token), []).append(store.add(device_token=token))
+    a, b = sorted(by_shard, key=lambda s: -len(by_shard[s]))[:2]
+    async with store.claim(APP, len(by_shard[a]) + 1, (b, a)) as claim:
+        ids = [r.id for r in claim.rows]
+    # All of the first shard, in order, then the first row of the second: nothing else.
+    assert ids == [*by_shard[b], by_shard[a][0]]
+    async with store.claim(APP, 100, (a,)) as claim:
+        assert [r.id for r in claim.rows] == by_shard[a][1:]
+
+
 async def test_memory_store_claims_ready_rows_by_priority_send_at_and_id() -> None:
     clock = ManualClock()
     store = MemoryStore(clock=clock)
     now = clock()
-    later = store.add(send_at=now + dt.timedelta(seconds=5))
-    low = store.add(priority=5)
-    old = store.add(send_at=now - dt.timedelta(seconds=1))
-    first, second = store.add(), store.add()
-    other = store.add("other")
+    add = functools.partial(store.add, device_token="one-device")  # one shard
+    later = add(send_at=now + dt.timedelta(seconds=5))
+    low = add(priority=5)
+    old = add(send_at=now - dt.timedelta(seconds=1))
+    first, second = add(), add()
+    other = store.add("other", device_token="one-device")
     async with store.claim(APP, 3) as claim:
         assert [r.id for r in claim.rows] == [old, first, second]
         assert set(store.in_claims) == {old, first, second}

@@ -30,8 +30,8 @@ SELECT to_regclass('pushgres.schema_migrations') IS NOT NULL
 SELECT coalesce(max(version), 0) FROM pushgres.schema_migrations
 
 -- name: claim_batch
--- The app's transactional rows first (their own small index), then its bulk rows, as many as
--- the first leave room for. The registry's device for each token
+-- The app's transactional rows first (their own small index, across shards), then the bulk
+-- rows of one shard ($3), as many as the first leave room for. The registry's device for each token
 -- (if any) is joined once: its state, its user and its time zone (the guardrails count caps
 -- per person and judge quiet hours in its time zone).
 WITH t AS MATERIALIZED (
@@ -46,19 +46,19 @@ WITH t AS MATERIALIZED (
     -- every future row of the higher priority -- a campaign held back by quiet hours -- before
     -- reaching the due rows of the next.)
     SELECT id, device_token FROM pushgres.queue
-    WHERE app = $1 AND priority = 10 AND NOT transactional AND send_at <= now()
+    WHERE app = $1 AND shard = $3 AND priority = 10 AND NOT transactional AND send_at <= now()
     ORDER BY send_at, id
     LIMIT $2 - (SELECT count(*) FROM t)
     FOR UPDATE SKIP LOCKED
 ), b5 AS MATERIALIZED (
     SELECT id, device_token FROM pushgres.queue
-    WHERE app = $1 AND priority = 5 AND NOT transactional AND send_at <= now()
+    WHERE app = $1 AND shard = $3 AND priority = 5 AND NOT transactional AND send_at <= now()
     ORDER BY send_at, id
     LIMIT $2 - (SELECT count(*) FROM t) - (SELECT count(*) FROM b10)
     FOR UPDATE SKIP LOCKED
 ), b1 AS MATERIALIZED (
     SELECT id, device_token FROM pushgres.queue
-    WHERE app = $1 AND priority = 1 AND NOT transactional AND send_at <= now()
+    WHERE app = $1 AND shard = $3 AND priority = 1 AND NOT transactional AND send_at <= now()
     ORDER BY send_at, id
     LIMIT $2 - (SELECT count(*) FROM t) - (SELECT count(*) FROM b10) - (SELECT count(*) FROM b5)
     FOR UPDATE SKIP LOCKED
@@ -232,7 +232,7 @@ ORDER BY app
 -- name: queue_sample
 -- The metrics' per-app gauges, on a timer, at a bounded cost whatever the backlog: the apps by
 -- a loose index scan, rows queued and rows due counted up to $1 each (through the claim
--- index), and the oldest due row found by one index probe per priority.
+-- index), and the oldest due row found by one index probe per shard and priority.
 WITH RECURSIVE apps AS (
     (SELECT app FROM pushgres.queue ORDER BY app LIMIT 1)
     UNION ALL
@@ -246,9 +246,11 @@ SELECT a.app,
                               WHERE q.app = a.app AND q.send_at <= now() LIMIT $1) s) AS ready,
        coalesce(extract(epoch FROM now() - (
            SELECT min(o.send_at)
-           FROM unnest('{10,5,1}'::smallint[]) AS p(priority),
+           FROM generate_series(0, pushgres.queue_shards() - 1) AS s(shard),
+                unnest('{10,5,1}'::smallint[]) AS p(priority),
                 LATERAL (SELECT q.send_at FROM pushgres.queue q
-                         WHERE q.app = a.app AND q.priority = p.priority AND q.send_at <= now()
+                         WHERE q.app = a.app AND q.shard = s.shard
+                           AND q.priority = p.priority AND q.send_at <= now()
                          ORDER BY q.send_at LIMIT 1) o)), 0)::float8 AS oldest_ready_age_s
 FROM apps a
 WHERE a.app IS NOT NULL
@@ -283,6 +285,12 @@ SELECT 1
 INSERT INTO pushgres.daemons AS d (id, host, pid, apps)
 VALUES ($1, $2, $3, $4::text[])
 ON CONFLICT (id) DO UPDATE SET apps = excluded.apps, heartbeat_at = now()
+
+-- name: live_daemons
+-- The daemons alive within $1 seconds and their apps (each app's queue shards are split
+-- between the daemons serving it).
+SELECT id, apps FROM pushgres.daemons
+WHERE heartbeat_at > now() - make_interval(secs => $1)
 
 -- name: forget_daemon
 DELETE FROM pushgres.daemons WHERE id = $1

@@ -37,7 +37,7 @@ import asyncpg
 
 from .. import codec
 from ..exceptions import SchemaError, StoreError
-from ..models import ClaimedRow, InvalidToken, Requeue, ResultRecord
+from ..models import QUEUE_SHARDS, ClaimedRow, InvalidToken, Requeue, ResultRecord
 from .columns import ENQUEUE_COLUMNS, REQUEUE_COLUMNS, RESULT_COLUMNS, ROW_RESULT_COLUMNS
 from .migrate import check_schema
 from .queries import QUERIES
@@ -75,6 +75,7 @@ CLOSE_TIMEOUT_S: Final = 5.0
 RECOVERED_AFTER_S: Final = 1.0  # an outage ends with a success begun this long after a failure
 STALE_BATCH: Final = 10_000  # devices marked stale per statement
 QUEUE_COUNT_CAP: Final = 1_000_000  # the queue gauges count this many rows per app at most
+ALL_SHARDS: Final = tuple(range(QUEUE_SHARDS))  # a claim's shards when it names none
 ACQUIRE_TIMEOUT_S: Final = 30.0  # waiting for a pooled connection (or a new one) at most
 
 # Errors that say the database cannot be reached, not that a statement was wrong.
@@ -225,6 +226,8 @@ class Claim:
         self._availability = availability
         self.rows = rows
         self.is_written = False
+        self.shards_read = 1
+        """How many shards the claim read: all but the last had no more due rows."""
 
     async def lock_caps(self, subjects: Sequence[str]) -> Sequence[LedgerRecord]:
         """Lock the frequency caps' entries of ``subjects`` for the transaction; those that
@@ -327,11 +330,15 @@ class Store:
                 return await check_schema(conn)
 
     @contextlib.asynccontextmanager
-    async def claim(self, app: str, limit: int) -> AsyncIterator[Claim]:
+    async def claim(
+        self, app: str, limit: int, shards: Sequence[int] = ALL_SHARDS
+    ) -> AsyncIterator[Claim]:
         """Claim up to ``limit`` ready rows of ``app`` in a transaction held for the block.
 
-        The transaction commits when the block exits normally (after :meth:`Claim.write`)
-        and rolls back on any exception or cancellation, putting the rows back.
+        The shards are read in the order given, one statement each, until ``limit`` rows are
+        claimed (a backlog fills a claim from its first shard). The transaction commits when
+        the block exits normally (after :meth:`Claim.write`) and rolls back on any exception
+        or cancellation, putting the rows back.
         """
         with self._guard("claiming a batch"):
             conn = await self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
@@ -340,9 +347,20 @@ class Store:
             with self._guard("claiming a batch"):
                 await tx.start()
             try:
+                rows: list[ClaimedRow] = []
+                read = 0
                 with self._guard("claiming a batch"):
-                    records = await conn.fetch(QUERIES["claim_batch"], app, limit)
-                yield Claim(conn, [ClaimedRow(*r) for r in records], self._availability)
+                    for shard in shards:
+                        records = await conn.fetch(
+                            QUERIES["claim_batch"], app, limit - len(rows), shard
+                        )
+                        rows += [ClaimedRow(*r) for r in records]
+                        read += 1
+                        if len(rows) >= limit:
+                            break
+                claim = Claim(conn, rows, self._availability)
+                claim.shards_read = read
+                yield claim
             except BaseException:
                 with contextlib.suppress(Exception):
                     await tx.rollback()
@@ -383,11 +401,16 @@ class Store:
                 await _write(conn, results, requeues, invalid_tokens)
         return ours
 
-    async def heartbeat(self, daemon_id: str, host: str, pid: int, apps: Sequence[str]) -> None:
-        """Record that this daemon is alive and serves ``apps``."""
+    async def heartbeat(
+        self, daemon_id: str, host: str, pid: int, apps: Sequence[str], live_s: float
+    ) -> dict[str, list[str]]:
+        """Record that this daemon is alive and serves ``apps``; the apps of every daemon alive
+        within ``live_s`` (this one included), by daemon id."""
         with self._guard("recording the daemon heartbeat"):
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 await conn.execute(QUERIES["heartbeat"], daemon_id, host, pid, list(apps))
+                records = await conn.fetch(QUERIES["live_daemons"], live_s)
+        return {r["id"]: list(r["apps"]) for r in records}
 
     async def forget_daemon(self, daemon_id: str) -> None:
         with self._guard("removing the daemon heartbeat"):

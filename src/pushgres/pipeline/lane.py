@@ -5,7 +5,8 @@ write.
 how many rows it may claim *before* claiming, then hands the claim to a batch task in the
 daemon's TaskGroup and goes on claiming while that batch is on the wire. A batch:
 
-1. holds its claim transaction (``Store.claim``) while it is sent;
+1. holds its claim transaction (``Store.claim``) while it is sent; it is claimed from the
+   lane's own queue shards first (:class:`~pushgres.pipeline.shards.ShardPlan`);
 2. passes its rows through the lane's stages (the first settles rows that must not be sent);
 3. sends the rest through the app's sender, which may return before a few stragglers are
    answered;
@@ -44,6 +45,7 @@ from .decide import Decision, decide
 from .guardrails import CapStore
 from .observer import Observer
 from .pacing import Pacing
+from .shards import ShardPlan
 from .stages import Stage, run_stages
 
 __all__ = ["BatchSlots", "Lane", "LaneSettings", "LaneStore", "wait_any"]
@@ -57,6 +59,7 @@ LEASE_MARGIN_S: Final = 2.0  # a straggler's lease outlives its deadline by this
 
 class ClaimHandle(CapStore, Protocol):
     rows: list[ClaimedRow]
+    shards_read: int
 
     async def write(
         self,
@@ -77,7 +80,9 @@ class BatchSlots(Protocol):
 class LaneStore(Protocol):
     """What a lane needs of the store (``db.store.Store``; ``testing.MemoryStore``)."""
 
-    def claim(self, app: str, limit: int) -> AbstractAsyncContextManager[ClaimHandle]: ...
+    def claim(
+        self, app: str, limit: int, shards: Sequence[int]
+    ) -> AbstractAsyncContextManager[ClaimHandle]: ...
 
     async def take_back(
         self,
@@ -173,6 +178,8 @@ class Lane:
         self._writing_late = False  # late answers taken out of _late, not yet written
         self._batch_ids = 0
         self.lease_s = settings.request_timeout_s + LEASE_MARGIN_S
+        self.shards = ShardPlan()
+        """The queue shards this lane claims first (its daemon's share, set by the daemon)."""
 
     # -- the claimer -----------------------------------------------------------------------
 
@@ -260,7 +267,8 @@ class Lane:
         batch.reserved = limit
         try:
             started = time.perf_counter()
-            async with self._store.claim(self.name, limit) as claim:
+            async with self._store.claim(self.name, limit, self.shards.order()) as claim:
+                self.shards.read(claim.shards_read)
                 batch.rows = claim.rows
                 self.capacity.unused(limit - len(batch.rows))
                 batch.reserved = len(batch.rows)
