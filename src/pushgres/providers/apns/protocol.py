@@ -92,8 +92,9 @@ class ApnsRequestBuilder:
 
     Only ``:path`` (the device token), ``apns-id`` and the optional expiration and collapse id
     are made per notification; the ``apns-push-type``/``apns-topic``/``apns-priority`` trio is
-    cached per combination (a handful per app), and a portable message's rendering per
-    ``(message, overrides)`` text (the rows of a fan-out share one).
+    cached per combination (a handful per app), a native payload's checked body per text (the
+    rows of a campaign share one), and a portable message's rendering per ``(message,
+    overrides)`` text (the rows of a fan-out share one).
     """
 
     def __init__(self, *, authority: str, topic: str) -> None:
@@ -105,6 +106,7 @@ class ApnsRequestBuilder:
         )
         self._trios: dict[tuple[str, str | None, int], tuple[tuple[bytes, bytes], ...]] = {}
         self._renderings = Renderings(_finish)
+        self._natives: dict[str, tuple[bytes, str] | Outcome] = {}
 
     def _trio(
         self, push_type: str, topic: str | None, priority: int
@@ -125,23 +127,17 @@ class ApnsRequestBuilder:
     def build(self, row: ClaimedRow, *, now: dt.datetime) -> Request | Outcome:
         """The request for ``row``, or a FIX outcome naming what is wrong with the row."""
         if row.message is None:
-            try:
-                payload = codec.loads(row.payload)
-            except codec.JSONDecodeError:
-                return Outcome.invalid("InvalidPayload", "payload is not valid JSON")
-            aps = payload.get("aps") if type(payload) is dict else None
-            if type(aps) is not dict:
-                return Outcome.invalid(
-                    "InvalidPayload", "APNs payload must be an object with an 'aps' object"
-                )
-            push_type = row.push_type or _default_push_type(aps)
-            body = codec.dumps(payload)
+            native = self._natives.get(row.payload)
+            if native is None:
+                if len(self._natives) >= _NATIVE_CACHE_LIMIT:  # per-row payloads: stay bounded
+                    self._natives.clear()
+                native = self._natives[row.payload] = _check_native(row.payload)
         else:
-            rendered = self._renderings.get(row.message, row.payload)
-            if isinstance(rendered, Outcome):
-                return rendered
-            body, default_push_type = rendered
-            push_type = row.push_type or default_push_type
+            native = self._renderings.get(row.message, row.payload)
+        if isinstance(native, Outcome):
+            return native
+        body, default_push_type = native
+        push_type = row.push_type or default_push_type
         if push_type not in TOPIC_SUFFIXES:
             return Outcome.invalid("InvalidPushType", f"unknown push type {push_type!r}")
         priority = row.priority
@@ -168,6 +164,23 @@ class ApnsRequestBuilder:
         if collapse_id is not None:
             headers.append((b"apns-collapse-id", collapse_id.encode("utf-8")))
         return Request(headers=headers, body=body)
+
+
+_NATIVE_CACHE_LIMIT = 256
+
+
+def _check_native(payload: str) -> tuple[bytes, str] | Outcome:
+    """A native payload's text as a compact body and default push type, or what is wrong."""
+    try:
+        parsed = codec.loads(payload)
+    except codec.JSONDecodeError:
+        return Outcome.invalid("InvalidPayload", "payload is not valid JSON")
+    aps = parsed.get("aps") if type(parsed) is dict else None
+    if type(aps) is not dict:
+        return Outcome.invalid(
+            "InvalidPayload", "APNs payload must be an object with an 'aps' object"
+        )
+    return codec.dumps(parsed), _default_push_type(aps)
 
 
 def _finish(message: dict[str, Any], overrides: dict[str, Any]) -> tuple[bytes, str] | Outcome:
