@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import os
 import pathlib
@@ -218,8 +219,11 @@ def run_e2e(
     return result
 
 
-async def _fill(dsn: str, rows: int, provider: str = "apns") -> _Queue:
-    """Enqueue ``rows`` notifications (timed), then ANALYZE and CHECKPOINT."""
+async def _fill(
+    dsn: str, rows: int, provider: str = "apns", send_at: dt.datetime | None = None
+) -> _Queue:
+    """Enqueue ``rows`` notifications (timed; due at ``send_at``, default now), then ANALYZE
+    and CHECKPOINT."""
     conn = await asyncpg.connect(dsn)
     try:
         app = FCM_APP if provider == "fcm" else APP
@@ -230,6 +234,8 @@ async def _fill(dsn: str, rows: int, provider: str = "apns") -> _Queue:
         for start in range(0, rows, ENQUEUE_CHUNK):
             end = min(start + ENQUEUE_CHUNK, rows)
             chunk = [notification(n, provider) for n in range(start, end)]
+            if send_at is not None:
+                chunk = [dataclasses.replace(item, send_at=send_at) for item in chunk]
             ids = await enqueue(conn, chunk)
             lo = min(ids) if start == 0 else lo
             hi = max(ids)
@@ -277,6 +283,7 @@ def _write_config(
     apps: Sequence[str] = (APP,),
     extra: str = "",
     provider: str = "apns",
+    log_level: str = "warning",
 ) -> pathlib.Path:
     """The daemon's config: APNs token-auth apps (or one FCM app) aimed at the sink; validated.
 
@@ -321,7 +328,7 @@ dsn = {json.dumps(dsn)}
 
 [daemon]
 batch_size = {batch_size}
-log_level = "warning"
+log_level = "{log_level}"
 {tables}{admin}{extra}""",
         encoding="utf-8",
     )

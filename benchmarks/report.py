@@ -25,6 +25,8 @@ MIN_TRANSPORT_VS_CEILING = 0.80
 MAX_TRANSPORT_CPU_US = 5.0  # the pool's client CPU per request (fast codec, either provider)
 MAX_GUARDRAILS_US = 3.0  # the guardrail stages' daemon CPU per notification (on - off)
 MAX_FAIRNESS_P99_S = 0.5  # transactional enqueue->sent p99 while a campaign drains
+MIN_SCALE_RATIO = 0.9  # the noise allowed between two drains of one run
+MAX_LATENCY_P99_S = 0.1  # enqueue->sent p99 under an open-loop load at half the maximum
 MIN_E2E_PER_S = 45_000
 MAX_DAEMON_CPU_US = 15.0  # APNs end to end, metrics on, default stages
 MAX_FCM_DAEMON_CPU_US = 18.0
@@ -134,6 +136,15 @@ def metrics_cost(steps: Steps) -> dict[str, float | None]:
     }
 
 
+def _scale(steps: Steps, count: str, key: str) -> float | None:
+    """A figure of the ``scale`` step's run with ``count`` daemons, or None."""
+    step = steps.get("scale", {})
+    run = step.get("runs", {}).get(count)
+    if step.get("status") != "ok" or not run or run.get(key) is None:
+        return None
+    return float(run[key])
+
+
 def targets(steps: Steps) -> list[dict[str, Any]]:
     """Each target with the measured value and whether it passes (None: not measured)."""
     found = ratios(steps)
@@ -206,6 +217,27 @@ def targets(steps: Steps) -> list[dict[str, Any]]:
             _ok(steps, "fairness", "p99_s"),
             lambda v: v <= MAX_FAIRNESS_P99_S,
             lambda v: f"{v * 1000:.0f} ms",
+        ),
+        (
+            f"enqueue->sent p99 <= {MAX_LATENCY_P99_S * 1000:.0f} ms at 50% load (1 and 100 "
+            "per INSERT)",
+            _ok(steps, "latency", "p99_s"),
+            lambda v: v <= MAX_LATENCY_P99_S,
+            lambda v: f"{v * 1000:.0f} ms",
+        ),
+        (
+            "duplicates = 0 with 1, 2 and 4 daemons (no kill)",
+            None
+            if _scale(steps, "4", "duplicates") is None
+            else sum(_scale(steps, k, "duplicates") or 0 for k in ("1", "2", "4")),
+            lambda v: v == 0,
+            "{:.0f}".format,
+        ),
+        (
+            f"4 daemons' aggregate >= {MIN_SCALE_RATIO:.0%} of 1 daemon's (it must not fall)",
+            _ratio(_scale(steps, "4", "per_s"), _scale(steps, "1", "per_s")),
+            lambda v: v >= MIN_SCALE_RATIO,
+            "{:.2f}x".format,
         ),
         (
             f"fan-out >= {FANOUT_TARGET_PER_S:,} notifications/s enqueued (2 connections)",
@@ -299,6 +331,45 @@ def _fairness_lines(step: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _latency_lines(step: dict[str, Any]) -> list[str]:
+    if step.get("status") != "ok" and "single" not in step:
+        return [f"  {'latency':<24} {step.get('status', 'n/a'):<8} {step.get('reason', '')}"]
+    lines = [
+        f"  {'latency':<24} {step.get('status', 'n/a'):<8} enqueue->sent with producers "
+        f"open loop at 50% of the maximum, {step['duration_s']:g}s per phase:"
+    ]
+    for mode, label in (("single", "1 per INSERT"), ("batch", "100 per INSERT")):
+        found = step.get(mode)
+        if not found:
+            continue
+        lines.append(
+            f"  {'':<24} {label:<15} max {_num(found['maximum_per_s'])}/s; at "
+            f"{_num(found['achieved_per_s'])}/s p50 {found['p50_s'] * 1000:.0f} ms, p99 "
+            f"{found['p99_s'] * 1000:.0f} ms, max {found['max_s'] * 1000:.0f} ms "
+            f"({found['notifications']:,} notifications)"
+        )
+    return lines
+
+
+def _scale_lines(step: dict[str, Any]) -> list[str]:
+    if step.get("status") != "ok" and "runs" not in step:
+        return [f"  {'scale':<24} {step.get('status', 'n/a'):<8} {step.get('reason', '')}"]
+    lines = [
+        f"  {'scale':<24} {step.get('status', 'n/a'):<8} daemons draining "
+        f"{step['rows']:,} rows of one app each time (aggregate; lock waits = mean backends "
+        "waiting per 50 ms sample)"
+    ]
+    for count, run in step["runs"].items():
+        lines.append(
+            f"  {'':<24} {count} daemon(s): {_num(run['per_s'])}/s"
+            f" (x{step.get('scaling', {}).get(count, 0):.2f}), postgres "
+            f"{_num(run['postgres_cpu_us'], '.1f', ' µs')}/notification, waiting on Lock "
+            f"{run['lock_waiting']:.2f}, LWLock {run['lwlock_waiting']:.2f}; duplicates "
+            f"{run['duplicates']}, not sent {run['not_sent']}; shards {run['shares']}"
+        )
+    return lines
+
+
 def _guardrails_line(step: dict[str, Any]) -> str:
     if step.get("status") != "ok":
         return f"  {'guardrails':<24} {step.get('status', 'n/a'):<8} {step.get('reason', '')}"
@@ -341,6 +412,12 @@ def render(run: dict[str, Any]) -> str:
             continue
         if name == "fairness":
             lines += _fairness_lines(step)
+            continue
+        if name == "scale":
+            lines += _scale_lines(step)
+            continue
+        if name == "latency":
+            lines += _latency_lines(step)
             continue
         if name == "fanout":
             lines.append(_fanout_line(step))

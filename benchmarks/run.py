@@ -2,8 +2,8 @@
 
 Steps run in order (sink probe; the ceiling for APNs and for FCM; transport per codec and
 for FCM; aioapns; the observers' cost with metrics on and off; the guardrail stages' cost on
-and off; end to end APNs with metrics off and then on, and FCM; fairness; a fan-out to
-1,000,000 users' devices), each in
+and off; end to end APNs with metrics off and then on, and FCM; fairness; latency under an
+open-loop load at half the maximum; 1, 2 and 4 daemons draining one app; a fan-out to 1,000,000 users' devices), each in
 :func:`_step`: a failure is recorded with its reason and the next step still runs. Everything
 lives in one temporary folder, removed at the end (``--keep`` keeps it); only the JSON result
 is written into the repository, under ``benchmarks/results/``. SIGTERM and Ctrl-C unwind
@@ -34,9 +34,11 @@ from .e2e import run_e2e
 from .fairness import run_fairness
 from .fanout import run_fanout
 from .guardrails import run_guardrails
+from .latency import run_latency
 from .observers import run_observers
 from .procs import StepFailed, reap_all
 from .report import machine_facts, metrics_cost, ratios, render, targets, write_json
+from .scale import run_scale
 from .sink import Sink
 from .workload import build_fcm_requests, build_requests, make_credentials
 
@@ -53,6 +55,8 @@ FULL = {
     "fanout_users": 1_000_000,
     "fairness_rows": 1_000_000,
     "fairness_s": 10.0,
+    "scale_rows": 400_000,
+    "latency_s": 10.0,
 }
 QUICK = {
     "h2load_requests": 100_000,
@@ -64,6 +68,8 @@ QUICK = {
     "fanout_users": 100_000,
     "fairness_rows": 200_000,
     "fairness_s": 4.0,
+    "scale_rows": 40_000,
+    "latency_s": 3.0,
 }
 STEPS = (
     "probe",
@@ -78,6 +84,8 @@ STEPS = (
     "e2e",
     "e2e-fcm",
     "fairness",
+    "latency",
+    "scale",
     "fanout",
 )
 
@@ -107,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--fanout-users", type=int, help="fan-out: users in the registry, all sent to")
     add("--fairness-rows", type=int, help="fairness: the campaign's bulk rows")
     add("--fairness-s", type=float, help="fairness: seconds of transactional traffic per phase")
+    add("--latency-s", type=float, help="latency: seconds of each phase (maximum, open loop)")
+    add("--scale-rows", type=int, help="scale: notifications drained by 1, 2 and 4 daemons each")
     add("--connections", type=int, default=2, help="HTTP/2 connections (pool, h2load -c)")
     add("--streams", type=int, default=500, help="streams per connection (pool, h2load -m)")
     add("--batch", type=int, default=250, help="transport: requests per send_batch call")
@@ -134,6 +144,8 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
         "fanout_users",
         "fairness_rows",
         "fairness_s",
+        "scale_rows",
+        "latency_s",
     ):
         if getattr(args, key) < 1:
             _parser().error(f"--{key.replace('_', '-')} must be at least 1")
@@ -306,6 +318,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                         rows=args.fairness_rows,
                         duration_s=args.fairness_s,
                         codec_name=args.e2e_codec,
+                        batch_size=args.batch_size,
+                        **shape,
+                    ),
+                )
+            if "latency" in args.steps:
+                _step(
+                    steps,
+                    "latency",
+                    functools.partial(
+                        run_latency,
+                        sink,
+                        credentials,
+                        workdir,
+                        duration_s=args.latency_s,
+                        codec_name=args.e2e_codec,
+                        batch_size=args.batch_size,
+                        **shape,
+                    ),
+                )
+            if "scale" in args.steps:
+                _step(
+                    steps,
+                    "scale",
+                    functools.partial(
+                        run_scale,
+                        sink,
+                        credentials,
+                        workdir,
+                        rows=args.scale_rows,
+                        codec=args.e2e_codec,
                         batch_size=args.batch_size,
                         **shape,
                     ),
