@@ -170,3 +170,47 @@ def test_retry_after_seconds_and_date() -> None:
         429, {b"retry-after": date}, envelope(429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED")
     )
     assert out.retry_after_s is not None and out.retry_after_s > 1000
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{}, {"data": {"k": "v"}}, {"notification": {"title": 'é "q"'}, "apns": {"headers": {}}}],
+)
+def test_a_campaign_shares_one_checked_payload_and_each_row_gets_its_own_fields(
+    payload: dict[str, object],
+) -> None:
+    builder = FcmRequestBuilder(authority="fcm.googleapis.com", project_id="p1")
+    text = json.dumps(payload)
+    first = builder.build(row(platform="fcm", device_token="a:1", payload=text), now=NOW)
+    second = builder.build(
+        row(
+            platform="fcm",
+            device_token="b:2",
+            payload=text,
+            priority=5,
+            collapse_id="c",
+            expires_at=NOW + dt.timedelta(seconds=30),
+        ),
+        now=NOW,
+    )
+    assert isinstance(first, Request) and isinstance(second, Request)
+    assert json.loads(first.body) == {
+        "message": {**payload, "token": "a:1", "android": {"priority": "HIGH"}}
+    }
+    assert json.loads(second.body) == {
+        "message": {
+            **payload,
+            "token": "b:2",
+            "android": {"priority": "NORMAL", "collapse_key": "c", "ttl": "30s"},
+        }
+    }
+    # The cached payload is not changed by a row's fields.
+    again = builder.build(row(platform="fcm", device_token="a:1", payload=text), now=NOW)
+    assert isinstance(again, Request) and again.body == first.body
+
+
+def test_a_bad_payload_is_refused_every_time_it_comes() -> None:
+    builder = FcmRequestBuilder(authority="fcm.googleapis.com", project_id="p1")
+    for _ in range(2):
+        refused = builder.build(row(platform="fcm", payload='{"data": {"n": 1}}'), now=NOW)
+        assert isinstance(refused, Outcome) and refused.reason == "InvalidPayload"
