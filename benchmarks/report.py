@@ -25,6 +25,9 @@ MIN_TRANSPORT_VS_CEILING = 0.80
 MAX_TRANSPORT_CPU_US = 5.0  # the pool's client CPU per request (fast codec, either provider)
 MAX_GUARDRAILS_US = 3.0  # the guardrail stages' daemon CPU per notification (on - off)
 MAX_FAIRNESS_P99_S = 0.5  # transactional enqueue->sent p99 while a campaign drains
+MAX_BACKLOG_SPREAD = 0.2  # start/middle/end of a big drain: sends/s and claim time
+MAX_BACKLOG_RSS_BYTES = 150 * 1024 * 1024
+MAX_SOAK_RSS_GROWTH = 0.1
 MIN_SCALE_RATIO = 0.9  # the noise allowed between two drains of one run
 MAX_LATENCY_P99_S = 0.1  # enqueue->sent p99 under an open-loop load at half the maximum
 MIN_E2E_PER_S = 45_000
@@ -136,6 +139,15 @@ def metrics_cost(steps: Steps) -> dict[str, float | None]:
     }
 
 
+def _soak_growth(steps: Steps) -> float | None:
+    """The soak's RSS growth, or +100 % if it ended holding more file descriptors."""
+    step = steps.get("backlog", {})
+    soak = step.get("soak")
+    if step.get("status") != "ok" or not soak:
+        return None
+    return 1.0 if soak["fds_end"] > soak["fds_start"] else float(soak["rss_growth"])
+
+
 def _scale(steps: Steps, count: str, key: str) -> float | None:
     """A figure of the ``scale`` step's run with ``count`` daemons, or None."""
     step = steps.get("scale", {})
@@ -224,6 +236,36 @@ def targets(steps: Steps) -> list[dict[str, Any]]:
             _ok(steps, "latency", "p99_s"),
             lambda v: v <= MAX_LATENCY_P99_S,
             lambda v: f"{v * 1000:.0f} ms",
+        ),
+        (
+            f"backlog: sends/s within {MAX_BACKLOG_SPREAD:.0%} at start, middle and end",
+            _ok(steps, "backlog", "sends_spread"),
+            lambda v: v <= MAX_BACKLOG_SPREAD,
+            "{:.1%}".format,
+        ),
+        (
+            f"backlog: claim time within {MAX_BACKLOG_SPREAD:.0%} at start, middle and end",
+            _ok(steps, "backlog", "claim_spread"),
+            lambda v: v <= MAX_BACKLOG_SPREAD,
+            "{:.1%}".format,
+        ),
+        (
+            f"backlog: peak RSS <= {MAX_BACKLOG_RSS_BYTES >> 20} MB",
+            _ok(steps, "backlog", "peak_rss_bytes"),
+            lambda v: v <= MAX_BACKLOG_RSS_BYTES,
+            lambda v: f"{v / 2**20:.0f} MB",
+        ),
+        (
+            f"soak: RSS growth <= {MAX_SOAK_RSS_GROWTH:.0%} and no file descriptor gained",
+            _soak_growth(steps),
+            lambda v: v <= MAX_SOAK_RSS_GROWTH,
+            "{:+.1%}".format,
+        ),
+        (
+            "kill -9: delivered twice <= streams in flight at the kills",
+            _ok(steps, "chaos", "excess"),
+            lambda v: v <= 0,
+            lambda v: f"{v:+,.0f} beyond them",
         ),
         (
             "duplicates = 0 with 1, 2 and 4 daemons (no kill)",
@@ -331,6 +373,42 @@ def _fairness_lines(step: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _chaos_line(step: dict[str, Any]) -> str:
+    if step.get("status") != "ok" and "delivered_twice" not in step:
+        return f"  {'chaos':<24} {step.get('status', 'n/a'):<8} {step.get('reason', '')}"
+    return (
+        f"  {'chaos':<24} {step.get('status', 'n/a'):<8} {step['kills']} x kill -9 mid-drain "
+        f"({step['rows']:,} rows, simulator latency {step['latency_ms']:g} ms, batches of "
+        f"{step['batch_size']}): {step['delivered_twice']:,} delivered twice, "
+        f"{step['in_flight_total']:,} streams in flight at the kills"
+    )
+
+
+def _backlog_lines(step: dict[str, Any]) -> list[str]:
+    if step.get("status") != "ok" and "windows" not in step:
+        return [f"  {'backlog':<24} {step.get('status', 'n/a'):<8} {step.get('reason', '')}"]
+    mb = 2**20
+    lines = [
+        f"  {'backlog':<24} {step.get('status', 'n/a'):<8} {step['rows']:,} rows (inserted at "
+        f"{_num(step['fill_per_s'])}/s), drained in {step['drain_s']:.0f}s; peak RSS "
+        f"{_num(step['peak_rss_bytes'] and step['peak_rss_bytes'] / mb, '.0f', ' MB')}"
+    ]
+    for name, window in step["windows"].items():
+        lines.append(
+            f"  {'':<24} {name:<7} {_num(window['sends_per_s'])}/s, claim "
+            f"{_num(window['claim_ms'], '.1f', ' ms')}"
+        )
+    soak = step.get("soak")
+    if soak:
+        lines.append(
+            f"  {'':<24} soak {soak['soak_s']:g}s at {_num(soak['per_s'])}/s: RSS "
+            f"{soak['rss_first_bytes'] / mb:.0f} -> {soak['rss_last_bytes'] / mb:.0f} MB "
+            f"({soak['rss_growth']:+.1%}, max {soak['rss_max_bytes'] / mb:.0f}), fds "
+            f"{soak['fds_start']} -> {soak['fds_end']} (max {soak['fds_max']})"
+        )
+    return lines
+
+
 def _latency_lines(step: dict[str, Any]) -> list[str]:
     if step.get("status") != "ok" and "single" not in step:
         return [f"  {'latency':<24} {step.get('status', 'n/a'):<8} {step.get('reason', '')}"]
@@ -418,6 +496,12 @@ def render(run: dict[str, Any]) -> str:
             continue
         if name == "latency":
             lines += _latency_lines(step)
+            continue
+        if name == "backlog":
+            lines += _backlog_lines(step)
+            continue
+        if name == "chaos":
+            lines.append(_chaos_line(step))
             continue
         if name == "fanout":
             lines.append(_fanout_line(step))

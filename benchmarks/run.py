@@ -3,7 +3,9 @@
 Steps run in order (sink probe; the ceiling for APNs and for FCM; transport per codec and
 for FCM; aioapns; the observers' cost with metrics on and off; the guardrail stages' cost on
 and off; end to end APNs with metrics off and then on, and FCM; fairness; latency under an
-open-loop load at half the maximum; 1, 2 and 4 daemons draining one app; a fan-out to 1,000,000 users' devices), each in
+open-loop load at half the maximum; 1, 2 and 4 daemons draining one app; a
+10,000,000-row backlog and a 10-minute soak; 20
+SIGKILLs mid-drain against the APNs simulator; a fan-out to 1,000,000 users' devices), each in
 :func:`_step`: a failure is recorded with its reason and the next step still runs. Everything
 lives in one temporary folder, removed at the end (``--keep`` keeps it); only the JSON result
 is written into the repository, under ``benchmarks/results/``. SIGTERM and Ctrl-C unwind
@@ -28,7 +30,9 @@ from typing import Any, NoReturn
 
 from pushgres.http2.codecs import CODECS, DEFAULT_CODEC
 
+from .backlog import run_backlog
 from .ceiling import probe_echo_upload, run_ceiling
+from .chaos import run_chaos
 from .client import ROOT, run_client
 from .e2e import run_e2e
 from .fairness import run_fairness
@@ -57,6 +61,10 @@ FULL = {
     "fairness_s": 10.0,
     "scale_rows": 400_000,
     "latency_s": 10.0,
+    "backlog_rows": 10_000_000,
+    "soak_s": 600.0,
+    "chaos_rows": 400_000,
+    "kills": 20,
 }
 QUICK = {
     "h2load_requests": 100_000,
@@ -70,6 +78,10 @@ QUICK = {
     "fairness_s": 4.0,
     "scale_rows": 40_000,
     "latency_s": 3.0,
+    "backlog_rows": 300_000,
+    "soak_s": 30.0,
+    "chaos_rows": 60_000,
+    "kills": 3,
 }
 STEPS = (
     "probe",
@@ -86,6 +98,8 @@ STEPS = (
     "fairness",
     "latency",
     "scale",
+    "backlog",
+    "chaos",
     "fanout",
 )
 
@@ -115,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--fanout-users", type=int, help="fan-out: users in the registry, all sent to")
     add("--fairness-rows", type=int, help="fairness: the campaign's bulk rows")
     add("--fairness-s", type=float, help="fairness: seconds of transactional traffic per phase")
+    add("--backlog-rows", type=int, help="backlog: rows drained from one big backlog")
+    add("--soak-s", type=float, help="backlog: seconds of steady traffic after the drain")
+    add("--soak-per-s", type=float, default=5_000, help="backlog: the soak's notifications/s")
+    add("--chaos-rows", type=int, help="chaos: rows queued before the kills")
+    add("--kills", type=int, help="chaos: SIGKILLs, each after 0.5-2 s of sending")
+    add("--chaos-latency-ms", type=float, default=20.0, help="chaos: the simulator's latency")
     add("--latency-s", type=float, help="latency: seconds of each phase (maximum, open loop)")
     add("--scale-rows", type=int, help="scale: notifications drained by 1, 2 and 4 daemons each")
     add("--connections", type=int, default=2, help="HTTP/2 connections (pool, h2load -c)")
@@ -146,6 +166,9 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
         "fairness_s",
         "scale_rows",
         "latency_s",
+        "backlog_rows",
+        "chaos_rows",
+        "kills",
     ):
         if getattr(args, key) < 1:
             _parser().error(f"--{key.replace('_', '-')} must be at least 1")
@@ -352,7 +375,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                         **shape,
                     ),
                 )
+            if "backlog" in args.steps:
+                _step(
+                    steps,
+                    "backlog",
+                    functools.partial(
+                        run_backlog,
+                        sink,
+                        credentials,
+                        workdir,
+                        rows=args.backlog_rows,
+                        soak_s=args.soak_s,
+                        soak_per_s=args.soak_per_s,
+                        codec_name=args.e2e_codec,
+                        batch_size=args.batch_size,
+                        **shape,
+                    ),
+                )
             run["sink"]["restarts"] = max(0, sink.restarts)
+        if "chaos" in args.steps:
+            _step(
+                steps,
+                "chaos",
+                functools.partial(
+                    run_chaos,
+                    credentials,
+                    workdir,
+                    rows=args.chaos_rows,
+                    kills=args.kills,
+                    latency_ms=args.chaos_latency_ms,
+                    batch_size=args.batch_size,
+                ),
+            )
         if "fanout" in args.steps:
             _step(steps, "fanout", lambda: run_fanout(workdir, users=args.fanout_users))
     except BaseException:

@@ -1,0 +1,170 @@
+"""kill -9 mid-drain, 20 times: how many notifications are delivered twice?
+
+The daemon sends to pushgres's own APNs simulator (in this process, on loopback) rather than
+the sink, because only the simulator counts what it accepted per ``apns-id`` (one per
+notification: the daemon derives it from the row id). A fixed response latency
+(``latency_ms``) keeps streams in flight, as Apple's does. ``rows`` notifications are queued,
+then ``kills`` times over: a daemon starts, sends for a random 0.5-2 s after its first answer,
+and is killed with SIGKILL; just before each kill the harness counts the streams open at the
+simulator (sent, not yet answered). A last daemon drains the rest. Delivered twice: every
+acceptance of an ``apns-id`` beyond its first. The target is at most the streams that were in
+flight at the kills (their answers were lost with the process, so resending them is the point
+of at-least-once delivery); anything above that is work the daemon had finished and lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import random
+import signal
+import sys
+import time
+from typing import Any
+
+import asyncpg
+import uvloop
+
+from pushgres.simulator import Simulators
+from pushgres.simulator.devkit import make_dev_setup
+
+from .e2e import _fill, bench_database, migrate_database
+from .procs import Child, StepFailed
+from .workload import APP, FCM_PROJECT, TOPIC, Credentials
+
+__all__ = ["run_chaos"]
+
+DONE_SQL = "SELECT count(*) FROM pushgres.results WHERE id BETWEEN $1 AND $2"
+
+
+def _config(path: pathlib.Path, dsn: str, port: int, credentials: Credentials, batch: int) -> None:
+    path.write_text(
+        f"""# Written by `make bench`'s chaos step: one APNs app against the simulator.
+[database]
+dsn = {json.dumps(dsn)}
+
+[daemon]
+batch_size = {batch}
+log_level = "warning"
+
+[apps.{APP}]
+platform = "apns"
+environment = "production"
+topic = {json.dumps(TOPIC)}
+key_file = {json.dumps(credentials.key_file)}
+key_id = {json.dumps(credentials.key_id)}
+team_id = {json.dumps(credentials.team_id)}
+endpoint = "https://127.0.0.1:{port}"
+tls_server_name = "localhost"
+ca_file = {json.dumps(credentials.ca_file)}
+""",
+        encoding="utf-8",
+    )
+
+
+def run_chaos(
+    credentials: Credentials,
+    workdir: pathlib.Path,
+    *,
+    rows: int,
+    kills: int,
+    latency_ms: float,
+    batch_size: int,
+    seed: int = 11,
+) -> dict[str, Any]:
+    """The kill loop (see the module docstring); raises :class:`StepFailed`."""
+    state = workdir / "chaos"
+    state.mkdir(parents=True, exist_ok=True)
+    dsn, server = bench_database(state)
+    try:
+        migrate_database(dsn)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(
+                _chaos(dsn, state, credentials, rows, kills, latency_ms, batch_size, seed)
+            )
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+async def _chaos(
+    dsn: str,
+    state: pathlib.Path,
+    credentials: Credentials,
+    rows: int,
+    kills: int,
+    latency_ms: float,
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
+    rng = random.Random(seed)
+    setup = make_dev_setup(credentials.directory, apns_topic=TOPIC, fcm_project=FCM_PROJECT)
+    async with Simulators(setup) as sims:
+        sims.apns.patch({"latency": {"dist": "fixed", "ms": latency_ms}})
+        config = state / "chaos.toml"
+        _config(config, dsn, sims.apns_production_port, credentials, batch_size)
+        queue = await _fill(dsn, rows)
+        conn = await asyncpg.connect(dsn)
+        in_flight: list[int] = []
+        try:
+            for n in range(kills + 1):
+                daemon = Child(
+                    [sys.executable, "-m", "pushgres", "run", "--config", str(config)],
+                    log=state / f"daemon-{n}.log",
+                )
+                try:
+                    before = sum(sims.apns.accepted_ids.values())
+                    deadline = time.monotonic() + 60
+                    while sum(sims.apns.accepted_ids.values()) == before:
+                        if not daemon.alive() or time.monotonic() > deadline:
+                            raise StepFailed(f"daemon {n} sent nothing: {daemon.log_tail()}")
+                        await asyncio.sleep(0.02)
+                    if n == kills:  # the last one drains the rest
+                        while await conn.fetchval(DONE_SQL, queue.lo, queue.hi) < rows:
+                            if not daemon.alive() or time.monotonic() > deadline + rows / 500:
+                                raise StepFailed(
+                                    f"the last daemon did not drain: {daemon.log_tail()}"
+                                )
+                            await asyncio.sleep(0.2)
+                        break
+                    await asyncio.sleep(rng.uniform(0.5, 2.0))
+                    in_flight.append(_open_streams(sims))
+                    daemon.proc.send_signal(signal.SIGKILL)
+                    daemon.proc.wait()
+                finally:
+                    daemon.stop()
+                if await conn.fetchval(DONE_SQL, queue.lo, queue.hi) >= rows:
+                    raise StepFailed(f"the queue drained after {n + 1} kills: raise --chaos-rows")
+            done = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE status = 'sent') AS sent, count(*) AS total "
+                "FROM pushgres.results WHERE id BETWEEN $1 AND $2",
+                queue.lo,
+                queue.hi,
+            )
+        finally:
+            await conn.close()
+        accepted = dict(sims.apns.accepted_ids)
+    twice = sum(n - 1 for n in accepted.values() if n > 1)
+    result = {
+        "rows": rows,
+        "kills": kills,
+        "latency_ms": latency_ms,
+        "batch_size": batch_size,
+        "in_flight_at_kills": in_flight,
+        "in_flight_total": sum(in_flight),
+        "delivered_twice": twice,
+        "delivered": len(accepted),
+        "sent_results": done["sent"],
+        "excess": twice - sum(in_flight),
+    }
+    if done["total"] != rows or len(accepted) != rows:
+        raise StepFailed(
+            f"{done['total']:,} results and {len(accepted):,} delivered for {rows:,} rows", result
+        )
+    return result
+
+
+def _open_streams(sims: Simulators) -> int:
+    """Streams the simulator has received and not answered yet, on every connection."""
+    return sum(len(c.protocol.open_streams) for c in sims.apns.connections.values())
