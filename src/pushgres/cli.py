@@ -16,6 +16,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import gc
 import io
 import json
 import logging
@@ -25,7 +26,7 @@ import pathlib
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import uvloop
@@ -149,8 +150,25 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    _collect_less()
     await daemon.run()
     return EXIT_OK
+
+
+GC_THRESHOLDS: Final = (20_000, 20, 20)
+
+
+def _collect_less() -> None:
+    """The daemon's garbage-collector policy (Python docs, ``gc.freeze`` and
+    ``gc.set_threshold``): what is loaded at start moves to the permanent generation, so no
+    full collection walks it again, and a young collection runs after 20,000 container
+    allocations instead of 700. A batch makes a few thousand short-lived containers (rows,
+    requests, responses, outcomes) that reference counting frees; collecting every 700
+    allocations walked each of them several times while it was alive. Cycles are still
+    collected, less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _json_object_flag(text: str, flag: str) -> dict[str, Any]:
