@@ -20,6 +20,8 @@ from typing import Any
 
 import uvloop
 
+from pushgres.cli import collect_less
+
 from .procs import StepFailed, run_child
 from .sink import Sink
 from .workload import Credentials
@@ -109,8 +111,14 @@ class Measured:
 
 
 def child_main(bench: Callable[[Spec], Awaitable[Spec]]) -> int:
-    """The child side: run ``bench(spec)`` under uvloop, print its result as one JSON line."""
+    """The child side: run ``bench(spec)`` under uvloop, print its result as one JSON line.
+
+    Every client runs with the daemon's garbage-collector policy
+    (:func:`pushgres.cli.collect_less`), so their CPU figures compare code, not collector
+    settings.
+    """
     spec: Spec = json.loads(sys.argv[1])
+    collect_less()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(asyncio.wait_for(bench(spec), spec["timeout_s"]))
     print(json.dumps(result), flush=True)

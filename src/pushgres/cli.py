@@ -42,7 +42,7 @@ from .observability.logging import setup_logging, short_token
 from .providers.credentials import DEFAULT_TIMEOUT_S as DEFAULT_CHECK_TIMEOUT_S
 from .providers.credentials import DEFAULT_WARN_DAYS, check_apps, exit_status, format_table, to_json
 
-__all__ = ["main"]
+__all__ = ["GC_THRESHOLDS", "collect_less", "main"]
 
 logger = logging.getLogger("pushgres")
 
@@ -150,7 +150,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
-    _collect_less()
+    collect_less()
     await daemon.run()
     return EXIT_OK
 
@@ -158,7 +158,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
 GC_THRESHOLDS: Final = (20_000, 20, 20)
 
 
-def _collect_less() -> None:
+def collect_less() -> None:
     """The daemon's garbage-collector policy (Python docs, ``gc.freeze`` and
     ``gc.set_threshold``): what is loaded at start moves to the permanent generation, so no
     full collection walks it again, and a young collection runs after 20,000 container

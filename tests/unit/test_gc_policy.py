@@ -21,7 +21,7 @@ def restore_gc() -> Iterator[None]:
 @pytest.mark.usefixtures("restore_gc")
 def test_the_daemon_freezes_its_start_and_collects_young_objects_less_often() -> None:
     gc.unfreeze()
-    cli._collect_less()
+    cli.collect_less()
     assert gc.get_threshold() == cli.GC_THRESHOLDS
     assert gc.get_freeze_count() > 10_000  # the modules, config and code loaded at start
     # Cycles made afterwards are still collected.
