@@ -133,12 +133,13 @@ _LENGTHS: Final = [bytes((n,)) for n in range(127)]
 
 
 class _Stream:
-    __slots__ = ("chunks", "headers", "pending", "recv_window", "send_window", "status")
+    __slots__ = ("body", "chunks", "headers", "pending", "recv_window", "send_window", "status")
 
     def __init__(self, send_window: int, recv_window: int) -> None:
         self.status = 0
         self.headers: tuple[tuple[bytes, bytes], ...] = ()
-        self.chunks: list[bytes] = []
+        self.body = b""  # the first DATA payload; most responses have one or none
+        self.chunks: list[bytes] | None = None  # every payload, once a second one comes
         self.pending = b""  # body bytes waiting for flow-control credit
         self.send_window = send_window
         self.recv_window = recv_window
@@ -540,7 +541,12 @@ class FastClientConnection(StreamBookkeeping):
         if stream.recv_window < 0:
             raise _ConnectionError(FLOW_CONTROL_ERROR, f"DATA beyond stream {stream_id}'s window")
         if data:
-            stream.chunks.append(data)
+            if stream.chunks is not None:
+                stream.chunks.append(data)
+            elif stream.body:
+                stream.chunks = [stream.body, data]
+            else:
+                stream.body = data
         if flags & END_STREAM:
             self._stream_ended(stream_id, stream, out)
         elif length:
@@ -554,7 +560,7 @@ class FastClientConnection(StreamBookkeeping):
             # The server answered before reading the whole body: stop sending it.
             self._out.append(_frame(RST_STREAM, 0, stream_id, _U32.pack(CANCEL)))
         chunks = stream.chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        body = stream.body if chunks is None else b"".join(chunks)
         out.append(ResponseReceived(stream_id, stream.status, stream.headers, body))
 
     def _stream_error(self, stream_id: int, code: int, out: list[Event]) -> None:
