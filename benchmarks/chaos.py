@@ -2,14 +2,16 @@
 
 The daemon sends to pushgres's own APNs simulator (in this process, on loopback) rather than
 the sink, because only the simulator counts what it accepted per ``apns-id`` (one per
-notification: the daemon derives it from the row id). A fixed response latency
-(``latency_ms``) keeps streams in flight, as Apple's does. ``rows`` notifications are queued,
-then ``kills`` times over: a daemon starts, sends for a random 0.5-2 s after its first answer,
-and is killed with SIGKILL; just before each kill the harness counts the streams open at the
-simulator (sent, not yet answered). A last daemon drains the rest. Delivered twice: every
-acceptance of an ``apns-id`` beyond its first. The target is at most the streams that were in
-flight at the kills (their answers were lost with the process, so resending them is the point
-of at-least-once delivery); anything above that is work the daemon had finished and lost.
+notification: the daemon derives it from the row id). A fixed response latency (``latency_ms``)
+keeps streams in flight, as Apple's does. ``rows`` notifications are queued, then ``kills``
+times over: a daemon starts, sends for a random 0.5-2 s after its first answer, and is killed
+with SIGKILL. In flight at a kill: the streams open at the simulator just before it (received,
+not answered) plus the requests the simulator reads after it (sent by the daemon, still in
+socket buffers), counted once the dead daemon's connections are closed. A last daemon drains
+the rest. Delivered twice: every acceptance of an ``apns-id`` beyond its first. The target is
+at most the streams that were in flight at the kills (their answers were lost with the process,
+so resending them is the point of at-least-once delivery); anything above that is work the
+daemon had finished and lost.
 """
 
 from __future__ import annotations
@@ -129,9 +131,14 @@ async def _chaos(
                             await asyncio.sleep(0.2)
                         break
                     await asyncio.sleep(rng.uniform(0.5, 2.0))
-                    in_flight.append(_open_streams(sims))
+                    received, unanswered = _requests(sims), _open_streams(sims)
                     daemon.proc.send_signal(signal.SIGKILL)
                     daemon.proc.wait()
+                    # What the dead daemon had sent and not had answered: the streams open at
+                    # the simulator, and the requests still on their way to it (in socket
+                    # buffers), which it reads once the connections close.
+                    await _connections_closed(sims)
+                    in_flight.append(unanswered + _requests(sims) - received)
                 finally:
                     daemon.stop()
                 if await conn.fetchval(DONE_SQL, queue.lo, queue.hi) >= rows:
@@ -163,6 +170,17 @@ async def _chaos(
             f"{done['total']:,} results and {len(accepted):,} delivered for {rows:,} rows", result
         )
     return result
+
+
+def _requests(sims: Simulators) -> int:
+    return sims.apns.counters.get("requests", 0)
+
+
+async def _connections_closed(sims: Simulators, timeout_s: float = 10.0) -> None:
+    for _ in range(int(timeout_s / 0.02)):
+        if not sims.apns.connections:
+            return
+        await asyncio.sleep(0.02)
 
 
 def _open_streams(sims: Simulators) -> int:
