@@ -3,15 +3,17 @@
 The daemon sends to pushgres's own APNs simulator (in this process, on loopback) rather than
 the sink, because only the simulator counts what it accepted per ``apns-id`` (one per
 notification: the daemon derives it from the row id). A fixed response latency (``latency_ms``)
-keeps streams in flight, as Apple's does. ``rows`` notifications are queued, then ``kills``
-times over: a daemon starts, sends for a random 0.5-2 s after its first answer, and is killed
-with SIGKILL. In flight at a kill: the streams open at the simulator just before it (received,
-not answered) plus the requests the simulator reads after it (sent by the daemon, still in
-socket buffers), counted once the dead daemon's connections are closed. A last daemon drains
-the rest. Delivered twice: every acceptance of an ``apns-id`` beyond its first. The target is
-at most the streams that were in flight at the kills (their answers were lost with the process,
-so resending them is the point of at-least-once delivery); anything above that is work the
-daemon had finished and lost.
+keeps streams in flight, as Apple's does; the daemon sends as fast as the simulator answers
+(the simulator, pure Python in this process, is the bottleneck, so the daemon's streams are
+full). ``rows`` notifications are queued, then ``kills`` times over: a daemon starts, sends for
+a random 0.5-2 s after its first answer, and is killed with SIGKILL. In flight at a kill: what
+the daemon itself counted on the wire (``pushgres_http2_streams_open``: requests sent and not
+answered, scraped from its admin listener just before the kill); the simulator's view is
+reported beside it (streams it had received and not answered, plus requests it reads after the
+kill from socket buffers). A last daemon drains the rest. Delivered twice: every acceptance of
+an ``apns-id`` beyond its first. The target is at most the streams that were in flight at the
+kills (their answers were lost with the process, so resending them is the point of at-least-
+once delivery); anything above that is work the daemon had finished and lost.
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ import asyncio
 import json
 import pathlib
 import random
+import re
 import signal
 import sys
 import time
 from typing import Any
 
+import aiohttp
 import asyncpg
 import uvloop
 
 from pushgres.simulator import Simulators
-from pushgres.simulator.devkit import make_dev_setup
+from pushgres.simulator.devkit import free_port, make_dev_setup
 
 from .e2e import _fill, bench_database, migrate_database
 from .procs import Child, StepFailed
@@ -40,7 +44,9 @@ __all__ = ["run_chaos"]
 DONE_SQL = "SELECT count(*) FROM pushgres.results WHERE id BETWEEN $1 AND $2"
 
 
-def _config(path: pathlib.Path, dsn: str, port: int, credentials: Credentials, batch: int) -> None:
+def _config(
+    path: pathlib.Path, dsn: str, port: int, credentials: Credentials, batch: int, admin: int
+) -> None:
     path.write_text(
         f"""# Written by `make bench`'s chaos step: one APNs app against the simulator.
 [database]
@@ -60,6 +66,9 @@ team_id = {json.dumps(credentials.team_id)}
 endpoint = "https://127.0.0.1:{port}"
 tls_server_name = "localhost"
 ca_file = {json.dumps(credentials.ca_file)}
+
+[admin]
+listen = "127.0.0.1:{admin}"
 """,
         encoding="utf-8",
     )
@@ -105,10 +114,12 @@ async def _chaos(
     async with Simulators(setup) as sims:
         sims.apns.patch({"latency": {"dist": "fixed", "ms": latency_ms}})
         config = state / "chaos.toml"
-        _config(config, dsn, sims.apns_production_port, credentials, batch_size)
+        metrics_url = f"http://127.0.0.1:{(admin := free_port())}/metrics"
+        _config(config, dsn, sims.apns_production_port, credentials, batch_size, admin)
         queue = await _fill(dsn, rows)
         conn = await asyncpg.connect(dsn)
         in_flight: list[int] = []
+        seen_by_simulator: list[int] = []
         try:
             for n in range(kills + 1):
                 daemon = Child(
@@ -131,14 +142,17 @@ async def _chaos(
                             await asyncio.sleep(0.2)
                         break
                     await asyncio.sleep(rng.uniform(0.5, 2.0))
+                    # In flight as the daemon itself counts it (streams sent and not yet
+                    # answered to it), read just before the kill.
+                    in_flight.append(await _in_flight(metrics_url))
                     received, unanswered = _requests(sims), _open_streams(sims)
                     daemon.proc.send_signal(signal.SIGKILL)
                     daemon.proc.wait()
-                    # What the dead daemon had sent and not had answered: the streams open at
-                    # the simulator, and the requests still on their way to it (in socket
-                    # buffers), which it reads once the connections close.
+                    # The simulator's view of the same: streams it had received and not
+                    # answered, and requests still on their way to it (in socket buffers),
+                    # which it reads once the connections close.
                     await _connections_closed(sims)
-                    in_flight.append(unanswered + _requests(sims) - received)
+                    seen_by_simulator.append(unanswered + _requests(sims) - received)
                 finally:
                     daemon.stop()
                 if await conn.fetchval(DONE_SQL, queue.lo, queue.hi) >= rows:
@@ -160,6 +174,7 @@ async def _chaos(
         "batch_size": batch_size,
         "in_flight_at_kills": in_flight,
         "in_flight_total": sum(in_flight),
+        "unanswered_at_simulator": seen_by_simulator,
         "delivered_twice": twice,
         "delivered": len(accepted),
         "sent_results": done["sent"],
@@ -170,6 +185,16 @@ async def _chaos(
             f"{done['total']:,} results and {len(accepted):,} delivered for {rows:,} rows", result
         )
     return result
+
+
+_IN_FLIGHT = re.compile(r"^pushgres_http2_streams_open\{[^}]*\} ([0-9.e+]+)$", re.M)
+
+
+async def _in_flight(url: str) -> int:
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession() as session, session.get(url, timeout=timeout) as resp:
+        text = await resp.text()
+    return int(sum(float(v) for v in _IN_FLIGHT.findall(text)))
 
 
 def _requests(sims: Simulators) -> int:

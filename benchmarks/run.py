@@ -63,7 +63,7 @@ FULL = {
     "latency_s": 10.0,
     "backlog_rows": 10_000_000,
     "soak_s": 600.0,
-    "chaos_rows": 400_000,
+    "chaos_rows": 150_000,
     "kills": 20,
 }
 QUICK = {
@@ -80,7 +80,7 @@ QUICK = {
     "latency_s": 3.0,
     "backlog_rows": 300_000,
     "soak_s": 30.0,
-    "chaos_rows": 60_000,
+    "chaos_rows": 40_000,
     "kills": 3,
 }
 STEPS = (

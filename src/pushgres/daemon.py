@@ -43,6 +43,7 @@ from .observability.diagnosis import DiagnosisObserver
 from .observability.metrics import AppState, History, MetricsObserver, QueueSample
 from .pipeline.capacity import Capacity
 from .pipeline.guardrails import CapCoverage, FrequencyCaps, Timing, category_policies
+from .pipeline.journal import DeliveryJournal
 from .pipeline.lane import Lane, LaneSettings
 from .pipeline.observer import DaemonStats, Observer, Observers, StatsObserver
 from .pipeline.pacing import Pacing
@@ -59,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S: Final = 60.0
 ABORT_DRAIN_S: Final = 10.0  # after the shutdown deadline: how long aborted sends may take
-RESERVED_DB_CONNECTIONS: Final = 3  # LISTEN aside: heartbeat, sweeper, late writers
+RESERVED_DB_CONNECTIONS: Final = 4  # LISTEN aside: heartbeat, sweeper, late writers, journal
 EXPIRY_CHECK_S: Final = 86400.0
 STATUS_INTERVAL_S: Final = 10.0
 HISTORY_INTERVAL_S: Final = 5.0
@@ -121,6 +122,7 @@ class Daemon:
         """The lanes' wall clock (None: the system's); tests move it to judge guardrails."""
         self._rng = rng or random.Random()
         self._live_daemons: dict[str, list[str]] = {}  # as of the last heartbeat
+        self._journal: DeliveryJournal | None = None  # with the store
         self._stats = StatsObserver()
         self.metrics = MetricsObserver() if settings.admin.listen is not None else None
         """The metrics observer, when the admin listener is configured."""
@@ -244,6 +246,7 @@ class Daemon:
         try:
             await store.check_schema()
             self._store = store
+            self._journal = DeliveryJournal(store)
             chores = Housekeeping(
                 store,
                 daemon_id=self.id,
@@ -379,6 +382,7 @@ class Daemon:
             rng=self._rng,
             clock=self._clock,
             pacing=pacing,
+            journal=self._journal,
         )
         self._assign_shards(lane)
         return lane
@@ -391,9 +395,12 @@ class Daemon:
 
     async def _supervise(self, store: Store, chores: Housekeeping, tg: asyncio.TaskGroup) -> None:
         self._listener = store.listener(self._on_notify)
+        journal = self._journal
+        assert journal is not None
         background = [
             tg.create_task(self._listener.run(), name="listen"),
             tg.create_task(chores.heartbeat(), name="heartbeat"),
+            tg.create_task(journal.run(), name="delivery-journal"),
             tg.create_task(chores.maintenance(), name="maintenance"),
             tg.create_task(chores.sweep_unknown_apps(), name="unknown-app-sweeper"),
             tg.create_task(chores.uninstall_probes(), name="uninstall-probes"),

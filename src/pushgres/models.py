@@ -171,6 +171,8 @@ class ClaimedRow:
     is_token_invalid: bool = False
     device_user: str | None = None
     device_timezone: str | None = None
+    delivered_attempt: int | None = None
+    """The attempt the provider accepted already, in a batch that never committed, if any."""
 
     @classmethod
     def fresh(

@@ -53,7 +53,7 @@ from .models import (
 if TYPE_CHECKING:
     from .pipeline.guardrails import CapsAdded, LedgerRecord
     from .pipeline.lane import LaneStore
-    from .providers.base import LateOutcome, Sender
+    from .providers.base import Accepted, LateOutcome, Sender
 
 __all__ = [
     "INTERRUPTED",
@@ -146,7 +146,9 @@ class MemoryClaim:
         results: Sequence[ResultRecord],
         requeues: Sequence[Requeue],
         invalid_tokens: Sequence[InvalidToken],
+        delivered_batch: int | None = None,
     ) -> None:
+        # (no delivery journal in memory: ``delivered_batch`` has nothing to forget)
         await self._store._round_trip("write")
         self._store._check_requeues([*self.requeues, *requeues], set())
         self.results += results
@@ -327,6 +329,7 @@ class MemoryStore:
         results: Sequence[ResultRecord],
         requeues: Sequence[Requeue],
         invalid_tokens: Sequence[InvalidToken],
+        delivered_batches: Iterable[int] = (),
     ) -> set[int]:
         """Record late answers of rows still leased to us; returns their ids."""
         await self._round_trip("take_back")
@@ -535,6 +538,7 @@ class FakeSender:
         now: dt.datetime,
         abort: asyncio.Future[None] | None = None,
         on_late: LateOutcome | None = None,
+        on_accepted: Accepted | None = None,
     ) -> list[Outcome | None]:
         rows = list(rows)
         self.sent += rows
@@ -553,6 +557,8 @@ class FakeSender:
         for index, (row, answer) in enumerate(zip(rows, answers, strict=True)):
             if isinstance(answer, Outcome):
                 outcomes.append(answer)
+                if on_accepted is not None and answer.action is Action.SENT:
+                    on_accepted(index)  # (a straggler's late answer is not named)
             elif on_late is None:
                 outcomes.append(answer.outcome or TIMED_OUT)
             else:

@@ -106,6 +106,7 @@ async def test_metrics_health_and_readiness_of_a_draining_daemon(env: dict[str, 
         assert _value(samples, "pushgres_app_ready", app="android") == 1
         assert _value(samples, "pushgres_queue_depth", app="ios") == 0
         assert _value(samples, "pushgres_in_flight", app="ios") == 0
+        assert _value(samples, "pushgres_http2_streams_open", app="ios") == 0  # all answered
         assert _value(samples, "pushgres_database_up") == 1
         assert _value(samples, "pushgres_db_pool_max_connections") == 8
         assert samples["pushgres_build_info"][0][0]["version"]

@@ -57,9 +57,16 @@ ENQUEUE_COLUMNS: Final = (
 """What a direct enqueue writes (attempts, last_reason and enqueued_at are the daemon's; user,
 group and probe are a fan-out's and an uninstall probe's; the lane follows the category)."""
 
-CLAIM_FLAGS: Final = ("is_expired", "is_token_invalid", "device_user", "device_timezone")
-"""Computed by the claim after the queue columns: facts about the row at claim time (the last
-two from the registry's device for the token, if any)."""
+CLAIM_FLAGS: Final = (
+    "is_expired",
+    "is_token_invalid",
+    "device_user",
+    "device_timezone",
+    "delivered_attempt",
+)
+"""Computed by the claim after the queue columns: facts about the row at claim time (the user
+and time zone from the registry's device for the token, if any; the attempt that
+``pushgres.delivered`` says the provider accepted already, if any)."""
 
 REQUEUE_COLUMNS: Final = tuple("delay_s" if c == "send_at" else c for c in QUEUE_COLUMNS)
 """The arrays of a requeue: the row's columns, ``send_at`` as a delay from the server's now."""

@@ -33,7 +33,8 @@ SELECT coalesce(max(version), 0) FROM pushgres.schema_migrations
 -- The app's transactional rows first (their own small index, across shards), then the bulk
 -- rows of one shard ($3), as many as the first leave room for. The registry's device for each token
 -- (if any) is joined once: its state, its user and its time zone (the guardrails count caps
--- per person and judge quiet hours in its time zone).
+-- per person and judge quiet hours in its time zone); and the attempt pushgres.delivered says
+-- the provider accepted already, in a batch that never committed (then it is not sent again).
 WITH t AS MATERIALIZED (
     SELECT id, device_token FROM pushgres.queue
     WHERE app = $1 AND transactional AND send_at <= now()
@@ -62,6 +63,12 @@ WITH t AS MATERIALIZED (
     ORDER BY send_at, id
     LIMIT $2 - (SELECT count(*) FROM t) - (SELECT count(*) FROM b10) - (SELECT count(*) FROM b5)
     FOR UPDATE SKIP LOCKED
+), dj AS MATERIALIZED (
+    -- What pushgres.delivered says the provider accepted (a batch in flight, or one that
+    -- never committed): a few thousand ids at most, read once.
+    SELECT u.id, max(u.attempt) AS attempt
+    FROM pushgres.delivered j, unnest(j.ids, j.attempts) AS u(id, attempt)
+    GROUP BY u.id
 ), c AS (
     -- The outer LIMIT tells the planner what the computed one above hides: at most $2 rows,
     -- so the DELETE below probes the primary key instead of hashing the whole queue.
@@ -76,6 +83,7 @@ USING c LEFT JOIN LATERAL (
     SELECT r.state, r.state_changed_at, r.user_id, r.timezone FROM pushgres.devices r
     WHERE r.app = $1 AND r.token = c.device_token
 ) d ON true
+LEFT JOIN dj ON dj.id = c.id
 WHERE q.id = c.id
 RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q.priority,
           q.push_type, q.collapse_id, q.expires_at, q.topic, q.send_at, q.dedupe_key,
@@ -91,7 +99,8 @@ RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q
               EXISTS (SELECT 1 FROM pushgres.invalid_tokens t
                       WHERE t.app = q.app AND t.device_token = q.device_token
                         AND t.invalidated_at <= q.enqueued_at)) AS is_token_invalid,
-          d.user_id AS device_user, d.timezone AS device_timezone
+          d.user_id AS device_user, d.timezone AS device_timezone,
+          dj.attempt AS delivered_attempt
 
 -- name: queue_apps
 -- The distinct apps in the queue, by a loose index scan (one probe per app, not a table scan).
@@ -118,7 +127,8 @@ RETURNING q.id, q.app, q.platform, q.device_token, q.payload::text AS payload, q
           q.max_attempts, q.metadata::text AS metadata, q.message::text AS message, q.attempts,
           q.last_reason, q.enqueued_at, q.user_id, q.group_id, q.probe, q.category, q.timezone,
           q.local_send_at, q.transactional, false AS is_expired, false AS is_token_invalid,
-          NULL::text AS device_user, NULL::text AS device_timezone
+          NULL::text AS device_user, NULL::text AS device_timezone,
+          NULL::smallint AS delivered_attempt
 
 -- name: invalidate_tokens
 -- Dead tokens, in the transaction that writes their results: recorded for direct sends, and
@@ -169,6 +179,21 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::sm
     AS t(id, app, platform, device_token, payload, priority, push_type, collapse_id, expires_at,
          topic, delay_s, dedupe_key, max_attempts, metadata, message, attempts, last_reason,
          enqueued_at, user_id, group_id, probe, category, timezone, local_send_at, transactional)
+
+-- name: write_delivered
+-- Ids the provider accepted in one batch, and their attempts (the daemon's own transaction).
+INSERT INTO pushgres.delivered (batch, ids, attempts) VALUES ($1, $2::bigint[], $3::smallint[])
+
+-- name: forget_delivered
+-- A batch's deliveries, in the transaction that records their outcomes.
+DELETE FROM pushgres.delivered WHERE batch = $1
+
+-- name: prune_delivered
+-- Rows older than $1 seconds none of whose ids is queued any more: a batch that committed
+-- without forgetting them (a write after its commit), or whose rows were claimed again.
+DELETE FROM pushgres.delivered d
+WHERE d.written_at < now() - make_interval(secs => $1)
+  AND NOT EXISTS (SELECT 1 FROM pushgres.queue q WHERE q.id = ANY (d.ids))
 
 -- name: take_back_stragglers
 -- Rows whose send outlived their batch wait in the queue under a lease (send_at past their

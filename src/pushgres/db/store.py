@@ -29,7 +29,15 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
@@ -75,6 +83,7 @@ CLOSE_TIMEOUT_S: Final = 5.0
 RECOVERED_AFTER_S: Final = 1.0  # an outage ends with a success begun this long after a failure
 STALE_BATCH: Final = 10_000  # devices marked stale per statement
 QUEUE_COUNT_CAP: Final = 1_000_000  # the queue gauges count this many rows per app at most
+DELIVERED_KEEP_S: Final = 300.0  # pushgres.delivered rows older than this may be pruned
 ALL_SHARDS: Final = tuple(range(QUEUE_SHARDS))  # a claim's shards when it names none
 ACQUIRE_TIMEOUT_S: Final = 30.0  # waiting for a pooled connection (or a new one) at most
 
@@ -190,8 +199,10 @@ async def _write(
     results: Sequence[ResultRecord],
     requeues: Sequence[Requeue],
     invalid_tokens: Sequence[InvalidToken],
+    delivered_batches: Iterable[int] = (),
 ) -> None:
-    """Write outcomes, retries and dead tokens: one statement per kind, never one per row."""
+    """Write outcomes, retries and dead tokens: one statement per kind, never one per row;
+    and forget the batches' rows in ``pushgres.delivered``."""
     if results:
         # One binary COPY: half the client CPU of an ``unnest`` insert.
         await conn.copy_records_to_table(
@@ -211,6 +222,8 @@ async def _write(
         )
     if requeues:
         await conn.execute(QUERIES["requeue"], *_requeue_arrays(requeues))
+    for batch in delivered_batches:  # their deliveries were needed until now
+        await conn.execute(QUERIES["forget_delivered"], batch)
 
 
 class Claim:
@@ -247,10 +260,16 @@ class Claim:
         results: Sequence[ResultRecord],
         requeues: Sequence[Requeue],
         invalid_tokens: Sequence[InvalidToken],
+        delivered_batch: int | None = None,
     ) -> None:
-        """Write the batch's outcomes; they become durable when the claim block exits."""
+        """Write the batch's outcomes; they become durable when the claim block exits.
+
+        ``delivered_batch``: the key under which the batch's accepted sends were written to
+        ``pushgres.delivered``; they are deleted in the same transaction.
+        """
+        batches = () if delivered_batch is None else (delivered_batch,)
         with map_db_errors("writing batch results", self._availability):
-            await _write(self._conn, results, requeues, invalid_tokens)
+            await _write(self._conn, results, requeues, invalid_tokens, batches)
         self.is_written = True
 
 
@@ -378,12 +397,14 @@ class Store:
         results: Sequence[ResultRecord],
         requeues: Sequence[Requeue],
         invalid_tokens: Sequence[InvalidToken],
+        delivered_batches: Iterable[int] = (),
     ) -> set[int]:
         """Record late answers of leased rows; returns the ids that were still ours.
 
         ``leased`` are the rows as they were claimed (their lease holds one more attempt).
         Outcomes of rows whose lease was claimed by someone else meanwhile are dropped: that
-        claim sends and records them.
+        claim sends and records them. ``delivered_batches``: the keys of the batches whose
+        late acceptances were written to ``pushgres.delivered``; deleted with the outcomes.
         """
         with self._guard("recording late answers"):
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
@@ -398,8 +419,15 @@ class Store:
                     requeues = [q for q in requeues if q.row.id in ours]
                     owned = {(r.app, r.device_token) for r in leased if r.id in ours}
                     invalid_tokens = [t for t in invalid_tokens if (t.app, t.device_token) in owned]
-                await _write(conn, results, requeues, invalid_tokens)
+                await _write(conn, results, requeues, invalid_tokens, delivered_batches)
         return ours
+
+    async def write_delivered(self, batches: Sequence[tuple[int, list[int], list[int]]]) -> None:
+        """Write down sends the provider accepted (``pushgres.delivered``): per batch key, the
+        ids and their attempts; one transaction, before their batches commit."""
+        with self._guard("recording accepted sends"):
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                await conn.executemany(QUERIES["write_delivered"], batches)
 
     async def heartbeat(
         self, daemon_id: str, host: str, pid: int, apps: Sequence[str], live_s: float
@@ -457,7 +485,8 @@ class Store:
         self, *, retention_days: int, dedupe_retention_days: int, device_retention_days: int
     ) -> None:
         """Create upcoming result partitions, drop expired ones, prune old keys and daemons,
-        purge long-retired devices, forget old dead tokens and old fan-outs' groups."""
+        purge long-retired devices, forget old dead tokens, old fan-outs' groups and
+        deliveries whose batch committed without forgetting them."""
         with self._guard("maintenance"):
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
                 if not await conn.fetchval(QUERIES["maintenance_lock"]):
@@ -470,6 +499,7 @@ class Store:
                 await conn.execute(QUERIES["prune_invalid_tokens"], device_retention_days)
                 await conn.execute(QUERIES["prune_groups"], retention_days)
                 await conn.execute(QUERIES["prune_cap_ledger"])
+                await conn.execute(QUERIES["prune_delivered"], DELIVERED_KEEP_S)
         if dropped:
             logger.info("dropped %d old result partitions", dropped, extra={"action": "maintain"})
         if purged:

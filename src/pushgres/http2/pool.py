@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_RECONNECT_BACKOFF_INITIAL_S",
     "DEFAULT_RECONNECT_BACKOFF_MAX_S",
     "DEFAULT_UNPROCESSED_RETRIES",
+    "Answered",
     "BatchResult",
     "Http2Pool",
     "PoolSettings",
@@ -149,6 +150,8 @@ BatchResult = Response | TransportError
 
 LateResult = Callable[[int, BatchResult], None]
 """Called once per straggler, with its index in the batch, when its result comes."""
+Answered = Callable[[int, "Response"], None]
+"""Called as each response of a batch arrives, with the request's index in the batch."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,6 +177,7 @@ class _Batch:
 
     __slots__ = (
         "abort",
+        "answered",
         "attempts",
         "avoid",
         "changed",
@@ -192,7 +196,14 @@ class _Batch:
         "streams",
     )
 
-    def __init__(self, pool: Http2Pool, size: int, stragglers: Stragglers | None) -> None:
+    def __init__(
+        self,
+        pool: Http2Pool,
+        size: int,
+        stragglers: Stragglers | None,
+        answered: Answered | None = None,
+    ) -> None:
+        self.answered = answered
         self.results: list[BatchResult | None] = [None] * size
         self.streams: list[tuple[Http2Protocol, int] | None] = [None] * size
         self.pending: deque[int] = deque(range(size))
@@ -230,6 +241,8 @@ class _Batch:
             )
             if self.observe is not None:
                 self.observe(self.clock() - self.sent_at[index])
+            if self.answered is not None:
+                self.answered(index, response)
             if self.late is not None:
                 self.settle(index, response)
                 return
@@ -516,6 +529,7 @@ class Http2Pool:
         timeout_s: float,
         abort: asyncio.Future[None] | None = None,
         stragglers: None = None,
+        answered: Answered | None = None,
     ) -> list[BatchResult]: ...
 
     @overload
@@ -526,6 +540,7 @@ class Http2Pool:
         timeout_s: float,
         abort: asyncio.Future[None] | None = None,
         stragglers: Stragglers,
+        answered: Answered | None = None,
     ) -> list[BatchResult | None]: ...
 
     async def send_batch(
@@ -535,6 +550,7 @@ class Http2Pool:
         timeout_s: float,
         abort: asyncio.Future[None] | None = None,
         stragglers: Stragglers | None = None,
+        answered: Answered | None = None,
     ) -> list[BatchResult] | list[BatchResult | None]:
         """Send every ``(headers, body)`` concurrently; return one result per request, in order.
 
@@ -556,7 +572,8 @@ class Http2Pool:
           unfinished request once ``abort`` is done (its stream is reset).
 
         With ``stragglers``, the call may return early with ``None`` in the places of a few
-        unanswered requests, whose results then reach ``stragglers.on_late``.
+        unanswered requests, whose results then reach ``stragglers.on_late``. With
+        ``answered``, each response is also handed over as it arrives (stragglers' too).
         """
         if self._state is not PoolState.OPENED:
             closed: list[BatchResult] = [PoolClosed(f"pool {self.name} is {self._state.value}")]
@@ -564,7 +581,7 @@ class Http2Pool:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout_s
-        batch = _Batch(self, len(requests), stragglers)
+        batch = _Batch(self, len(requests), stragglers, answered)
         batch.abort = abort
         if abort is not None:
             abort.add_done_callback(batch.wake)

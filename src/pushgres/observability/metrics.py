@@ -391,6 +391,11 @@ class Collector(_Collector):
                 "Open HTTP/2 connections to the provider",
                 labels=["app", "platform"],
             ),
+            "streams_open": GaugeMetricFamily(
+                "pushgres_http2_streams_open",
+                "Requests sent to the provider and not answered yet (open HTTP/2 streams)",
+                labels=["app", "platform"],
+            ),
             "stream_limit": GaugeMetricFamily(
                 "pushgres_http2_stream_limit",
                 "Concurrent streams the open connections allow, summed",
@@ -440,6 +445,7 @@ class Collector(_Collector):
             labels = [app.name, app.platform]
             gauges["in_flight"].add_metric(labels, app.in_flight)
             gauges["connections"].add_metric(labels, app.connection.get("connections", 0))
+            gauges["streams_open"].add_metric(labels, app.connection.get("in_flight", 0))
             gauges["stream_limit"].add_metric(labels, app.connection.get("stream_limit", 0))
             gauges["ready"].add_metric(labels, 0 if app.problem else 1)
             gauges["pace"].add_metric(labels, app.pace_per_s or 0.0)

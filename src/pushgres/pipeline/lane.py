@@ -6,7 +6,9 @@ how many rows it may claim *before* claiming, then hands the claim to a batch ta
 daemon's TaskGroup and goes on claiming while that batch is on the wire. A batch:
 
 1. holds its claim transaction (``Store.claim``) while it is sent; it is claimed from the
-   lane's own queue shards first (:class:`~pushgres.pipeline.shards.ShardPlan`);
+   lane's own queue shards first (:class:`~pushgres.pipeline.shards.ShardPlan`), and each
+   row the provider accepts is written down at once
+   (:class:`~pushgres.pipeline.journal.DeliveryJournal`);
 2. passes its rows through the lane's stages (the first settles rows that must not be sent);
 3. sends the rest through the app's sender, which may return before a few stragglers are
    answered;
@@ -31,7 +33,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -43,6 +45,7 @@ from ..providers.base import Sender
 from .capacity import Capacity
 from .decide import Decision, decide
 from .guardrails import CapStore
+from .journal import DeliveryJournal
 from .observer import Observer
 from .pacing import Pacing
 from .shards import ShardPlan
@@ -66,6 +69,7 @@ class ClaimHandle(CapStore, Protocol):
         results: Sequence[ResultRecord],
         requeues: Sequence[Requeue],
         invalid_tokens: Sequence[InvalidToken],
+        delivered_batch: int | None = None,
     ) -> None: ...
 
 
@@ -90,6 +94,7 @@ class LaneStore(Protocol):
         results: Sequence[ResultRecord],
         requeues: Sequence[Requeue],
         invalid_tokens: Sequence[InvalidToken],
+        delivered_batches: Iterable[int] = (),
     ) -> set[int]: ...
 
 
@@ -122,12 +127,13 @@ class _Commit(enum.Enum):
 class _Batch:
     """A batch's fate, as its stragglers' late answers need to know it."""
 
-    __slots__ = ("reserved", "rows", "state")
+    __slots__ = ("key", "reserved", "rows", "state")
 
-    def __init__(self, rows: list[ClaimedRow]) -> None:
+    def __init__(self, rows: list[ClaimedRow], key: int = 0) -> None:
         self.rows = rows
         self.state = _Commit.PENDING
         self.reserved = len(rows)  # rows of capacity the batch holds (not its stragglers)
+        self.key = key  # its acceptances' key in pushgres.delivered (random, 63 bits)
 
 
 class Lane:
@@ -150,8 +156,10 @@ class Lane:
         rng: random.Random | None = None,
         clock: Callable[[], dt.datetime] | None = None,
         pacing: Pacing | None = None,
+        journal: DeliveryJournal | None = None,
     ) -> None:
         self.name = name
+        self._journal = journal
         self._clock = clock or _utc_now
         self.pacing = pacing
         """Where the batches' answers go to slow what a provider throttles, if anywhere."""
@@ -263,7 +271,7 @@ class Lane:
     # -- one batch -------------------------------------------------------------------------
 
     async def _batch(self, limit: int, claimed: asyncio.Future[int]) -> None:
-        batch = _Batch([])
+        batch = _Batch([], self._rng.getrandbits(63))
         batch.reserved = limit
         try:
             started = time.perf_counter()
@@ -338,8 +346,13 @@ class Lane:
                 decisions.append(decide(row, outcome, now=now, retry=retry, rng=rng))
         results, requeues, invalid = _split(decisions)
         requeues += [self._lease(row) for row in stragglers]
+        journal = self._journal
+        if journal is not None:
+            await journal.settled()  # its acceptances are written down before it commits
         started = time.perf_counter()
-        await claim.write(results, requeues, invalid)
+        await claim.write(
+            results, requeues, invalid, delivered_batch=batch.key if journal else None
+        )
         self._observer.written(self.name, results, requeues, invalid, time.perf_counter() - started)
 
     def _release(self, batch: _Batch, rows: int) -> None:
@@ -362,8 +375,13 @@ class Lane:
             self._changed.set()
             self._late_event.set()
 
+        journal = self._journal
+        key = batch.key
+        on_accepted = None if journal is None else (lambda i: journal.record(key, rows[i]))
         try:
-            return await self.sender.send_batch(rows, now=now, abort=self._abort, on_late=on_late)
+            return await self.sender.send_batch(
+                rows, now=now, abort=self._abort, on_late=on_late, on_accepted=on_accepted
+            )
         except Exception as exc:
             # A bug, not a provider answer: every row of the batch is retried later.
             logger.error(
@@ -420,7 +438,13 @@ class Lane:
         started = time.perf_counter()
         self._writing_late = True
         try:
-            ours = await self._store.take_back(leased, results, requeues, invalid)
+            keys: set[int] = set()
+            if self._journal is not None:
+                await self._journal.settled()
+                keys = {batch.key for batch, _, _ in ready}
+            ours = await self._store.take_back(
+                leased, results, requeues, invalid, delivered_batches=keys
+            )
         except StoreError as exc:
             if not exc.unavailable:
                 logger.error(

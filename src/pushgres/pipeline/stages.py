@@ -7,7 +7,8 @@ stage and then to the provider. Frequency caps and quiet hours are stages
 the batch's claim transaction (which a stage may use through the ``claim`` it is given); a
 stage a lane does not need is not in its list.
 
-:class:`NotSendable` is the first stage of every lane: rows that expired, whose token a
+:class:`NotSendable` is the first stage of every lane: rows the provider accepted already (in
+a batch that was rolled back, ``pushgres.delivered``), rows that expired, whose token a
 provider had declared dead before they were enqueued, or whose attempts ran out.
 """
 
@@ -47,7 +48,13 @@ class NotSendable:
         keep: list[ClaimedRow] = []
         settled: list[Decision] = []
         for row in rows:
-            if row.is_expired:
+            if row.delivered_attempt is not None:
+                # Accepted before its batch could commit (a kill, a lost connection): sending
+                # it again would deliver it twice.
+                result = ResultRecord(
+                    row, Status.SENT, 200, "AcceptedBeforeRollback", None, row.delivered_attempt
+                )
+            elif row.is_expired:
                 result = ResultRecord(row, Status.EXPIRED, None, "Expired", None, row.attempts)
             elif row.is_token_invalid:
                 result = ResultRecord(

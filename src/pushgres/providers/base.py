@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .credentials import CredentialReport
 
 __all__ = [
+    "Accepted",
     "BatchSender",
     "LateOutcome",
     "Provider",
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 LateOutcome = Callable[[int, Outcome], None]
 """Receives a straggler's outcome, with its row's index in the batch."""
+Accepted = Callable[[int], None]
+"""Receives the index in the batch of a row the provider accepted, as its answer arrives."""
 
 
 class Sender(Protocol):
@@ -86,11 +89,14 @@ class Sender(Protocol):
         now: dt.datetime,
         abort: asyncio.Future[None] | None = None,
         on_late: LateOutcome | None = None,
+        on_accepted: Accepted | None = None,
     ) -> list[Outcome | None]:
         """One outcome per row, in order; never raises for a provider or transport failure.
 
         With ``on_late``, the call may return before a few slow requests are answered: their
         places hold ``None`` and their outcomes reach ``on_late`` later, exactly once each.
+        With ``on_accepted``, each row the provider accepts (HTTP 200) is named as its answer
+        arrives, before the call returns.
         """
         ...
 
@@ -214,6 +220,7 @@ class BatchSender(abc.ABC):
         now: dt.datetime,
         abort: asyncio.Future[None] | None = None,
         on_late: LateOutcome | None = None,
+        on_accepted: Accepted | None = None,
     ) -> list[Outcome | None]:
         outcomes: list[Outcome | None] = [None] * len(rows)
         built: list[tuple[int, Request]] = []
@@ -236,9 +243,12 @@ class BatchSender(abc.ABC):
                 (request.headers + auth if auth else request.headers, request.body)
                 for _, request in built
             ]
+            answered = None if on_accepted is None else _accepted_handler(built, on_accepted)
             if on_late is None:
                 results: list[BatchResult | None] = list(
-                    await self.pool.send_batch(requests, timeout_s=self._timeout_s, abort=abort)
+                    await self.pool.send_batch(
+                        requests, timeout_s=self._timeout_s, abort=abort, answered=answered
+                    )
                 )
             else:
                 results = await self.pool.send_batch(
@@ -248,6 +258,7 @@ class BatchSender(abc.ABC):
                     stragglers=Stragglers(
                         on_late=self._late_handler(built, authorization, on_late)
                     ),
+                    answered=answered,
                 )
             again: list[tuple[int, Request]] = []
             for (index, request), result in zip(built, results, strict=True):
@@ -274,6 +285,18 @@ class BatchSender(abc.ABC):
             on_late(built[position][0], self._outcome(result, authorization))
 
         return late
+
+
+def _accepted_handler(
+    built: list[tuple[int, Request]], on_accepted: Accepted
+) -> Callable[[int, Response], None]:
+    """The pool's per-response hook: a 200 names its row (both providers accept with 200)."""
+
+    def answered(position: int, response: Response) -> None:
+        if response.status == 200:
+            on_accepted(built[position][0])
+
+    return answered
 
 
 class Provider(Protocol):
