@@ -63,7 +63,7 @@ FULL = {
     "latency_s": 10.0,
     "backlog_rows": 10_000_000,
     "soak_s": 600.0,
-    "chaos_rows": 150_000,
+    "chaos_rows": 600_000,
     "kills": 20,
 }
 QUICK = {

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from pushgres.providers.apns.protocol import apns_id_for
 from pushgres.simulator import devkit
 
 from .harness import (
@@ -113,3 +114,50 @@ async def test_second_signal_exits_at_once_and_loses_nothing(env: dict[str, Any]
     finally:
         assert stop_process(second) == 0
     assert all(o.status == "sent" for o in found.values())
+
+
+async def test_sigkill_resends_only_what_was_in_flight(env: dict[str, Any]) -> None:
+    """Accepted sends are written down before their batch commits: after a kill -9, what the
+    provider had accepted is recorded sent, not sent again."""
+    sims = env["sims"]
+    # Answers spread over 20-400 ms: a batch waits for its slowest, its first ones wait with it.
+    sims.apns.patch({"latency": {"dist": "uniform", "min_ms": 20, "max_ms": 400}})
+    tokens = [devkit.apns_token("ok", 40_000 + i) for i in range(3000)]
+    ids = await enqueue(env["dsn"], [apns(t) for t in tokens])
+    conn = await asyncpg.connect(env["dsn"])
+    try:
+        daemon = start_daemon_process(env["config"], env["tmp"] / "daemon1.log")
+        deadline = time.monotonic() + 60
+        written_down: set[int] = set()
+        while not written_down:  # kill it while accepted sends wait for their batch's commit
+            assert time.monotonic() < deadline, "nothing was written down"
+            written_down = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT unnest(ids) FROM pushgres.delivered d "
+                    "WHERE NOT EXISTS (SELECT 1 FROM pushgres.results r WHERE r.id = ANY (d.ids))"
+                )
+            }
+            await asyncio.sleep(0.01)
+        stop_process(daemon, signal.SIGKILL)
+        committed = {r[0] for r in await conn.fetch("SELECT id FROM pushgres.results")}
+        pending = written_down - committed  # written down, its batch rolled back
+        second = start_daemon_process(env["config"], env["tmp"] / "daemon2.log")
+        try:
+            found = await wait_terminal(env["dsn"], ids, timeout_s=120)
+        finally:
+            assert stop_process(second) == 0
+        reasons = {
+            r["id"]: r["reason"]
+            for r in await conn.fetch(
+                "SELECT id, reason FROM pushgres.results WHERE status = 'sent'"
+            )
+        }
+    finally:
+        await conn.close()
+    assert all(o.status == "sent" for o in found.values())
+    assert pending, "the kill came after every written-down batch had committed"
+    accepted = sims.accepted_counts()["apns_ids"]
+    for row_id in pending:
+        assert accepted[apns_id_for(row_id)] == 1  # not sent again
+        assert reasons[row_id] == "AcceptedBeforeRollback"

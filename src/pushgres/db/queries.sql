@@ -181,8 +181,14 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::sm
          enqueued_at, user_id, group_id, probe, category, timezone, local_send_at, transactional)
 
 -- name: write_delivered
--- Ids the provider accepted in one batch, and their attempts (the daemon's own transaction).
-INSERT INTO pushgres.delivered (batch, ids, attempts) VALUES ($1, $2::bigint[], $3::smallint[])
+-- Ids the provider accepted, and their attempts, one row per batch key ($1): the batch's ids
+-- are $2[$3[i]:$4[i]] and its attempts $5[$3[i]:$4[i]]. One statement in a transaction of its
+-- own, committed without waiting for the WAL flush: the table is unlogged (a Postgres crash
+-- empties it anyway), and what a kill can lose is only what was not yet written.
+WITH settings AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO pushgres.delivered (batch, ids, attempts)
+SELECT b.batch, ($2::bigint[])[b.lo:b.hi], ($5::smallint[])[b.lo:b.hi]
+FROM settings, unnest($1::bigint[], $3::int[], $4::int[]) AS b(batch, lo, hi)
 
 -- name: forget_delivered
 -- A batch's deliveries, in the transaction that records their outcomes.

@@ -425,9 +425,20 @@ class Store:
     async def write_delivered(self, batches: Sequence[tuple[int, list[int], list[int]]]) -> None:
         """Write down sends the provider accepted (``pushgres.delivered``): per batch key, the
         ids and their attempts; one transaction, before their batches commit."""
+        keys: list[int] = []
+        ids: list[int] = []
+        attempts: list[int] = []
+        lows: list[int] = []
+        highs: list[int] = []
+        for key, batch_ids, batch_attempts in batches:
+            keys.append(key)
+            lows.append(len(ids) + 1)
+            ids += batch_ids
+            attempts += batch_attempts
+            highs.append(len(ids))
         with self._guard("recording accepted sends"):
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-                await conn.executemany(QUERIES["write_delivered"], batches)
+                await conn.execute(QUERIES["write_delivered"], keys, ids, lows, highs, attempts)
 
     async def heartbeat(
         self, daemon_id: str, host: str, pid: int, apps: Sequence[str], live_s: float
