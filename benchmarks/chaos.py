@@ -10,7 +10,8 @@ a random 0.5-2 s after its first answer, and is killed with SIGKILL. In flight a
 the daemon itself counted on the wire (``pushgres_http2_streams_open``: requests sent and not
 answered, scraped from its admin listener just before the kill); the simulator's view is
 reported beside it (streams it had received and not answered, plus requests it reads after the
-kill from socket buffers). A last daemon drains the rest. Delivered twice: every acceptance of
+kill from socket buffers). A last daemon drains the rest. The step runs as the daemon runs by default and again with
+``delivery_journal = true``. Delivered twice: every acceptance of
 an ``apns-id`` beyond its first. The target is at most the streams that were in flight at the
 kills (their answers were lost with the process, so resending them is the point of at-least-
 once delivery); anything above that is work the daemon had finished and lost.
@@ -45,7 +46,13 @@ DONE_SQL = "SELECT count(*) FROM pushgres.results WHERE id BETWEEN $1 AND $2"
 
 
 def _config(
-    path: pathlib.Path, dsn: str, port: int, credentials: Credentials, batch: int, admin: int
+    path: pathlib.Path,
+    dsn: str,
+    port: int,
+    credentials: Credentials,
+    batch: int,
+    admin: int,
+    journal: bool,
 ) -> None:
     path.write_text(
         f"""# Written by `make bench`'s chaos step: one APNs app against the simulator.
@@ -55,6 +62,7 @@ dsn = {json.dumps(dsn)}
 [daemon]
 batch_size = {batch}
 log_level = "warning"
+delivery_journal = {"true" if journal else "false"}
 
 [apps.{APP}]
 platform = "apns"
@@ -82,17 +90,18 @@ def run_chaos(
     kills: int,
     latency_ms: float,
     batch_size: int,
+    journal: bool = False,
     seed: int = 11,
 ) -> dict[str, Any]:
     """The kill loop (see the module docstring); raises :class:`StepFailed`."""
-    state = workdir / "chaos"
+    state = workdir / ("chaos-journal" if journal else "chaos")
     state.mkdir(parents=True, exist_ok=True)
     dsn, server = bench_database(state)
     try:
         migrate_database(dsn)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(
-                _chaos(dsn, state, credentials, rows, kills, latency_ms, batch_size, seed)
+                _chaos(dsn, state, credentials, rows, kills, latency_ms, batch_size, journal, seed)
             )
     finally:
         if server is not None:
@@ -107,6 +116,7 @@ async def _chaos(
     kills: int,
     latency_ms: float,
     batch_size: int,
+    journal: bool,
     seed: int,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
@@ -115,7 +125,7 @@ async def _chaos(
         sims.apns.patch({"latency": {"dist": "fixed", "ms": latency_ms}})
         config = state / "chaos.toml"
         metrics_url = f"http://127.0.0.1:{(admin := free_port())}/metrics"
-        _config(config, dsn, sims.apns_production_port, credentials, batch_size, admin)
+        _config(config, dsn, sims.apns_production_port, credentials, batch_size, admin, journal)
         queue = await _fill(dsn, rows)
         conn = await asyncpg.connect(dsn)
         in_flight: list[int] = []
@@ -172,6 +182,7 @@ async def _chaos(
         "kills": kills,
         "latency_ms": latency_ms,
         "batch_size": batch_size,
+        "delivery_journal": journal,
         "in_flight_at_kills": in_flight,
         "in_flight_total": sum(in_flight),
         "unanswered_at_simulator": seen_by_simulator,

@@ -393,10 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                 )
             run["sink"]["restarts"] = max(0, sink.restarts)
-        if "chaos" in args.steps:
+        for name, journal in (("chaos", False), ("chaos-journal", True)):
+            if "chaos" not in args.steps:
+                break
             _step(
                 steps,
-                "chaos",
+                name,
                 functools.partial(
                     run_chaos,
                     credentials,
@@ -405,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     kills=args.kills,
                     latency_ms=args.chaos_latency_ms,
                     batch_size=args.batch_size,
+                    journal=journal,
                 ),
             )
         if "fanout" in args.steps:

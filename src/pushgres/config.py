@@ -100,6 +100,9 @@ class DaemonConfig:
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
     log_level: str = "info"
     log_format: str = "text"
+    delivery_journal: bool = False
+    """Write accepted sends to ``pushgres.delivered`` before their batch commits, so a kill
+    does not send them again (``pipeline/journal.py``); costs speed, see the README."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -295,6 +298,14 @@ class Section:
             raise ConfigError(
                 f"{self._key(key)} must be one of {', '.join(choices)}, got {value!r}"
             )
+        return value
+
+    def bool_(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self._key(key)} must be true or false")
         return value
 
     def int_(self, key: str, default: int, lo: int, hi: int) -> int:
@@ -497,6 +508,7 @@ def parse_config(
         ready_timeout_s=d.float_("ready_timeout_s", DEFAULT_READY_TIMEOUT_S, 0, 3600),
         log_level=d.choice("log_level", ("debug", "info", "warning", "error"), "info"),
         log_format=d.choice("log_format", ("text", "json"), "text"),
+        delivery_journal=d.bool_("delivery_journal", False),
     )
     d.finish()
 
@@ -582,12 +594,9 @@ def _categories(section: Section) -> dict[str, CategoryConfig]:
         if not _APP_NAME.fullmatch(name):
             raise ConfigError(f"categories.{name}: category names are 1-64 of A-Z a-z 0-9 _ . - ")
         table = Section(section.data[name], f"categories.{name}")
-        transactional = table.get("transactional")
-        if transactional is not None and not isinstance(transactional, bool):
-            raise ConfigError(f"categories.{name}.transactional must be true or false")
         found[name] = CategoryConfig(
             name=name,
-            transactional=bool(transactional),
+            transactional=table.bool_("transactional", False),
             quiet_hours=table.quiet_hours("quiet_hours"),
         )
         table.finish()

@@ -246,7 +246,8 @@ class Daemon:
         try:
             await store.check_schema()
             self._store = store
-            self._journal = DeliveryJournal(store)
+            if settings.daemon.delivery_journal:
+                self._journal = DeliveryJournal(store)
             chores = Housekeeping(
                 store,
                 daemon_id=self.id,
@@ -395,12 +396,9 @@ class Daemon:
 
     async def _supervise(self, store: Store, chores: Housekeeping, tg: asyncio.TaskGroup) -> None:
         self._listener = store.listener(self._on_notify)
-        journal = self._journal
-        assert journal is not None
         background = [
             tg.create_task(self._listener.run(), name="listen"),
             tg.create_task(chores.heartbeat(), name="heartbeat"),
-            tg.create_task(journal.run(), name="delivery-journal"),
             tg.create_task(chores.maintenance(), name="maintenance"),
             tg.create_task(chores.sweep_unknown_apps(), name="unknown-app-sweeper"),
             tg.create_task(chores.uninstall_probes(), name="uninstall-probes"),
@@ -409,6 +407,8 @@ class Daemon:
             tg.create_task(self._watch_expiry(), name="credential-expiry"),
             tg.create_task(self._reloader(chores), name="reloader"),
         ]
+        if self._journal is not None:
+            background.append(tg.create_task(self._journal.run(), name="delivery-journal"))
         if self._history is not None:
             background.append(
                 tg.create_task(self._sample(store, self._history), name="metrics-sampler")

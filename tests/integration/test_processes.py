@@ -22,6 +22,7 @@ from .harness import (
     start_daemon_process,
     stop_process,
     wait_terminal,
+    write_config,
 )
 
 
@@ -117,16 +118,23 @@ async def test_second_signal_exits_at_once_and_loses_nothing(env: dict[str, Any]
 
 
 async def test_sigkill_resends_only_what_was_in_flight(env: dict[str, Any]) -> None:
-    """Accepted sends are written down before their batch commits: after a kill -9, what the
-    provider had accepted is recorded sent, not sent again."""
+    """With ``delivery_journal``, accepted sends are written down before their batch commits:
+    after a kill -9, what the provider had accepted is recorded sent, not sent again."""
     sims = env["sims"]
     # Answers spread over 20-400 ms: a batch waits for its slowest, its first ones wait with it.
     sims.apns.patch({"latency": {"dist": "uniform", "min_ms": 20, "max_ms": 400}})
     tokens = [devkit.apns_token("ok", 40_000 + i) for i in range(3000)]
     ids = await enqueue(env["dsn"], [apns(t) for t in tokens])
+    config = write_config(
+        env["tmp"] / "journal.toml",
+        dsn=env["dsn"],
+        setup=env["setup"],
+        sims=sims,
+        daemon="delivery_journal = true",
+    )
     conn = await asyncpg.connect(env["dsn"])
     try:
-        daemon = start_daemon_process(env["config"], env["tmp"] / "daemon1.log")
+        daemon = start_daemon_process(config, env["tmp"] / "daemon1.log")
         deadline = time.monotonic() + 60
         written_down: set[int] = set()
         while not written_down:  # kill it while accepted sends wait for their batch's commit
@@ -142,7 +150,7 @@ async def test_sigkill_resends_only_what_was_in_flight(env: dict[str, Any]) -> N
         stop_process(daemon, signal.SIGKILL)
         committed = {r[0] for r in await conn.fetch("SELECT id FROM pushgres.results")}
         pending = written_down - committed  # written down, its batch rolled back
-        second = start_daemon_process(env["config"], env["tmp"] / "daemon2.log")
+        second = start_daemon_process(config, env["tmp"] / "daemon2.log")
         try:
             found = await wait_terminal(env["dsn"], ids, timeout_s=120)
         finally:

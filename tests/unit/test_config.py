@@ -48,6 +48,7 @@ def test_minimal_config_gets_defaults(tmp_path: pathlib.Path) -> None:
     assert android.pool.max_streams_per_connection == 100
     assert android.pool.max_connection_age_s == 3000
     assert settings.daemon.batch_size == 500
+    assert settings.daemon.delivery_journal is False
 
 
 def test_env_dsn_overrides(tmp_path: pathlib.Path) -> None:
@@ -60,6 +61,7 @@ def test_env_dsn_overrides(tmp_path: pathlib.Path) -> None:
     [
         ("[daemon]\nbatch_size = 0\n", "daemon.batch_size must be 1..5000, got 0"),
         ("[daemon]\nbatch_sise = 10\n", "unknown key(s) in [daemon]: batch_sise"),
+        ('[daemon]\ndelivery_journal = "yes"\n', "daemon.delivery_journal must be true or false"),
         ('[apps.web]\nplatform = "webpush"\n', "apps.web.platform must be one of apns, fcm"),
         (
             '[apps.x]\nplatform = "fcm"\nservice_account_file = "nope.json"\n',
