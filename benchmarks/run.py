@@ -59,7 +59,7 @@ FULL = {
     "fanout_users": 1_000_000,
     "fairness_rows": 1_000_000,
     "fairness_s": 10.0,
-    "scale_rows": 400_000,
+    "scale_rows": 1_000_000,
     "latency_s": 10.0,
     "backlog_rows": 10_000_000,
     "soak_s": 600.0,
