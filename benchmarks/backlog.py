@@ -31,10 +31,10 @@ import asyncpg
 import uvloop
 
 from pushgres import codec
-from pushgres.simulator.devkit import APNS_KINDS, free_port
+from pushgres.simulator.devkit import APNS_KINDS
 
-from .e2e import _write_config, bench_database, migrate_database
-from .fairness import _daemon, _until
+from .e2e import scene
+from .fairness import _until
 from .latency import _Producer
 from .procs import Child, StepFailed, peak_rss_bytes
 from .sink import Sink
@@ -215,36 +215,23 @@ def run_backlog(
     batch_size: int,
 ) -> dict[str, Any]:
     """The drain's three windows, the peak RSS, and the soak (see the module docstring)."""
-    state = workdir / "backlog"
-    state.mkdir(parents=True, exist_ok=True)
-    dsn, server = bench_database(state)
-    daemon: Child | None = None
-    try:
-        sink.ensure()
-        admin_port = free_port()
-        config = _write_config(
-            state / "bench.toml",
-            dsn,
+    with (
+        scene(
+            workdir,
+            "backlog",
             sink,
             credentials,
             codec=codec_name,
             connections=connections,
             streams=streams,
             batch_size=batch_size,
-            admin_port=admin_port,
-        )
-        migrate_database(dsn)
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            fill_s = runner.run(_fill(dsn, rows))
-            daemon = _daemon(config, state, "backlog")
-            drain = runner.run(_drain(dsn, rows, daemon, f"http://127.0.0.1:{admin_port}/metrics"))
-            drain["peak_rss_bytes"] = peak_rss_bytes(daemon.pid)
-            soak = runner.run(_soak(dsn, daemon, soak_per_s, soak_s)) if soak_s > 0 else None
-            daemon.stop()
-            daemon = None
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        if server is not None:
-            server.cleanup()
+        ) as here,
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+    ):
+        fill_s = runner.run(_fill(here.dsn, rows))
+        daemon = here.daemon("backlog")
+        metrics_url = f"http://127.0.0.1:{here.admin_port}/metrics"
+        drain = runner.run(_drain(here.dsn, rows, daemon, metrics_url))
+        drain["peak_rss_bytes"] = peak_rss_bytes(daemon.pid)
+        soak = runner.run(_soak(here.dsn, daemon, soak_per_s, soak_s)) if soak_s > 0 else None
     return {"rows": rows, "fill_s": fill_s, "fill_per_s": rows / fill_s, **drain, "soak": soak}

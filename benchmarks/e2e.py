@@ -27,7 +27,7 @@ import os
 import pathlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +100,73 @@ def bench_database(state: pathlib.Path) -> tuple[str, Any]:
     if bench_dsn:
         return bench_dsn, None
     return start_postgres(state)
+
+
+@dataclass
+class Scene:
+    """One step's database (migrated), daemon config and daemons (from :func:`scene`)."""
+
+    state: pathlib.Path
+    dsn: str
+    config: pathlib.Path
+    admin_port: int | None
+    server: Any
+    children: list[Child] = dataclasses.field(default_factory=list)
+
+    def daemon(self, name: str) -> Child:
+        """Start ``pushgres run`` on the step's config (stopped by the scene at the latest)."""
+        child = Child(
+            [sys.executable, "-m", "pushgres", "run", "--config", str(self.config)],
+            log=self.state / f"{name}.log",
+        )
+        self.children.append(child)
+        return child
+
+
+@contextlib.contextmanager
+def scene(
+    workdir: pathlib.Path,
+    name: str,
+    sink: Sink,
+    credentials: Credentials,
+    *,
+    codec: str,
+    connections: int,
+    streams: int,
+    batch_size: int,
+    metrics: bool = True,
+    **config: Any,
+) -> Iterator[Scene]:
+    """A step's own Postgres (migrated) and a daemon config aimed at ``sink`` (``config``: more
+    :func:`_write_config` keywords); on exit its daemons are stopped and Postgres removed."""
+    state = workdir / name
+    state.mkdir(parents=True, exist_ok=True)
+    dsn, server = bench_database(state)
+    found: Scene | None = None
+    try:
+        sink.ensure()
+        admin_port = free_port() if metrics else None
+        path = _write_config(
+            state / "bench.toml",
+            dsn,
+            sink,
+            credentials,
+            codec=codec,
+            connections=connections,
+            streams=streams,
+            batch_size=batch_size,
+            admin_port=admin_port,
+            **config,
+        )
+        migrate_database(dsn)
+        found = Scene(state, dsn, path, admin_port, server)
+        yield found
+    finally:
+        for child in found.children if found else ():
+            if child.alive():
+                child.stop()
+        if server is not None:
+            server.cleanup()
 
 
 def migrate_database(dsn: str) -> None:

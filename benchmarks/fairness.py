@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -24,8 +23,8 @@ import uvloop
 from pushgres import codec
 from pushgres.api import enqueue
 
-from .e2e import _write_config, bench_database, migrate_database
-from .procs import Child, StepFailed
+from .e2e import scene
+from .procs import StepFailed
 from .sink import Sink
 from .workload import APP, PAYLOAD, Credentials, device_token, notification
 
@@ -156,13 +155,6 @@ async def _phase(dsn: str, duration_s: float) -> dict[str, Any]:
     }
 
 
-def _daemon(config: pathlib.Path, state: pathlib.Path, name: str) -> Child:
-    return Child(
-        [sys.executable, "-m", "pushgres", "run", "--config", str(config)],
-        log=state / f"{name}.log",
-    )
-
-
 def run_fairness(
     sink: Sink,
     credentials: Credentials,
@@ -176,55 +168,43 @@ def run_fairness(
     batch_size: int,
 ) -> dict[str, Any]:
     """The fairness scenario (see the module docstring); raises :class:`StepFailed`."""
-    state = workdir / "fairness"
-    state.mkdir(parents=True, exist_ok=True)
-    dsn, server = bench_database(state)
-    daemon: Child | None = None
-    try:
-        sink.ensure()
-        config = _write_config(
-            state / "bench.toml",
-            dsn,
+    with (
+        scene(
+            workdir,
+            "fairness",
             sink,
             credentials,
             codec=codec_name,
+            metrics=False,
+            apps=(APP, OTHER),
+            extra=CATEGORIES,
             connections=connections,
             streams=streams,
             batch_size=batch_size,
-            admin_port=None,
-            apps=(APP, OTHER),
-            extra=CATEGORIES,
-        )
-        migrate_database(dsn)
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_fill(dsn, rows))
-            daemon = _daemon(config, state, "campaign")
+        ) as here,
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+    ):
+        dsn = here.dsn
+        runner.run(_fill(dsn, rows))
+        daemon = here.daemon("campaign")
 
-            async def draining() -> bool:
-                conn = await asyncpg.connect(dsn)
-                try:
-                    return bool(await conn.fetchval("SELECT count(*) > 1000 FROM pushgres.results"))
-                finally:
-                    await conn.close()
+        async def draining() -> bool:
+            conn = await asyncpg.connect(dsn)
+            try:
+                return bool(await conn.fetchval("SELECT count(*) > 1000 FROM pushgres.results"))
+            finally:
+                await conn.close()
 
-            runner.run(_until(draining, 120, "the campaign to start draining"))
-            campaign = runner.run(_phase(dsn, duration_s))
-            left = runner.run(_queued(dsn))
-            daemon.stop()
-            daemon = None
-            if left == 0:
-                raise StepFailed(f"the campaign of {rows:,} drained before the phase ended")
-            runner.run(_clear(dsn))
-            daemon = _daemon(config, state, "alone")
-            runner.run(_warm(dsn))
-            alone = runner.run(_phase(dsn, duration_s))
-            daemon.stop()
-            daemon = None
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        if server is not None:
-            server.cleanup()
+        runner.run(_until(draining, 120, "the campaign to start draining"))
+        campaign = runner.run(_phase(dsn, duration_s))
+        left = runner.run(_queued(dsn))
+        daemon.stop()
+        if left == 0:
+            raise StepFailed(f"the campaign of {rows:,} drained before the phase ended")
+        runner.run(_clear(dsn))
+        daemon = here.daemon("alone")
+        runner.run(_warm(dsn))
+        alone = runner.run(_phase(dsn, duration_s))
     result: dict[str, Any] = {
         "rows": rows,
         "per_s_each": PER_S,

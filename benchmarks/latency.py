@@ -28,11 +28,10 @@ import asyncpg
 import uvloop
 
 from pushgres import codec
-from pushgres.simulator.devkit import free_port
 
-from .e2e import _write_config, bench_database, migrate_database
-from .fairness import _daemon, _until
-from .procs import Child, StepFailed
+from .e2e import scene
+from .fairness import _until
+from .procs import StepFailed
 from .sink import Sink
 from .workload import APP, PAYLOAD, TOKEN_RING, Credentials, device_token
 
@@ -155,37 +154,24 @@ def run_latency(
     batch_size: int,
 ) -> dict[str, Any]:
     """Per way of enqueueing: the maximum, then the open loop at half of it."""
-    state = workdir / "latency"
-    state.mkdir(parents=True, exist_ok=True)
-    dsn, server = bench_database(state)
-    daemon: Child | None = None
     found: dict[str, Any] = {"duration_s": duration_s}
-    try:
-        sink.ensure()
-        config = _write_config(
-            state / "bench.toml",
-            dsn,
+    with (
+        scene(
+            workdir,
+            "latency",
             sink,
             credentials,
             codec=codec_name,
             connections=connections,
             streams=streams,
             batch_size=batch_size,
-            admin_port=free_port(),  # metrics on, as users run it
-        )
-        migrate_database(dsn)
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            daemon = _daemon(config, state, "latency")
-            runner.run(_warm(dsn))
-            for mode, size in MODES.items():
-                found[mode] = runner.run(_mode(dsn, size, duration_s))
-            daemon.stop()
-            daemon = None
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        if server is not None:
-            server.cleanup()
+        ) as here,
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+    ):
+        here.daemon("latency")  # metrics on, as users run it
+        runner.run(_warm(here.dsn))
+        for mode, size in MODES.items():
+            found[mode] = runner.run(_mode(here.dsn, size, duration_s))
     for mode in MODES:
         if found[mode]["not_sent"]:
             raise StepFailed(f"{mode}: {found[mode]['not_sent']} not sent", found)
