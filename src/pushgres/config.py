@@ -59,6 +59,7 @@ DEFAULT_DEDUPE_RETENTION_DAYS = 7
 DEFAULT_DEVICE_RETENTION_DAYS = 90
 DEFAULT_UNKNOWN_APP_GRACE_S = 60.0
 DEFAULT_READY_TIMEOUT_S = 30.0
+DEFAULT_QUEUE_VACUUM_DEAD_ROWS = 200_000
 DEFAULT_STALE_AFTER_DAYS = 60
 DEFAULT_PROBE_EVERY_DAYS = 30
 DEFAULT_PROBE_PER_MINUTE = 100
@@ -100,6 +101,8 @@ class DaemonConfig:
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
     log_level: str = "info"
     log_format: str = "text"
+    queue_vacuum_dead_rows: int = DEFAULT_QUEUE_VACUUM_DEAD_ROWS
+    """Vacuum the queue once it holds this many dead rows (0: leave it to autovacuum)."""
     delivery_journal: bool = False
     """Write accepted sends to ``pushgres.delivered`` before their batch commits, so a kill
     does not send them again (``pipeline/journal.py``); costs speed, see the README."""
@@ -508,6 +511,9 @@ def parse_config(
         ready_timeout_s=d.float_("ready_timeout_s", DEFAULT_READY_TIMEOUT_S, 0, 3600),
         log_level=d.choice("log_level", ("debug", "info", "warning", "error"), "info"),
         log_format=d.choice("log_format", ("text", "json"), "text"),
+        queue_vacuum_dead_rows=d.int_(
+            "queue_vacuum_dead_rows", DEFAULT_QUEUE_VACUUM_DEAD_ROWS, 0, 1_000_000_000
+        ),
         delivery_journal=d.bool_("delivery_journal", False),
     )
     d.finish()

@@ -60,7 +60,9 @@ logger = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S: Final = 60.0
 ABORT_DRAIN_S: Final = 10.0  # after the shutdown deadline: how long aborted sends may take
-RESERVED_DB_CONNECTIONS: Final = 4  # LISTEN aside: heartbeat, sweeper, late writers, journal
+RESERVED_DB_CONNECTIONS: Final = (
+    4  # LISTEN aside: heartbeat, sweeper, late writers, journal, vacuum
+)
 EXPIRY_CHECK_S: Final = 86400.0
 STATUS_INTERVAL_S: Final = 10.0
 HISTORY_INTERVAL_S: Final = 5.0
@@ -402,6 +404,7 @@ class Daemon:
             tg.create_task(chores.maintenance(), name="maintenance"),
             tg.create_task(chores.sweep_unknown_apps(), name="unknown-app-sweeper"),
             tg.create_task(chores.uninstall_probes(), name="uninstall-probes"),
+            tg.create_task(chores.vacuum_queue(), name="queue-vacuum"),
             tg.create_task(self._report(), name="report"),
             tg.create_task(self._keep_ready(), name="readiness"),
             tg.create_task(self._watch_expiry(), name="credential-expiry"),

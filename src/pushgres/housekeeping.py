@@ -10,6 +10,11 @@ store, any other failure once per attempt, and the chore tries again on its next
 * maintenance — result partitions ahead, old partitions, dedupe keys and daemon rows pruned;
 * unknown-app sweep — rows of apps no live daemon serves are failed (``UnknownApp``) once they
   are older than ``daemon.unknown_app_grace_s``;
+* queue vacuum — every ``QUEUE_VACUUM_CHECK_S``, once the queue holds
+  ``daemon.queue_vacuum_dead_rows`` dead rows (every claimed row leaves one), ``VACUUM`` it:
+  autovacuum visits a table at most once per ``autovacuum_naptime`` (a minute by default),
+  and a fast drain leaves millions of dead rows meanwhile, which every claim's index scan
+  steps over. ``SKIP_LOCKED`` makes it a no-op while autovacuum or another daemon vacuums it;
 * uninstall probes — for each app that opted in (``uninstall_probe_after_days``), a silent
   push (:data:`PROBE_MESSAGE`: an APNs background push, an FCM data-only message, priority 5)
   to devices not seen for that long, once per ``uninstall_probe_every_days`` at most, at most
@@ -22,6 +27,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
@@ -41,6 +47,7 @@ HEARTBEAT_LIVE_S: Final = 30.0  # a daemon silent for longer no longer serves it
 UNKNOWN_APP_SWEEP_S: Final = 10.0
 UNKNOWN_APP_SWEEP_LIMIT: Final = 1000
 PROBE_INTERVAL_S: Final = 60.0
+QUEUE_VACUUM_CHECK_S: Final = 2.0
 PROBE_MESSAGE: Final = '{"data": {"pushgres": "uninstall-probe"}}'
 """What an uninstall probe sends: data only, which each provider renders as a silent push."""
 
@@ -128,6 +135,44 @@ class Housekeeping:
                 await self.maintain()
             except StoreError as exc:
                 _log_failure("maintenance", exc)
+
+    async def vacuum_round(self) -> bool | None:
+        """Vacuum the queue if it holds enough dead rows: whether it did, or None when this
+        role may not (it does not own the queue)."""
+        threshold = self._settings.queue_vacuum_dead_rows
+        dead, may_vacuum = await self._store.queue_dead_rows()
+        if not may_vacuum:
+            return None
+        if threshold == 0 or dead < threshold:
+            return False
+        started = time.monotonic()
+        await self._store.vacuum_queue()
+        logger.debug(
+            "vacuumed the queue: %d dead row(s), %.1f s",
+            dead,
+            time.monotonic() - started,
+            extra={"action": "vacuum"},
+        )
+        return True
+
+    async def vacuum_queue(self) -> None:
+        told = False
+        while True:
+            await asyncio.sleep(QUEUE_VACUUM_CHECK_S)
+            if self._settings.queue_vacuum_dead_rows == 0:
+                continue
+            try:
+                done = await self.vacuum_round()
+            except StoreError as exc:
+                _log_failure("queue vacuum", exc)
+                continue
+            if done is None and not told:
+                logger.warning(
+                    "queue vacuum left to autovacuum: this role does not own pushgres.queue "
+                    "(set autovacuum_naptime lower, or daemon.queue_vacuum_dead_rows = 0)",
+                    extra={"action": "vacuum"},
+                )
+            told = told or done is None
 
     async def probe_round(self) -> int:
         """One round of uninstall probes for every app that asks for them; how many queued."""

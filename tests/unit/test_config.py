@@ -49,6 +49,7 @@ def test_minimal_config_gets_defaults(tmp_path: pathlib.Path) -> None:
     assert android.pool.max_connection_age_s == 3000
     assert settings.daemon.batch_size == 500
     assert settings.daemon.delivery_journal is False
+    assert settings.daemon.queue_vacuum_dead_rows == 200_000
 
 
 def test_env_dsn_overrides(tmp_path: pathlib.Path) -> None:
@@ -62,6 +63,10 @@ def test_env_dsn_overrides(tmp_path: pathlib.Path) -> None:
         ("[daemon]\nbatch_size = 0\n", "daemon.batch_size must be 1..5000, got 0"),
         ("[daemon]\nbatch_sise = 10\n", "unknown key(s) in [daemon]: batch_sise"),
         ('[daemon]\ndelivery_journal = "yes"\n', "daemon.delivery_journal must be true or false"),
+        (
+            "[daemon]\nqueue_vacuum_dead_rows = -1\n",
+            "daemon.queue_vacuum_dead_rows must be 0..1000000000",
+        ),
         ('[apps.web]\nplatform = "webpush"\n', "apps.web.platform must be one of apns, fcm"),
         (
             '[apps.x]\nplatform = "fcm"\nservice_account_file = "nope.json"\n',

@@ -309,6 +309,26 @@ WHERE ctid = ANY (ARRAY(
 -- name: maintenance_lock
 SELECT pg_try_advisory_xact_lock(hashtext('pushgres.maintenance'))
 
+-- name: queue_dead_rows
+-- The queue's dead rows as the statistics count them (every daemon's claims), and whether
+-- this role may vacuum it (owners only, before PostgreSQL 17's MAINTAIN privilege).
+SELECT coalesce(s.n_dead_tup, 0) AS dead,
+       pg_has_role(c.relowner, 'USAGE') AS may_vacuum
+FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.oid = 'pushgres.queue'::regclass
+
+-- name: vacuum_queue
+-- Outside a transaction. SKIP_LOCKED: if autovacuum or another daemon is vacuuming it, skip.
+-- TRUNCATE false: the end-of-table truncation would take an ACCESS EXCLUSIVE lock that stalls
+-- claims; autovacuum still gives pages back.
+VACUUM (SKIP_LOCKED, TRUNCATE false) pushgres.queue
+
+-- name: lift_statement_timeout
+SET statement_timeout = 0
+
+-- name: reset_statement_timeout
+RESET statement_timeout
+
 -- name: ping
 SELECT 1
 

@@ -86,6 +86,7 @@ QUEUE_COUNT_CAP: Final = 1_000_000  # the queue gauges count this many rows per 
 DELIVERED_KEEP_S: Final = 300.0  # pushgres.delivered rows older than this may be pruned
 ALL_SHARDS: Final = tuple(range(QUEUE_SHARDS))  # a claim's shards when it names none
 ACQUIRE_TIMEOUT_S: Final = 30.0  # waiting for a pooled connection (or a new one) at most
+VACUUM_TIMEOUT_S: Final = 600.0  # a vacuum of the queue (cancelled beyond, harmlessly)
 
 # Errors that say the database cannot be reached, not that a statement was wrong.
 _UNAVAILABLE = (
@@ -564,6 +565,27 @@ class Store:
                 await conn.execute(
                     QUERIES["sync_categories"], list(categories), list(categories.values())
                 )
+
+    async def queue_dead_rows(self) -> tuple[int, bool]:
+        """The queue's dead rows (as the statistics last counted them), and whether this role
+        may vacuum it."""
+        with self._guard("counting the queue's dead rows"):
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                record = await conn.fetchrow(QUERIES["queue_dead_rows"])
+        assert record is not None
+        return int(record["dead"]), bool(record["may_vacuum"])
+
+    async def vacuum_queue(self) -> None:
+        """Vacuum the queue now, unless a vacuum of it is already running."""
+        with self._guard("vacuuming the queue"):
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                # The session's statement_timeout bounds claims and writes, not a vacuum of a
+                # big queue: lifted for this statement, bounded by VACUUM_TIMEOUT_S instead.
+                await conn.execute(QUERIES["lift_statement_timeout"])
+                try:
+                    await conn.execute(QUERIES["vacuum_queue"], timeout=VACUUM_TIMEOUT_S)
+                finally:
+                    await conn.execute(QUERIES["reset_statement_timeout"])
 
     async def device_counts(self) -> dict[tuple[str, str], int]:
         """Devices by app and state."""
