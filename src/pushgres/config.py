@@ -102,7 +102,8 @@ class DaemonConfig:
     log_level: str = "info"
     log_format: str = "text"
     queue_vacuum_dead_rows: int = DEFAULT_QUEUE_VACUUM_DEAD_ROWS
-    """Vacuum the queue once it holds this many dead rows (0: leave it to autovacuum)."""
+    """Vacuum the queue once it holds this many dead rows, or a tenth of its rows if that is
+    more (0: leave it to autovacuum)."""
     delivery_journal: bool = False
     """Write accepted sends to ``pushgres.delivered`` before their batch commits, so a kill
     does not send them again (``pipeline/journal.py``); costs speed, see the README."""

@@ -11,7 +11,8 @@ store, any other failure once per attempt, and the chore tries again on its next
 * unknown-app sweep — rows of apps no live daemon serves are failed (``UnknownApp``) once they
   are older than ``daemon.unknown_app_grace_s``;
 * queue vacuum — every ``QUEUE_VACUUM_CHECK_S``, once the queue holds
-  ``daemon.queue_vacuum_dead_rows`` dead rows (every claimed row leaves one), ``VACUUM`` it:
+  ``daemon.queue_vacuum_dead_rows`` dead rows, or a tenth of its rows if that is more (every
+  claimed row leaves one; :func:`vacuum_threshold`), ``VACUUM`` it:
   autovacuum visits a table at most once per ``autovacuum_naptime`` (a minute by default),
   and a fast drain leaves millions of dead rows meanwhile, which every claim's index scan
   steps over. ``SKIP_LOCKED`` makes it a no-op while autovacuum or another daemon vacuums it;
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -37,7 +39,7 @@ from .exceptions import StoreError
 from .models import ResultRecord
 from .pipeline.observer import Observer
 
-__all__ = ["HEARTBEAT_LIVE_S", "HEARTBEAT_S", "Housekeeping"]
+__all__ = ["HEARTBEAT_LIVE_S", "HEARTBEAT_S", "Housekeeping", "vacuum_threshold"]
 
 logger = logging.getLogger("pushgres.daemon")
 
@@ -48,6 +50,7 @@ UNKNOWN_APP_SWEEP_S: Final = 10.0
 UNKNOWN_APP_SWEEP_LIMIT: Final = 1000
 PROBE_INTERVAL_S: Final = 60.0
 QUEUE_VACUUM_CHECK_S: Final = 2.0
+QUEUE_VACUUM_SCALE: Final = 0.1  # of the rows queued, the dead rows that also trigger a vacuum
 PROBE_MESSAGE: Final = '{"data": {"pushgres": "uninstall-probe"}}'
 """What an uninstall probe sends: data only, which each provider renders as a silent push."""
 
@@ -139,11 +142,10 @@ class Housekeeping:
     async def vacuum_round(self) -> bool | None:
         """Vacuum the queue if it holds enough dead rows: whether it did, or None when this
         role may not (it does not own the queue)."""
-        threshold = self._settings.queue_vacuum_dead_rows
-        dead, may_vacuum = await self._store.queue_dead_rows()
+        dead, live, may_vacuum = await self._store.queue_dead_rows()
         if not may_vacuum:
             return None
-        if threshold == 0 or dead < threshold:
+        if dead < vacuum_threshold(self._settings.queue_vacuum_dead_rows, live):
             return False
         started = time.monotonic()
         await self._store.vacuum_queue()
@@ -245,6 +247,19 @@ class Housekeeping:
                 self._observer.written(app, records, (), (), 0.0)
             if not failed:
                 await asyncio.sleep(max(1.0, min(UNKNOWN_APP_SWEEP_S, grace)))
+
+
+def vacuum_threshold(dead_rows: int, live: int) -> float:
+    """The dead rows at which the queue is vacuumed: ``dead_rows``, or a tenth of the rows
+    queued if that is more (infinite when ``dead_rows`` is 0: never).
+
+    A vacuum reads every index of the queue whole, so it costs in proportion to the rows
+    queued; the dead rows it removes cost every claim in proportion to their number. The
+    tenth keeps the first from swamping the second on a big backlog (measured on 10,000,000
+    rows, see the README's Performance section), as autovacuum's scale factor does."""
+    if dead_rows == 0:
+        return math.inf
+    return max(dead_rows, live * QUEUE_VACUUM_SCALE)
 
 
 def _log_failure(chore: str, exc: StoreError) -> None:

@@ -86,7 +86,7 @@ async def test_the_queue_is_vacuumed_once_its_dead_rows_reach_the_threshold(dsn:
         assert await _vacuums(dsn) == before
         assert await _chores(store, ROWS).vacuum_round() is True
         assert await _vacuums(dsn) == before + 1
-        dead, may = await store.queue_dead_rows()
+        dead, _, may = await store.queue_dead_rows()
         assert may and dead < ROWS  # the vacuum removed them
         # The session's statement_timeout, lifted for the vacuum, is back.
         async with store._pool.acquire() as conn:

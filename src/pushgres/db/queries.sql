@@ -64,10 +64,13 @@ WITH t AS MATERIALIZED (
     LIMIT $2 - (SELECT count(*) FROM t) - (SELECT count(*) FROM b10) - (SELECT count(*) FROM b5)
     FOR UPDATE SKIP LOCKED
 ), dj AS MATERIALIZED (
-    -- What pushgres.delivered says the provider accepted (a batch in flight, or one that
-    -- never committed): a few thousand ids at most, read once.
+    -- What pushgres.delivered says the provider accepted in batches that are not in flight:
+    -- a batch in flight holds its key's lock (lock_batch) until it commits or rolls back, and
+    -- no claim can reach its rows meanwhile, so its deliveries are not even unpacked. Usually
+    -- none are left; after a kill, that batch's few thousand ids.
     SELECT u.id, max(u.attempt) AS attempt
     FROM pushgres.delivered j, unnest(j.ids, j.attempts) AS u(id, attempt)
+    WHERE pg_try_advisory_xact_lock_shared(j.batch)
     GROUP BY u.id
 ), c AS (
     -- The outer LIMIT tells the planner what the computed one above hides: at most $2 rows,
@@ -179,6 +182,10 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::sm
     AS t(id, app, platform, device_token, payload, priority, push_type, collapse_id, expires_at,
          topic, delay_s, dedupe_key, max_attempts, metadata, message, attempts, last_reason,
          enqueued_at, user_id, group_id, probe, category, timezone, local_send_at, transactional)
+
+-- name: lock_batch
+-- A batch's key, locked by its claim transaction until it ends (see claim_batch's dj).
+SELECT pg_advisory_xact_lock($1)
 
 -- name: write_delivered
 -- Ids the provider accepted, and their attempts, one row per batch key ($1): the batch's ids
@@ -310,9 +317,9 @@ WHERE ctid = ANY (ARRAY(
 SELECT pg_try_advisory_xact_lock(hashtext('pushgres.maintenance'))
 
 -- name: queue_dead_rows
--- The queue's dead rows as the statistics count them (every daemon's claims), and whether
+-- The queue's dead and live rows as the statistics count them (every daemon's), and whether
 -- this role may vacuum it (owners only, before PostgreSQL 17's MAINTAIN privilege).
-SELECT coalesce(s.n_dead_tup, 0) AS dead,
+SELECT coalesce(s.n_dead_tup, 0) AS dead, coalesce(s.n_live_tup, 0) AS live,
        pg_has_role(c.relowner, 'USAGE') AS may_vacuum
 FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 WHERE c.oid = 'pushgres.queue'::regclass

@@ -351,7 +351,11 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def claim(
-        self, app: str, limit: int, shards: Sequence[int] = ALL_SHARDS
+        self,
+        app: str,
+        limit: int,
+        shards: Sequence[int] = ALL_SHARDS,
+        delivered_batch: int | None = None,
     ) -> AsyncIterator[Claim]:
         """Claim up to ``limit`` ready rows of ``app`` in a transaction held for the block.
 
@@ -359,6 +363,9 @@ class Store:
         claimed (a backlog fills a claim from its first shard). The transaction commits when
         the block exits normally (after :meth:`Claim.write`) and rolls back on any exception
         or cancellation, putting the rows back.
+
+        ``delivered_batch``: the key the batch's acceptances go to ``pushgres.delivered``
+        under; the transaction locks it, so claims skip those rows while the batch lives.
         """
         with self._guard("claiming a batch"):
             conn = await self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
@@ -370,6 +377,8 @@ class Store:
                 rows: list[ClaimedRow] = []
                 read = 0
                 with self._guard("claiming a batch"):
+                    if delivered_batch is not None:
+                        await conn.execute(QUERIES["lock_batch"], delivered_batch)
                     for shard in shards:
                         records = await conn.fetch(
                             QUERIES["claim_batch"], app, limit - len(rows), shard
@@ -566,14 +575,14 @@ class Store:
                     QUERIES["sync_categories"], list(categories), list(categories.values())
                 )
 
-    async def queue_dead_rows(self) -> tuple[int, bool]:
-        """The queue's dead rows (as the statistics last counted them), and whether this role
-        may vacuum it."""
+    async def queue_dead_rows(self) -> tuple[int, int, bool]:
+        """The queue's dead and live rows (as the statistics last counted them), and whether
+        this role may vacuum it."""
         with self._guard("counting the queue's dead rows"):
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 record = await conn.fetchrow(QUERIES["queue_dead_rows"])
         assert record is not None
-        return int(record["dead"]), bool(record["may_vacuum"])
+        return int(record["dead"]), int(record["live"]), bool(record["may_vacuum"])
 
     async def vacuum_queue(self) -> None:
         """Vacuum the queue now, unless a vacuum of it is already running."""
