@@ -286,10 +286,15 @@ class MemoryStore:
 
     @contextlib.asynccontextmanager
     async def claim(
-        self, app: str, limit: int, shards: Sequence[int] = tuple(range(QUEUE_SHARDS))
+        self,
+        app: str,
+        limit: int,
+        shards: Sequence[int] = tuple(range(QUEUE_SHARDS)),
+        delivered_batch: int | None = None,
     ) -> AsyncIterator[MemoryClaim]:
         """Claim up to ``limit`` ready rows of ``app`` for the block (commit or roll back),
-        shard by shard in the order given (a row's shard: :func:`memory_shard`)."""
+        shard by shard in the order given (a row's shard: :func:`memory_shard`). The memory
+        store keeps no delivery journal: ``delivered_batch`` is accepted and unused."""
         await self._round_trip("claim")
         self.claims += 1
         now = self.clock()

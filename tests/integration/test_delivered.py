@@ -103,3 +103,30 @@ async def test_maintenance_prunes_deliveries_whose_rows_left_the_queue(dsn: str)
     finally:
         await conn.close()
     assert sorted(left) == [1, 3]
+
+
+async def test_deliveries_of_a_batch_in_flight_are_not_read_by_other_claims(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        ids = await enqueue(conn, [_apns(n) for n in range(3)])
+    finally:
+        await conn.close()
+    store = await Store.open(dsn, max_size=3, **TIMEOUTS)
+    try:
+        with pytest.raises(Boom):
+            async with store.claim(APP, 1, delivered_batch=BATCH) as live:
+                [mine] = [r.id for r in live.rows]
+                other_id, third = [i for i in ids if i != mine]
+                # Written under the live batch's key (as a late answer's could be).
+                await store.write_delivered([(BATCH, [other_id], [1])])
+                with pytest.raises(Boom):
+                    async with store.claim(APP, 10) as other:
+                        by_id = {r.id: r.delivered_attempt for r in other.rows}
+                        assert by_id == {other_id: None, third: None}  # its key is locked
+                        raise Boom
+                raise Boom  # the live batch ends without committing
+        async with store.claim(APP, 10) as after:
+            by_id = {r.id: r.delivered_attempt for r in after.rows}
+        assert by_id == {mine: None, other_id: 1, third: None}
+    finally:
+        await store.close()

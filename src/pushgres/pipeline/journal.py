@@ -3,10 +3,9 @@
 A batch's outcomes become durable only when its claim transaction commits, after its last
 answer; a kill -9 before that rolls every row of the batch back into the queue, the accepted
 ones too. The lanes hand each accepted row to :class:`DeliveryJournal` as its answer arrives
-(:meth:`record`, under its batch's random key); one writer task puts what has gathered into
-``pushgres.delivered`` (one row per batch: the ids and their attempts) in one transaction,
-then the next lot, and so on: under load a write every millisecond or two, each of what came
-meanwhile. A batch waits for its acceptances to be written (:meth:`settled`) before it
+(:meth:`record`, under its batch's random key); a free writer (two run) puts what has
+gathered into ``pushgres.delivered`` (one row per batch: the ids and their attempts) in one
+transaction; under load a write every millisecond or two, each of what came meanwhile. A batch waits for its acceptances to be written (:meth:`settled`) before it
 commits, and its commit deletes its rows there. A claim that finds a row there records it
 sent instead of sending it again (``NotSendable``). So after a kill only the notifications in
 flight, and those answered during the last write, are sent again.
@@ -26,11 +25,12 @@ from typing import Final, Protocol
 from ..exceptions import StoreError
 from ..models import ClaimedRow
 
-__all__ = ["MAX_PENDING", "DeliveryJournal", "JournalStore"]
+__all__ = ["MAX_PENDING", "WRITERS", "DeliveryJournal", "JournalStore"]
 
 logger = logging.getLogger(__name__)
 
 MAX_PENDING: Final = 100_000  # accepted rows waiting to be written, at most
+WRITERS: Final = 2  # writes in flight at once (each on a pooled connection of its own)
 
 
 class JournalStore(Protocol):
@@ -47,7 +47,10 @@ class DeliveryJournal:
         self._pending: dict[int, tuple[list[int], list[int]]] = {}
         self._size = 0
         self._recorded = 0  # rows handed to record(), ever
+        self._taken = 0  # of those, taken by a writer
         self._done = 0  # of those, written (or given up on), in order
+        self._ended: dict[int, int] = {}  # writes ended out of order: first row -> past last
+        self._failing = False
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self.dropped = 0
@@ -75,27 +78,39 @@ class DeliveryJournal:
             await self._progress.wait()
 
     async def run(self) -> None:
-        """Write what has gathered, then wait for more; until cancelled."""
-        failing = False
+        """Run :data:`WRITERS` writers, each writing what has gathered when it is free; until
+        cancelled. A second writer takes what arrives during the first's write, so an answer
+        waits for one write, not for the end of the one before it as well."""
+        async with asyncio.TaskGroup() as tg:
+            for n in range(WRITERS):
+                tg.create_task(self._writer(), name=f"delivery-journal-writer-{n}")
+
+    async def _writer(self) -> None:
         while True:
             await self._wake.wait()
-            self._wake.clear()
             if not self._pending:
+                self._wake.clear()
                 continue
             pending, size = self._pending, self._size
             self._pending, self._size = {}, 0
+            self._wake.clear()
+            first = self._taken
+            self._taken += size
             try:
                 await self._store.write_delivered([(k, *v) for k, v in pending.items()])
-                failing = False
+                self._failing = False
             except StoreError as exc:
                 self.dropped += size
-                if not failing and not exc.unavailable:  # an outage is logged by the store
+                if not self._failing and not exc.unavailable:  # the store logs an outage
                     logger.warning(
                         "accepted sends not written down (%s): a kill now could send them twice",
                         exc,
                         extra={"action": "delivery_journal"},
                     )
-                failing = True
+                self._failing = True
             finally:
-                self._done += size
+                # Writes end in any order; done advances over those ended without a gap.
+                self._ended[first] = first + size
+                while self._done in self._ended:
+                    self._done = self._ended.pop(self._done)
                 self._progress.set()

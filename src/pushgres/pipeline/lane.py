@@ -85,7 +85,7 @@ class LaneStore(Protocol):
     """What a lane needs of the store (``db.store.Store``; ``testing.MemoryStore``)."""
 
     def claim(
-        self, app: str, limit: int, shards: Sequence[int]
+        self, app: str, limit: int, shards: Sequence[int], delivered_batch: int | None = None
     ) -> AbstractAsyncContextManager[ClaimHandle]: ...
 
     async def take_back(
@@ -275,7 +275,8 @@ class Lane:
         batch.reserved = limit
         try:
             started = time.perf_counter()
-            async with self._store.claim(self.name, limit, self.shards.order()) as claim:
+            key = batch.key if self._journal is not None else None
+            async with self._store.claim(self.name, limit, self.shards.order(), key) as claim:
                 self.shards.read(claim.shards_read)
                 batch.rows = claim.rows
                 self.capacity.unused(limit - len(batch.rows))
