@@ -31,13 +31,18 @@ def _apns(n: int) -> Notification:
     )
 
 
-async def test_a_delivery_written_before_a_rollback_is_recorded_not_resent(dsn: str) -> None:
+async def _three_queued(dsn: str) -> tuple[list[int], Store]:
+    """Three notifications queued, and a store on their database."""
     conn = await asyncpg.connect(dsn)
     try:
         ids = await enqueue(conn, [_apns(n) for n in range(3)])
     finally:
         await conn.close()
-    store = await Store.open(dsn, max_size=3, **TIMEOUTS)
+    return ids, await Store.open(dsn, max_size=3, **TIMEOUTS)
+
+
+async def test_a_delivery_written_before_a_rollback_is_recorded_not_resent(dsn: str) -> None:
+    ids, store = await _three_queued(dsn)
     journal = DeliveryJournal(store)
     try:
         with pytest.raises(Boom):
@@ -106,12 +111,7 @@ async def test_maintenance_prunes_deliveries_whose_rows_left_the_queue(dsn: str)
 
 
 async def test_deliveries_of_a_batch_in_flight_are_not_read_by_other_claims(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        ids = await enqueue(conn, [_apns(n) for n in range(3)])
-    finally:
-        await conn.close()
-    store = await Store.open(dsn, max_size=3, **TIMEOUTS)
+    ids, store = await _three_queued(dsn)
     try:
         with pytest.raises(Boom):
             async with store.claim(APP, 1, delivered_batch=BATCH) as live:
