@@ -202,6 +202,10 @@ class Daemon:
     def device_counts(self) -> Mapping[tuple[str, str], int]:
         return self._chores.device_counts if self._chores is not None else {}
 
+    def journal_state(self) -> tuple[int, int] | None:
+        journal = self._journal
+        return None if journal is None else (journal.unwritten, journal.dropped)
+
     def database_problem(self) -> str | None:
         """Why the database cannot be said to answer, or None: from the LISTEN connection's
         keepalive and the outcome of the last operation (no query, no pooled connection)."""

@@ -79,8 +79,10 @@ async def test_what_arrives_during_a_write_goes_to_the_other_writer() -> None:
         journal.record(7, _row(4))  # and this waits for a free writer
         await asyncio.sleep(0.01)
         assert store.calls == WRITERS == 2
+        assert journal.unwritten == 4
         store.gate.set()
         await asyncio.wait_for(journal.settled(), 1)
+        assert journal.unwritten == 0
     # One row per batch and write; the attempt numbers are those sent.
     assert sorted(store.writes) == sorted(
         [[(7, [1], [1])], [(7, [2], [3]), (9, [3], [1])], [(7, [4], [1])]]

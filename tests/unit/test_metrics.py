@@ -83,10 +83,17 @@ class _Source:
     def device_counts(self) -> Mapping[tuple[str, str], int]:
         return {("ios", "active"): 40, ("ios", "stale"): 2}
 
+    def journal_state(self) -> tuple[int, int] | None:
+        return self.journal
 
-def _scrape(metrics: MetricsObserver) -> dict[str, list[tuple[dict[str, str], float]]]:
+    journal: tuple[int, int] | None = (120, 3)
+
+
+def _scrape(
+    metrics: MetricsObserver, source: _Source | None = None
+) -> dict[str, list[tuple[dict[str, str], float]]]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(metrics, _Source()))
+    registry.register(Collector(metrics, source or _Source()))
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for sample in family.samples:
@@ -254,3 +261,14 @@ def test_uninstall_probes_are_counted_apart_from_notifications() -> None:
                 if labels.get("status") == "token_invalid"]  # fmt: skip
     assert not s.get("pushgres_retries_total")
     assert _one(s, "pushgres_tokens_invalidated_total", app="ios") == 0
+
+
+def test_the_delivery_journal_is_shown_only_when_it_is_on() -> None:
+    samples = _scrape(MetricsObserver())
+    assert _one(samples, "pushgres_delivery_journal_unwritten") == 120
+    assert _one(samples, "pushgres_delivery_journal_dropped_total") == 3
+    off = _Source()
+    off.journal = None
+    samples = _scrape(MetricsObserver(), off)
+    assert "pushgres_delivery_journal_unwritten" not in samples
+    assert "pushgres_delivery_journal_dropped_total" not in samples

@@ -273,6 +273,11 @@ class StateSource(Protocol):
         """Registered devices by (app, state), as of the last maintenance round."""
         ...
 
+    def journal_state(self) -> tuple[int, int] | None:
+        """The delivery journal's accepted sends not yet written down, and those never
+        written down (dropped); None when the journal is off."""
+        ...
+
 
 class Collector(_Collector):
     """The Prometheus view of a :class:`MetricsObserver` and a :class:`StateSource`."""
@@ -519,6 +524,19 @@ class Collector(_Collector):
             "1 while the database answers (as /readyz judges it)",
             value=1 if up else 0,
         )
+        journal = source.journal_state()
+        if journal is not None:
+            unwritten, dropped = journal
+            yield GaugeMetricFamily(
+                "pushgres_delivery_journal_unwritten",
+                "Accepted sends not yet written to pushgres.delivered (a kill now resends them)",
+                value=unwritten,
+            )
+            yield CounterMetricFamily(
+                "pushgres_delivery_journal_dropped",
+                "Accepted sends never written to pushgres.delivered (refused, or too many)",
+                value=dropped,
+            )
         yield GaugeMetricFamily(
             "pushgres_draining",
             "1 while the daemon drains to stop",

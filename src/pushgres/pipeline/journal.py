@@ -56,6 +56,12 @@ class DeliveryJournal:
         self.dropped = 0
         """Accepted rows not written down: the database refused the write, or too many waited."""
 
+    @property
+    def unwritten(self) -> int:
+        """Accepted rows recorded and not yet written down (or given up on): what a kill now
+        would send again beside the streams in flight."""
+        return self._recorded - self._done
+
     def record(self, batch: int, row: ClaimedRow) -> None:
         """``row``'s current attempt, in the batch keyed ``batch``, was accepted."""
         if self._size >= MAX_PENDING:
