@@ -8,7 +8,9 @@ keeps streams in flight, as Apple's does; the daemon sends as fast as the simula
 full). ``rows`` notifications are queued, then ``kills`` times over: a daemon starts, sends for
 a random 0.5-2 s after its first answer, and is killed with SIGKILL. In flight at a kill: what
 the daemon itself counted on the wire (``pushgres_http2_streams_open``: requests sent and not
-answered, scraped from its admin listener just before the kill); the simulator's view is
+answered, scraped from its admin listener just before the kill), and beside it the accepted
+sends its delivery journal had not yet written down (``pushgres_delivery_journal_unwritten``,
+in the same scrape), which a kill also sends again; the simulator's view is
 reported beside it (streams it had received and not answered, plus requests it reads after the
 kill from socket buffers). A last daemon drains the rest. The step runs as the daemon runs by default and again with
 ``delivery_journal = true``. Delivered twice: every acceptance of
@@ -129,6 +131,7 @@ async def _chaos(
         queue = await _fill(dsn, rows)
         conn = await asyncpg.connect(dsn)
         in_flight: list[int] = []
+        unwritten: list[int] = []  # accepted sends the journal had not written down
         seen_by_simulator: list[int] = []
         try:
             for n in range(kills + 1):
@@ -154,7 +157,9 @@ async def _chaos(
                     await asyncio.sleep(rng.uniform(0.5, 2.0))
                     # In flight as the daemon itself counts it (streams sent and not yet
                     # answered to it), read just before the kill.
-                    in_flight.append(await _in_flight(metrics_url))
+                    streams, not_written = await _in_flight(metrics_url)
+                    in_flight.append(streams)
+                    unwritten.append(not_written)
                     received, unanswered = _requests(sims), _open_streams(sims)
                     daemon.proc.send_signal(signal.SIGKILL)
                     daemon.proc.wait()
@@ -186,6 +191,8 @@ async def _chaos(
         "in_flight_at_kills": in_flight,
         "in_flight_total": sum(in_flight),
         "unanswered_at_simulator": seen_by_simulator,
+        "unwritten_at_kills": unwritten,
+        "unwritten_total": sum(unwritten),
         "delivered_twice": twice,
         "delivered": len(accepted),
         "sent_results": done["sent"],
@@ -199,13 +206,16 @@ async def _chaos(
 
 
 _IN_FLIGHT = re.compile(r"^pushgres_http2_streams_open\{[^}]*\} ([0-9.e+]+)$", re.M)
+_UNWRITTEN = re.compile(r"^pushgres_delivery_journal_unwritten ([0-9.e+]+)$", re.M)
 
 
-async def _in_flight(url: str) -> int:
+async def _in_flight(url: str) -> tuple[int, int]:
+    """The daemon's open streams, and the accepted sends its journal had not written down."""
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession() as session, session.get(url, timeout=timeout) as resp:
         text = await resp.text()
-    return int(sum(float(v) for v in _IN_FLIGHT.findall(text)))
+    streams = int(sum(float(v) for v in _IN_FLIGHT.findall(text)))
+    return streams, int(sum(float(v) for v in _UNWRITTEN.findall(text)))
 
 
 def _requests(sims: Simulators) -> int:

@@ -386,6 +386,11 @@ def _chaos_line(name: str, step: dict[str, Any]) -> str:
         f"({step['rows']:,} rows, simulator latency {step['latency_ms']:g} ms, batches of "
         f"{step['batch_size']}): {step['delivered_twice']:,} delivered twice, "
         f"{step['in_flight_total']:,} streams in flight at the kills"
+        + (
+            f" and {step['unwritten_total']:,} accepted sends not yet written down"
+            if step.get("unwritten_total")
+            else ""
+        )
     )
 
 
