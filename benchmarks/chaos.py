@@ -2,21 +2,22 @@
 
 The daemon sends to pushgres's own APNs simulator (in this process, on loopback) rather than
 the sink, because only the simulator counts what it accepted per ``apns-id`` (one per
-notification: the daemon derives it from the row id). A fixed response latency (``latency_ms``)
-keeps streams in flight, as Apple's does; the daemon sends as fast as the simulator answers
-(the simulator, pure Python in this process, is the bottleneck, so the daemon's streams are
-full). ``rows`` notifications are queued, then ``kills`` times over: a daemon starts, sends for
-a random 0.5-2 s after its first answer, and is killed with SIGKILL. In flight at a kill: what
-the daemon itself counted on the wire (``pushgres_http2_streams_open``: requests sent and not
-answered, scraped from its admin listener just before the kill), and beside it the accepted
-sends its delivery journal had not yet written down (``pushgres_delivery_journal_unwritten``,
-in the same scrape), which a kill also sends again; the simulator's view is
-reported beside it (streams it had received and not answered, plus requests it reads after the
-kill from socket buffers). A last daemon drains the rest. The step runs as the daemon runs by default and again with
-``delivery_journal = true``. Delivered twice: every acceptance of
-an ``apns-id`` beyond its first. The target is at most the streams that were in flight at the
-kills (their answers were lost with the process, so resending them is the point of at-least-
-once delivery); anything above that is work the daemon had finished and lost.
+notification: the daemon derives it from the row id; the simulator counts it when it answers).
+A fixed response latency (``latency_ms``) keeps streams in flight, as Apple's does; the daemon
+sends as fast as the simulator answers (the simulator, pure Python in this process, is the
+bottleneck, so the daemon's streams are full). ``rows`` notifications are queued, then
+``kills`` times over: a daemon starts, sends for a random 0.5-2 s after its first answer, and
+is killed with SIGKILL. In flight at a kill: what the daemon itself counted on the wire
+(``pushgres_http2_streams_open``: requests sent and not answered, scraped from its admin
+listener just before the kill), and beside it the accepted sends its delivery journal had not
+yet written down (``pushgres_delivery_journal_unwritten``, in the same scrape), which a kill
+also sends again. The simulator's view is reported too (streams it had received and not
+answered, plus requests it reads after the kill from socket buffers). A last daemon drains
+the rest. The step runs as the daemon runs by default and again with ``delivery_journal =
+true``. Delivered twice: every acceptance of an ``apns-id`` beyond its first. The target is at
+most the streams that were in flight at the kills (their answers were lost with the process,
+so resending them is the point of at-least-once delivery); anything above that is work the
+daemon had finished and lost.
 """
 
 from __future__ import annotations
