@@ -494,7 +494,9 @@ async def test_a_device_apns_throttles_is_held_back_not_hammered(env: dict[str, 
         done = await wait_terminal(dsn, first[:2])
         assert [o.status for o in done.values()] == ["sent", "sent"]
         (throttled,) = await wait_queued_reason(dsn, first[2:])
-        assert throttled["last_reason"] == "TooManyRequests"
+        # Requeued by the 429 ("TooManyRequests"); on a slow machine it may already have been
+        # claimed again and held back by the device's pace before it is read here.
+        assert throttled["last_reason"].startswith("TooManyRequests"), throttled["last_reason"]
         later = await enqueue(
             dsn,
             [apns(busy, category="receipts") for _ in range(3)]
