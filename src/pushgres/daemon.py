@@ -60,9 +60,8 @@ logger = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S: Final = 60.0
 ABORT_DRAIN_S: Final = 10.0  # after the shutdown deadline: how long aborted sends may take
-RESERVED_DB_CONNECTIONS: Final = (
-    4  # LISTEN aside: heartbeat, sweeper, late writers, journal, vacuum
-)
+# Besides the batches' (LISTEN has its own): heartbeat, sweeper, late writers, journal, vacuum.
+RESERVED_DB_CONNECTIONS: Final = 4
 EXPIRY_CHECK_S: Final = 86400.0
 STATUS_INTERVAL_S: Final = 10.0
 HISTORY_INTERVAL_S: Final = 5.0

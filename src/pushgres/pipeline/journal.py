@@ -5,10 +5,11 @@ answer; a kill -9 before that rolls every row of the batch back into the queue, 
 ones too. The lanes hand each accepted row to :class:`DeliveryJournal` as its answer arrives
 (:meth:`record`, under its batch's random key); a free writer (two run) puts what has
 gathered into ``pushgres.delivered`` (one row per batch: the ids and their attempts) in one
-transaction; under load a write every millisecond or two, each of what came meanwhile. A batch waits for its acceptances to be written (:meth:`settled`) before it
-commits, and its commit deletes its rows there. A claim that finds a row there records it
-sent instead of sending it again (``NotSendable``). So after a kill only the notifications in
-flight, and those answered during the last write, are sent again.
+transaction, each write taking what came during the other's. A batch waits for its
+acceptances to be written (:meth:`settled`) before it commits, and its commit deletes its
+rows there. A claim that finds a row there records it sent instead of sending it again
+(``NotSendable``). So after a kill only the notifications in flight, and those answered but
+not yet written down (:attr:`unwritten`), are sent again.
 
 The journal is a safeguard, never a condition of delivery: when the database refuses a write
 the acceptances are dropped from it (the batch still commits its outcomes), and what it holds
